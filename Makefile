@@ -1,0 +1,44 @@
+# The index of commands. The two that matter: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install ffmpeg lint format bench assets clean
+
+run: install ## Start moto (local AWS), the API, a worker and Flower; Ctrl-C stops all
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+
+test: install ## Run the whole test suite (unit and end-to-end)
+	$(BIN)/python -m pytest
+
+install: $(STAMP) ffmpeg
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required (set PYTHON=...)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+ffmpeg:
+	@deploy/install_ffmpeg.sh
+
+lint: install ## Lint and check formatting
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install ## Measure the pipeline; writes docs/benchmarks.md
+	$(BIN)/python -m bench.pipeline
+
+assets: ## Re-render the logo and bumper cards
+	assets/make_assets.sh
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .ruff_cache

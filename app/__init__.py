@@ -1,0 +1,33 @@
+"""The web side: upload → S3 → database row → queue."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from app import api, cli, logs, storage
+from app.api import errors, health
+from app.extensions import celery_init_app, db, migrate
+from app.uploads import UploadRequest
+from config import load_settings
+from config.settings import INSTANCE_DIR, ROOT
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the Flask app from the environment's settings, or from ``test_config`` when given."""
+    app = Flask(__name__, instance_path=str(INSTANCE_DIR))
+    app.request_class = UploadRequest
+    app.config.from_mapping(load_settings() if test_config is None else test_config)
+
+    logs.init_app(app)
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(ROOT / "migrations"))
+    storage.init_app(app)
+    celery_init_app(app)
+    errors.init_app(app)
+    cli.init_app(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    return app

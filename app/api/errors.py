@@ -1,0 +1,53 @@
+"""Every error leaves as JSON: ``{"error": {"code": …, "message": …}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from app.extensions import db
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error the API answers with ``status``, ``code`` and ``message``."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
+    """Return the JSON error body and its status."""
+    return jsonify({"error": {"code": code, "message": message}, **extra}), status
+
+
+def _code(exc: HTTPException) -> str:
+    return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
+
+
+def init_app(app: Flask) -> None:
+    """Register the JSON error handlers."""
+
+    @app.errorhandler(APIError)
+    def api_error(exc: APIError) -> tuple[Response, int]:
+        return error_response(exc.status, exc.code, exc.message, **exc.extra)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:
+        limit = app.config["MAX_UPLOAD_BYTES"]
+        return error_response(413, "file_too_large", f"The upload exceeds the limit of {limit} bytes.")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        return error_response(exc.code or 500, _code(exc), exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> tuple[Response, int]:
+        db.session.rollback()
+        logger.exception("unhandled error")
+        return error_response(500, "internal_error", "An unexpected error occurred.")

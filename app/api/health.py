@@ -1,0 +1,38 @@
+"""Liveness and readiness for load balancers."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify
+from sqlalchemy import text
+
+from app.aws import ping_queue
+from app.extensions import db
+from app.storage import get_storage
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Answer while the process is alive."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Answer 200 when the database, S3 and SQS all respond, else 503 naming the failures."""
+    checks = {
+        "database": lambda: db.session.execute(text("SELECT 1")),
+        "s3": lambda: get_storage().ping(),
+        "sqs": lambda: ping_queue(current_app.config),
+    }
+    results: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            check()
+            results[name] = "ok"
+        except Exception as exc:  # any failure means "not ready"; the body says which
+            db.session.rollback()
+            results[name] = f"error: {type(exc).__name__}"
+    ready = all(v == "ok" for v in results.values())
+    return jsonify({"status": "ready" if ready else "unavailable", "checks": results}), 200 if ready else 503

@@ -1,0 +1,53 @@
+"""Bearer tokens: issue a signed JWT, and require one on a view."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import jwt
+from flask import current_app, g, request
+
+from app.api.errors import APIError
+from app.extensions import db
+from app.models import User, utcnow
+
+ALGORITHM = "HS256"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def issue_token(user: User) -> tuple[str, int]:
+    """Return a signed access token for ``user`` and its lifetime in seconds."""
+    lifetime = current_app.config["JWT_EXPIRES_SECONDS"]
+    now = utcnow()
+    claims = {"sub": str(user.id), "iat": now, "exp": now + timedelta(seconds=lifetime)}
+    return jwt.encode(claims, current_app.config["SECRET_KEY"], algorithm=ALGORITHM), lifetime
+
+
+def _user_from_request() -> User:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise APIError(401, "unauthorized", "Send 'Authorization: Bearer <token>'.")
+    try:
+        claims = jwt.decode(token, current_app.config["SECRET_KEY"], algorithms=[ALGORITHM])
+    except jwt.ExpiredSignatureError as exc:
+        raise APIError(401, "token_expired", "The access token has expired; log in again.") from exc
+    except jwt.InvalidTokenError as exc:
+        raise APIError(401, "invalid_token", "The access token is not valid.") from exc
+    user = db.session.get(User, int(claims["sub"]))
+    if user is None:
+        raise APIError(401, "invalid_token", "The token's user no longer exists.")
+    return user
+
+
+def login_required(view: F) -> F:
+    """Reject the request with 401 unless it carries a valid token; set ``g.user``."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        g.user = _user_from_request()
+        return view(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]

@@ -1,0 +1,87 @@
+"""Provision and check the AWS resources: the bucket and the queue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from app.storage import aws_client
+
+logger = logging.getLogger(__name__)
+RETENTION_SECONDS = 14 * 24 * 3600  # SQS's maximum: an outage of days loses nothing
+
+
+def queue_name(s: Mapping[str, Any]) -> str:
+    """Return the SQS name of the work queue (prefix included)."""
+    return s["SQS_QUEUE_PREFIX"] + s["SQS_QUEUE_NAME"]
+
+
+def queue_url(s: Mapping[str, Any], sqs: Any = None) -> str:
+    """Return the work queue's URL, from settings or by name."""
+    if s.get("SQS_QUEUE_URL"):
+        return s["SQS_QUEUE_URL"]
+    sqs = sqs or aws_client("sqs", s)
+    return sqs.get_queue_url(QueueName=queue_name(s))["QueueUrl"]
+
+
+def queue_attributes(s: Mapping[str, Any]) -> dict[str, str]:
+    """Return the attributes the work queue must have."""
+    return {
+        "VisibilityTimeout": str(s["SQS_VISIBILITY_TIMEOUT"]),
+        "ReceiveMessageWaitTimeSeconds": str(s["SQS_WAIT_TIME_SECONDS"]),
+        "MessageRetentionPeriod": str(RETENTION_SECONDS),
+    }
+
+
+def ensure_bucket(s: Mapping[str, Any]) -> None:
+    """Create the bucket if missing; abort multipart uploads left incomplete for a day."""
+    s3 = aws_client("s3", s)
+    bucket = s["S3_BUCKET"]
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError:
+        kwargs: dict[str, Any] = {"Bucket": bucket}
+        if s["AWS_REGION"] != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": s["AWS_REGION"]}
+        s3.create_bucket(**kwargs)
+        logger.info("bucket created", extra={"bucket": bucket})
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=bucket,
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": "abort-incomplete-multipart-uploads",
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": ""},
+                    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                }
+            ]
+        },
+    )
+
+
+def ensure_queue(s: Mapping[str, Any]) -> str:
+    """Create the work queue if missing and reconcile its attributes; return its URL."""
+    sqs = aws_client("sqs", s)
+    attributes = queue_attributes(s)
+    try:
+        url = queue_url(s, sqs)
+        sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in (
+            "AWS.SimpleQueueService.NonExistentQueue",
+            "QueueDoesNotExist",
+        ):
+            raise
+        url = sqs.create_queue(QueueName=queue_name(s), Attributes=attributes)["QueueUrl"]
+        logger.info("queue created", extra={"queue": queue_name(s)})
+    return url
+
+
+def ping_queue(s: Mapping[str, Any]) -> None:
+    """Raise unless the work queue answers."""
+    sqs = aws_client("sqs", s, retries={"max_attempts": 1}, read_timeout=5)
+    sqs.get_queue_attributes(QueueUrl=queue_url(s, sqs), AttributeNames=["ApproximateNumberOfMessages"])

@@ -1,0 +1,67 @@
+"""Celery's own settings: fixed ones as module attributes, the rest from the environment's settings.
+
+``celery_init_app`` loads this module, then applies ``environment_settings`` for the
+broker, the queue and the time limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# Delivery: a message is deleted from SQS only after its task returns, and a job whose
+# worker process dies is left for SQS to deliver again once its visibility timeout ends.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+
+# No result backend: the database row is the job's state.
+task_ignore_result = True
+result_backend = None
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+task_track_started = False
+worker_hijack_root_logger = False
+worker_send_task_events = False
+broker_connection_retry_on_startup = True
+broker_connection_timeout = 5
+# An upload whose publish fails is kept and answered with 503; don't stall the request.
+task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+
+PROCESS_TASK = "tasks.process_video"
+
+
+def transport_options(s: Mapping[str, Any]) -> dict[str, Any]:
+    """Return kombu's SQS transport options for these settings."""
+    endpoint = s["AWS_ENDPOINT_URL"]
+    wait = s["SQS_WAIT_TIME_SECONDS"]
+    options: dict[str, Any] = {
+        "region": s["AWS_REGION"],
+        "is_secure": not endpoint or endpoint.startswith("https"),
+        "queue_name_prefix": s["SQS_QUEUE_PREFIX"],
+        "visibility_timeout": s["SQS_VISIBILITY_TIMEOUT"],
+        "wait_time_seconds": wait,
+        "polling_interval": s["SQS_POLLING_INTERVAL"],
+        # A long poll holds the socket open for `wait` seconds: reads must outlast it.
+        "client-config": {"connect_timeout": 5, "read_timeout": wait + 10, "retries": {"max_attempts": 3}},
+    }
+    if s.get("SQS_QUEUE_URL"):
+        # Predefined queue: the worker never needs permission to list or create queues.
+        name = s["SQS_QUEUE_PREFIX"] + s["SQS_QUEUE_NAME"]
+        options["predefined_queues"] = {name: {"url": s["SQS_QUEUE_URL"]}}
+    return options
+
+
+def environment_settings(s: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the Celery settings that depend on the environment."""
+    queue = s["SQS_QUEUE_NAME"]
+    return {
+        "broker_url": s["CELERY_BROKER_URL"],
+        "broker_transport_options": transport_options(s),
+        "task_default_queue": queue,
+        "task_routes": {PROCESS_TASK: {"queue": queue}},
+        "task_soft_time_limit": s["TASK_SOFT_TIME_LIMIT"],
+        "task_time_limit": s["TASK_TIME_LIMIT"],
+    }

@@ -1,0 +1,132 @@
+"""Build the settings mapping for one environment from environment variables.
+
+Every variable, its default and its meaning is listed in the README's configuration table.
+Production (``APP_ENV=production``) has no default for secrets or for where the data lives.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from config.env import ConfigError, env_bool, env_float, env_int, env_list, env_str
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCE_DIR = ROOT / "instance"
+ASSETS_DIR = ROOT / "assets"
+LOCAL_AWS = "http://127.0.0.1:5000"
+ENVIRONMENTS = ("development", "testing", "production")
+
+__all__ = ["ConfigError", "broker_url", "load_settings"]
+
+
+def _dev_secret_key() -> str:
+    """Return a random key kept in instance/ so every local process signs alike."""
+    path = INSTANCE_DIR / "dev-secret-key"
+    if not path.exists():
+        INSTANCE_DIR.mkdir(exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env_str(env, name)
+    if value is None:
+        raise ConfigError(f"{name} must be set when APP_ENV=production")
+    return value
+
+
+def _database_url(env: Mapping[str, str], production: bool) -> str:
+    url = _required(env, "DATABASE_URL") if production else env_str(env, "DATABASE_URL")
+    if url is None:
+        INSTANCE_DIR.mkdir(exist_ok=True)
+        url = f"sqlite:///{INSTANCE_DIR / 'videoproc.db'}"
+    if url.startswith("postgres://"):  # Heroku-style URLs
+        url = "postgresql://" + url[len("postgres://") :]
+    return url
+
+
+def broker_url(settings: Mapping[str, Any]) -> str:
+    """Return the kombu SQS URL: credentials and endpoint only when they are set."""
+    key, secret = settings["AWS_ACCESS_KEY_ID"], settings["AWS_SECRET_ACCESS_KEY"]
+    auth = f"{quote(key, safe='')}:{quote(secret, safe='')}@" if key and secret else ""
+    endpoint = settings["AWS_ENDPOINT_URL"]
+    host = urlsplit(endpoint).netloc if endpoint else ""
+    return f"sqs://{auth}{host}"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return the settings for ``APP_ENV`` (development by default)."""
+    env = os.environ if env is None else env
+    app_env = env_str(env, "APP_ENV", "development")
+    if app_env not in ENVIRONMENTS:
+        raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, got {app_env!r}")
+    production = app_env == "production"
+    local_default = None if production else LOCAL_AWS
+    endpoint = env_str(env, "AWS_ENDPOINT_URL", local_default)
+    # moto accepts any credentials; real AWS takes them from the instance role.
+    fake_credential = "testing" if endpoint else None
+
+    s: dict[str, Any] = {
+        "APP_ENV": app_env,
+        "SECRET_KEY": _required(env, "SECRET_KEY") if production else env_str(env, "SECRET_KEY") or _dev_secret_key(),
+        "JWT_EXPIRES_SECONDS": env_int(env, "JWT_EXPIRES_SECONDS", 3600),
+        "SQLALCHEMY_DATABASE_URI": _database_url(env, production),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "LOG_LEVEL": env_str(env, "LOG_LEVEL", "INFO"),
+        # AWS
+        "AWS_REGION": env_str(env, "AWS_REGION", env_str(env, "AWS_DEFAULT_REGION", "us-east-1")),
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": env_str(env, "AWS_ACCESS_KEY_ID", fake_credential),
+        "AWS_SECRET_ACCESS_KEY": env_str(env, "AWS_SECRET_ACCESS_KEY", fake_credential),
+        "S3_BUCKET": _required(env, "S3_BUCKET") if production else env_str(env, "S3_BUCKET", "videoproc-local"),
+        "PRESIGNED_URL_EXPIRES": env_int(env, "PRESIGNED_URL_EXPIRES", 3600),
+        "SQS_QUEUE_NAME": env_str(env, "SQS_QUEUE_NAME", "videoproc-videos"),
+        "SQS_QUEUE_PREFIX": env_str(env, "SQS_QUEUE_PREFIX", ""),
+        "SQS_QUEUE_URL": env_str(env, "SQS_QUEUE_URL"),
+        "SQS_VISIBILITY_TIMEOUT": env_int(env, "SQS_VISIBILITY_TIMEOUT", 1800),
+        "SQS_WAIT_TIME_SECONDS": env_int(env, "SQS_WAIT_TIME_SECONDS", 20),
+        "SQS_POLLING_INTERVAL": env_float(env, "SQS_POLLING_INTERVAL", 0),
+        "SQS_CREATE_QUEUES": env_bool(env, "SQS_CREATE_QUEUES", not production),
+        # Upload validation
+        "MAX_UPLOAD_BYTES": env_int(env, "MAX_UPLOAD_BYTES", 1024**3),
+        "UPLOAD_TMP_DIR": env_str(env, "UPLOAD_TMP_DIR"),
+        "VIDEO_ALLOWED_FORMATS": env_list(env, "VIDEO_ALLOWED_FORMATS", "mp4,mov"),
+        "VIDEO_MIN_DURATION": env_float(env, "VIDEO_MIN_DURATION", 1),
+        "VIDEO_MAX_DURATION": env_float(env, "VIDEO_MAX_DURATION", 1800),
+        "VIDEO_MIN_WIDTH": env_int(env, "VIDEO_MIN_WIDTH", 320),
+        "VIDEO_MIN_HEIGHT": env_int(env, "VIDEO_MIN_HEIGHT", 240),
+        "VIDEO_MAX_WIDTH": env_int(env, "VIDEO_MAX_WIDTH", 7680),
+        "VIDEO_MAX_HEIGHT": env_int(env, "VIDEO_MAX_HEIGHT", 4320),
+        "FFPROBE_TIMEOUT": env_float(env, "FFPROBE_TIMEOUT", 30),
+        # Output profile
+        "OUTPUT_WIDTH": env_int(env, "OUTPUT_WIDTH", 1280),
+        "OUTPUT_HEIGHT": env_int(env, "OUTPUT_HEIGHT", 720),
+        "OUTPUT_FPS": env_int(env, "OUTPUT_FPS", 30),
+        "OUTPUT_MAX_DURATION": env_float(env, "OUTPUT_MAX_DURATION", 30),
+        "OUTPUT_CRF": env_int(env, "OUTPUT_CRF", 23),
+        "OUTPUT_PRESET": env_str(env, "OUTPUT_PRESET", "veryfast"),
+        "INTRO_SECONDS": env_float(env, "INTRO_SECONDS", 2),
+        "OUTRO_SECONDS": env_float(env, "OUTRO_SECONDS", 2),
+        "INTRO_IMAGE": env_str(env, "INTRO_IMAGE", str(ASSETS_DIR / "intro.png")),
+        "OUTRO_IMAGE": env_str(env, "OUTRO_IMAGE", str(ASSETS_DIR / "outro.png")),
+        "WATERMARK_IMAGE": env_str(env, "WATERMARK_IMAGE", str(ASSETS_DIR / "logo.png")),
+        # Worker
+        "WORKER_TMP_DIR": env_str(env, "WORKER_TMP_DIR"),
+        "TASK_MAX_RETRIES": env_int(env, "TASK_MAX_RETRIES", 5),
+        "TASK_RETRY_BACKOFF_MAX": env_int(env, "TASK_RETRY_BACKOFF_MAX", 300),
+        "TASK_SOFT_TIME_LIMIT": env_int(env, "TASK_SOFT_TIME_LIMIT", 1500),
+        "TASK_TIME_LIMIT": env_int(env, "TASK_TIME_LIMIT", 1620),
+        "STALE_AFTER_SECONDS": env_int(env, "STALE_AFTER_SECONDS", 300),
+        "MAX_ATTEMPTS": env_int(env, "MAX_ATTEMPTS", 3),
+    }
+    if s["TASK_TIME_LIMIT"] >= s["SQS_VISIBILITY_TIMEOUT"]:
+        raise ConfigError("TASK_TIME_LIMIT must be shorter than SQS_VISIBILITY_TIMEOUT")
+    # The body also carries the form's other fields and multipart boundaries.
+    s["MAX_CONTENT_LENGTH"] = s["MAX_UPLOAD_BYTES"] + 1024**2
+    s["CELERY_BROKER_URL"] = env_str(env, "CELERY_BROKER_URL", broker_url(s))
+    return s

@@ -1,0 +1,1 @@
+"""Helpers for running the stack locally and on EC2."""

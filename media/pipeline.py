@@ -1,0 +1,91 @@
+"""Turn one local input file into the processed video and its poster."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from media import commands, runner
+from media.probe import MediaInfo
+from media.profile import Profile
+
+# Shares of the pipeline's progress taken by each step.
+ENCODE_SHARE, JOIN_SHARE = 0.85, 0.10
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Files produced for one video."""
+
+    video: Path
+    poster: Path
+    duration: float
+
+
+class Pipeline:
+    """Encode clips with one profile; bumpers are rendered once and reused."""
+
+    def __init__(self, profile: Profile, cache_dir: str | os.PathLike[str], timeout: float | None = None) -> None:
+        self.profile = profile
+        self.cache_dir = Path(cache_dir)
+        self.timeout = timeout
+
+    def bumpers(self) -> tuple[Path | None, Path | None]:
+        """Return the intro and outro clips, rendering each on first use."""
+        p = self.profile
+        return (
+            self._bumper("intro", p.intro_image, p.intro_seconds),
+            self._bumper("outro", p.outro_image, p.outro_seconds),
+        )
+
+    def _bumper(self, kind: str, image: str | None, seconds: float) -> Path | None:
+        if not image or seconds <= 0:
+            return None
+        path = self.cache_dir / f"{kind}-{self.profile.fingerprint()}.mp4"
+        if not path.exists():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=self.cache_dir)
+            os.close(fd)
+            try:
+                runner.run(commands.bumper_command(image, tmp, seconds, self.profile), timeout=self.timeout)
+                os.replace(tmp, path)  # atomic: concurrent workers never see half a file
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return path
+
+    def run(
+        self,
+        src: Path,
+        info: MediaInfo,
+        workdir: Path,
+        on_progress: Callable[[float], None] | None = None,
+    ) -> Outputs:
+        """Encode ``src`` into ``workdir``; ``on_progress`` gets a fraction 0..1."""
+        report = on_progress or (lambda _fraction: None)
+        content = min(info.duration, self.profile.max_duration) or self.profile.max_duration
+        intro, outro = self.bumpers()
+        final = workdir / "video.mp4"
+        body = workdir / "body.mp4" if intro or outro else final
+        runner.run(
+            commands.encode_command(str(src), str(body), self.profile),
+            on_progress=lambda done: report(ENCODE_SHARE * min(done / content, 1.0)),
+            timeout=self.timeout,
+        )
+        if body != final:
+            pieces = [str(path) for path in (intro, body, outro) if path]
+            listing = workdir / "pieces.txt"
+            listing.write_text(commands.concat_list(pieces))
+            runner.run(commands.concat_command(str(listing), str(final)), timeout=self.timeout)
+        report(ENCODE_SHARE + JOIN_SHARE)
+        poster = workdir / "poster.jpg"
+        intro_length = self.profile.intro_seconds if intro else 0.0
+        runner.run(
+            commands.poster_command(str(final), str(poster), intro_length + min(1.0, content / 2)),
+            timeout=self.timeout,
+        )
+        report(1.0)
+        return Outputs(video=final, poster=poster, duration=content)

@@ -1,0 +1,66 @@
+"""The output profile: everything that decides what a processed video looks like."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+MAX_BUMPERS_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Output size, rate, length, encoder settings, bumpers and watermark."""
+
+    width: int = 1280
+    height: int = 720
+    fps: int = 30
+    max_duration: float = 30.0
+    crf: int = 23
+    preset: str = "veryfast"
+    intro_seconds: float = 2.0
+    outro_seconds: float = 2.0
+    intro_image: str | None = None
+    outro_image: str | None = None
+    watermark_image: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.width % 2 or self.height % 2:
+            raise ValueError("output width and height must be even for yuv420p")
+        if self.intro_seconds < 0 or self.outro_seconds < 0:
+            raise ValueError("bumper lengths must not be negative")
+        if self.intro_seconds + self.outro_seconds > MAX_BUMPERS_SECONDS:
+            raise ValueError(f"intro and outro together must last at most {MAX_BUMPERS_SECONDS:g}s")
+
+    @classmethod
+    def from_settings(cls, s: Mapping[str, Any]) -> Profile:
+        """Build the profile from the ``OUTPUT_*``, bumper and watermark settings."""
+        return cls(
+            width=s["OUTPUT_WIDTH"],
+            height=s["OUTPUT_HEIGHT"],
+            fps=s["OUTPUT_FPS"],
+            max_duration=s["OUTPUT_MAX_DURATION"],
+            crf=s["OUTPUT_CRF"],
+            preset=s["OUTPUT_PRESET"],
+            intro_seconds=s["INTRO_SECONDS"],
+            outro_seconds=s["OUTRO_SECONDS"],
+            intro_image=s["INTRO_IMAGE"],
+            outro_image=s["OUTRO_IMAGE"],
+            watermark_image=s["WATERMARK_IMAGE"] or None,
+        )
+
+    @property
+    def timescale(self) -> int:
+        """MP4 track timescale shared by every piece, so they join without re-encoding."""
+        return self.fps * 1000
+
+    def fingerprint(self) -> str:
+        """Return a short hash of the encoding settings and bumper images."""
+        digest = hashlib.sha256(repr(sorted(asdict(self).items())).encode())
+        for image in (self.intro_image, self.outro_image):
+            if image and Path(image).is_file():
+                digest.update(Path(image).read_bytes())
+        return digest.hexdigest()[:16]

@@ -1,0 +1,78 @@
+"""Check a probed upload against the configured limits."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from media.probe import MediaInfo
+
+
+class MediaRejected(Exception):
+    """The upload is not acceptable; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what an upload may be; sizes compare long side to long side."""
+
+    allowed_formats: tuple[str, ...] = ("mp4", "mov")
+    min_duration: float = 1.0
+    max_duration: float = 1800.0
+    min_width: int = 320
+    min_height: int = 240
+    max_width: int = 7680
+    max_height: int = 4320
+
+    @classmethod
+    def from_settings(cls, s: Mapping[str, Any]) -> Limits:
+        """Build the limits from the ``VIDEO_*`` settings."""
+        return cls(
+            allowed_formats=tuple(s["VIDEO_ALLOWED_FORMATS"]),
+            min_duration=s["VIDEO_MIN_DURATION"],
+            max_duration=s["VIDEO_MAX_DURATION"],
+            min_width=s["VIDEO_MIN_WIDTH"],
+            min_height=s["VIDEO_MIN_HEIGHT"],
+            max_width=s["VIDEO_MAX_WIDTH"],
+            max_height=s["VIDEO_MAX_HEIGHT"],
+        )
+
+
+def check(info: MediaInfo, limits: Limits) -> None:
+    """Raise ``MediaRejected`` (415 or 422) when ``info`` is outside ``limits``.
+
+    Portrait clips are compared with their sides swapped, so 1080x1920 meets a
+    1920x1080 minimum.
+    """
+    if not info.has_video:
+        raise MediaRejected("no_video_stream", "The file has no video stream.", 415)
+    if info.container not in limits.allowed_formats:
+        allowed = ", ".join(limits.allowed_formats)
+        raise MediaRejected(
+            "format_not_allowed", f"Container {info.container!r} is not allowed (allowed: {allowed}).", 415
+        )
+    if not limits.min_duration <= info.duration <= limits.max_duration:
+        raise MediaRejected(
+            "duration_out_of_bounds",
+            f"Duration {info.duration:.1f}s is outside {limits.min_duration:g}-{limits.max_duration:g}s.",
+            422,
+        )
+    long_side, short_side = max(info.width, info.height), min(info.width, info.height)
+    too_small = long_side < max(limits.min_width, limits.min_height) or short_side < min(
+        limits.min_width, limits.min_height
+    )
+    too_big = long_side > max(limits.max_width, limits.max_height) or short_side > min(
+        limits.max_width, limits.max_height
+    )
+    if too_small or too_big:
+        raise MediaRejected(
+            "resolution_out_of_bounds",
+            f"Resolution {info.resolution} is outside {limits.min_width}x{limits.min_height}"
+            f" to {limits.max_width}x{limits.max_height}.",
+            422,
+        )

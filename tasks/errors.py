@@ -1,0 +1,36 @@
+"""Sort failures into permanent (record and stop) and transient (retry with backoff)."""
+
+from __future__ import annotations
+
+from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
+from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+THROTTLING = {"Throttling", "ThrottlingException", "SlowDown", "RequestTimeout", "RequestLimitExceeded"}
+MISSING = {"NoSuchKey", "404", "NoSuchBucket"}
+
+
+class PermanentError(Exception):
+    """The job can never succeed as it stands; the video is marked failed with ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Return whether retrying later may succeed (network, throttling, S3 or database outage)."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error.get("Code") in THROTTLING or status >= 500 or status == 429
+    if isinstance(exc, (S3UploadFailedError, S3TransferFailedError, BotoCoreError, OperationalError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def is_missing(exc: BaseException) -> bool:
+    """Return whether ``exc`` says an S3 object or bucket does not exist."""
+    return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in MISSING

@@ -1,0 +1,155 @@
+"""The processing task: claim the row, download, run the pipeline, upload, record."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import time
+from pathlib import Path
+
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.log import get_task_logger
+from flask import current_app
+
+from app.extensions import db
+from app.logs import log_context
+from app.models import Status, Video, utcnow
+from app.storage import get_storage, poster_key, processed_video_key
+from celeryconfig import PROCESS_TASK
+from media.pipeline import Pipeline
+from media.probe import ProbeError, probe
+from media.profile import Profile
+from media.runner import FFmpegError
+from tasks.errors import PermanentError, is_missing, is_transient
+
+logger = get_task_logger(__name__)
+# Progress: the download takes the first 10%, the pipeline up to 90%, the upload the rest.
+DOWNLOADED, ENCODED = 10, 90
+BEAT_SECONDS = 1.0
+
+
+@functools.cache
+def pipeline() -> Pipeline:
+    """Return this worker process's pipeline; its bumpers are rendered once and reused."""
+    config = current_app.config
+    cache = Path(config["WORKER_TMP_DIR"] or tempfile.gettempdir()) / "videoproc-bumpers"
+    return Pipeline(Profile.from_settings(config), cache)
+
+
+class VideoJob:
+    """One delivery of one video's processing, holding the row under ``token``."""
+
+    def __init__(self, video_id: str, token: str) -> None:
+        self.video_id, self.token = video_id, token
+        self._last_beat, self._last_progress = 0.0, -1
+
+    def progress(self, percent: int) -> None:
+        """Record progress (at most once a second); it doubles as the job's heartbeat."""
+        now = time.monotonic()
+        if percent != self._last_progress and (now - self._last_beat >= BEAT_SECONDS or percent >= 100):
+            Video.beat(self.video_id, self.token, percent)
+            self._last_beat, self._last_progress = now, percent
+
+    def run(self) -> str:
+        """Process the claimed video; return the processed key."""
+        video = db.session.get(Video, self.video_id)
+        assert video is not None
+        original = video.original_key
+        db.session.commit()  # hold no transaction open through the long part
+        storage = get_storage()
+        config = current_app.config
+        with tempfile.TemporaryDirectory(prefix=f"videoproc-{self.video_id}-", dir=config["WORKER_TMP_DIR"]) as tmp:
+            workdir = Path(tmp)
+            src = workdir / "original"
+            try:
+                storage.download_file(original, src)
+            except Exception as exc:
+                if is_missing(exc):
+                    raise PermanentError("original_missing", f"The original {original} is not in S3.") from exc
+                raise
+            self.progress(DOWNLOADED)
+            try:
+                info = probe(str(src), timeout=config["FFPROBE_TIMEOUT"])
+                outputs = pipeline().run(
+                    src, info, workdir, lambda f: self.progress(DOWNLOADED + int((ENCODED - DOWNLOADED) * f))
+                )
+            except (ProbeError, FFmpegError) as exc:
+                raise PermanentError("undecodable", f"FFmpeg could not process the video: {exc}") from exc
+            video_key, image_key = processed_video_key(self.video_id), poster_key(self.video_id)
+            storage.upload_file(outputs.video, video_key, "video/mp4")
+            storage.upload_file(outputs.poster, image_key, "image/jpeg")
+        done = Video.transition(
+            self.video_id,
+            (Status.PROCESSING,),
+            Status.PROCESSED,
+            claimed_by=self.token,
+            progress=100,
+            processed_key=video_key,
+            poster_key=image_key,
+            processed_at=utcnow(),
+            heartbeat_at=None,
+        )
+        if not done:  # deleted (or taken over) while we worked: leave nothing behind for a deleted video
+            if db.session.get(Video, self.video_id) is None:
+                storage.delete_prefix(f"processed/{self.video_id}/")
+            logger.warning("row changed during processing; result not recorded")
+        else:
+            logger.info("processed", extra={"state": Status.PROCESSED.value, "duration": outputs.duration})
+        return video_key
+
+
+def _fail(video_id: str, token: str, code: str, message: str) -> None:
+    db.session.rollback()
+    Video.transition(
+        video_id,
+        (Status.PROCESSING,),
+        Status.FAILED,
+        claimed_by=token,
+        error_code=code,
+        error_message=message[:2000],
+        heartbeat_at=None,
+    )
+    logger.error("failed", extra={"state": Status.FAILED.value, "code": code, "reason": message[:500]})
+
+
+def _skip_reason(video_id: str) -> str:
+    video = db.session.get(Video, video_id)
+    return "deleted" if video is None else f"status={video.status}"
+
+
+def backoff(retries: int, cap: int) -> int:
+    """Return the delay before retry number ``retries + 1``: 2, 4, 8, … seconds up to ``cap``."""
+    return int(min(cap, 2 ** (retries + 1)))
+
+
+@shared_task(name=PROCESS_TASK, bind=True)
+def process_video(self: Task, video_id: str) -> str | None:
+    """Process one video by id; a delivery for a video that is not waiting is acknowledged and skipped."""
+    request = self.request
+    token = f"{request.id}:{request.retries}"
+    previous = f"{request.id}:{request.retries - 1}" if request.retries else None
+    config = current_app.config
+    with log_context(video_id=video_id, task_id=request.id):
+        if not Video.claim(video_id, token, previous, config["STALE_AFTER_SECONDS"]):
+            logger.info("nothing to do", extra={"reason": _skip_reason(video_id), "retries": request.retries})
+            return None
+        logger.info("claimed", extra={"state": Status.PROCESSING.value, "retries": request.retries})
+        try:
+            return VideoJob(video_id, token).run()
+        except PermanentError as exc:
+            _fail(video_id, token, exc.code, exc.message)
+        except SoftTimeLimitExceeded:
+            _fail(video_id, token, "timed_out", f"Processing took longer than {config['TASK_SOFT_TIME_LIMIT']}s.")
+        except Exception as exc:
+            db.session.rollback()
+            if not is_transient(exc):
+                _fail(video_id, token, "internal_error", f"{type(exc).__name__}: {exc}")
+                raise
+            if request.retries >= config["TASK_MAX_RETRIES"]:
+                _fail(video_id, token, "retries_exhausted", f"Gave up after {request.retries} retries: {exc!r}")
+                return None
+            delay = backoff(request.retries, config["TASK_RETRY_BACKOFF_MAX"])
+            logger.warning("transient error; will retry", extra={"error": repr(exc), "countdown": delay})
+            raise self.retry(exc=exc, countdown=delay, max_retries=None) from exc
+        return None
