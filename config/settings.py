@@ -20,6 +20,7 @@ INSTANCE_DIR = ROOT / "instance"
 ASSETS_DIR = ROOT / "assets"
 LOCAL_AWS = "http://127.0.0.1:5000"
 ENVIRONMENTS = ("development", "testing", "production")
+MIN_SECRET_BYTES = 32
 
 __all__ = ["ConfigError", "broker_url", "load_settings"]
 
@@ -124,6 +125,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "STALE_AFTER_SECONDS": env_int(env, "STALE_AFTER_SECONDS", 300),
         "MAX_ATTEMPTS": env_int(env, "MAX_ATTEMPTS", 3),
     }
+    if production and len(s["SECRET_KEY"]) < MIN_SECRET_BYTES:
+        raise ConfigError(f"SECRET_KEY must be at least {MIN_SECRET_BYTES} characters (HS256 key)")
     if s["TASK_TIME_LIMIT"] >= s["SQS_VISIBILITY_TIMEOUT"]:
         raise ConfigError("TASK_TIME_LIMIT must be shorter than SQS_VISIBILITY_TIMEOUT")
     # The body also carries the form's other fields and multipart boundaries.

@@ -1,33 +1,5 @@
 """The worker side: queue → S3 → FFmpeg → S3 → database.
 
-``celery -A tasks worker`` imports this module: it builds the Flask app and exposes
-its Celery app as ``celery_app``.
+``celery -A tasks worker`` finds the Celery app in ``tasks.celery``, which builds the
+Flask app; importing ``tasks.process`` or ``tasks.errors`` alone builds nothing.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-from celery.signals import setup_logging, worker_process_init
-
-from app import create_app, logs
-from app.extensions import db
-
-flask_app = create_app()
-celery_app = flask_app.extensions["celery"]
-
-
-@setup_logging.connect
-def _logging(loglevel: str | int | None = None, **_: Any) -> None:
-    """Log worker and task records as key=value lines too (instead of Celery's own format)."""
-    logs.configure(flask_app.config["LOG_LEVEL"])
-
-
-@worker_process_init.connect
-def _fresh_engine(**_: Any) -> None:
-    """Drop database connections inherited from the parent process (never share them across fork)."""
-    with flask_app.app_context():
-        db.engine.dispose(close=False)
-
-
-from tasks import process  # noqa: E402,F401  (registers the task)

@@ -34,3 +34,8 @@ def is_transient(exc: BaseException) -> bool:
 def is_missing(exc: BaseException) -> bool:
     """Return whether ``exc`` says an S3 object or bucket does not exist."""
     return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in MISSING
+
+
+def backoff(retries: int, cap: int) -> int:
+    """Return the delay before retry number ``retries + 1``: 2, 4, 8, … seconds up to ``cap``."""
+    return int(min(cap, 2 ** (retries + 1)))

@@ -21,7 +21,7 @@ from media.pipeline import Pipeline
 from media.probe import ProbeError, probe
 from media.profile import Profile
 from media.runner import FFmpegError
-from tasks.errors import PermanentError, is_missing, is_transient
+from tasks.errors import PermanentError, backoff, is_missing, is_transient
 
 logger = get_task_logger(__name__)
 # Progress: the download takes the first 10%, the pipeline up to 90%, the upload the rest.
@@ -116,11 +116,6 @@ def _fail(video_id: str, token: str, code: str, message: str) -> None:
 def _skip_reason(video_id: str) -> str:
     video = db.session.get(Video, video_id)
     return "deleted" if video is None else f"status={video.status}"
-
-
-def backoff(retries: int, cap: int) -> int:
-    """Return the delay before retry number ``retries + 1``: 2, 4, 8, … seconds up to ``cap``."""
-    return int(min(cap, 2 ** (retries + 1)))
 
 
 @shared_task(name=PROCESS_TASK, bind=True)

@@ -16,14 +16,14 @@ logger = logging.getLogger(__name__)
 class APIError(Exception):
     """An error the API answers with ``status``, ``code`` and ``message``."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def __init__(self, status: int, code: str, message: str, extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
+        self.status, self.code, self.message, self.extra = status, code, message, extra or {}
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> tuple[Response, int]:
-    """Return the JSON error body and its status."""
-    return jsonify({"error": {"code": code, "message": message}, **extra}), status
+def error_response(status: int, code: str, message: str, extra: dict[str, Any] | None = None) -> tuple[Response, int]:
+    """Return the JSON error body (with any ``extra`` top-level fields) and its status."""
+    return jsonify({"error": {"code": code, "message": message}, **(extra or {})}), status
 
 
 def _code(exc: HTTPException) -> str:
@@ -35,7 +35,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(APIError)
     def api_error(exc: APIError) -> tuple[Response, int]:
-        return error_response(exc.status, exc.code, exc.message, **exc.extra)
+        return error_response(exc.status, exc.code, exc.message, exc.extra)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:

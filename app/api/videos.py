@@ -67,10 +67,8 @@ def upload() -> tuple[Response, int]:
         raise APIError(
             503,
             "queue_unavailable",
-            "The video is stored, but processing is delayed: the queue is unreachable. It will be queued again.",
-            video_id=video.id,
-            task_id=video.task_id,
-            status=video.status,
+            "The video is stored, but the processing queue is unreachable: processing is delayed.",
+            {"video_id": video.id, "task_id": video.task_id, "status": video.status},
         )
     body = {
         "task_id": video.task_id,

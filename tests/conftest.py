@@ -1,0 +1,253 @@
+"""Fixtures: PostgreSQL (or SQLite), moto server, the app, users, clips and a real worker."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import flask_migrate
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from moto.server import ThreadedMotoServer
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from app import create_app
+from app.aws import ensure_bucket, ensure_queue
+from app.extensions import db
+from app.models import User, Video
+from app.storage import get_storage
+from config import load_settings
+from tests.clips import make_clip, make_image
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PASSWORD = "correct-horse-1"
+
+
+def free_port() -> int:
+    """Return a TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh PostgreSQL database for this run; SQLite when no PostgreSQL answers (never in CI)."""
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        conn = admin.connect()
+    except OperationalError:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI runs the suite against PostgreSQL, but {POSTGRES_URL} does not answer") from None
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+        return
+    name = f"videoproc_test_{os.getpid()}"
+    with conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def aws_endpoint() -> Iterator[str]:
+    """moto in server mode: S3, SQS, SNS and CloudWatch over HTTP, for every process."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_env(database_url: str, aws_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment variables shared by the test process and the worker processes."""
+    scratch = tmp_path_factory.mktemp("scratch")
+    return {
+        "APP_ENV": "testing",
+        "SECRET_KEY": "test-secret-key-of-at-least-32-bytes",
+        "DATABASE_URL": database_url,
+        "AWS_ENDPOINT_URL": aws_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "S3_BUCKET": "videoproc-test",
+        "SQS_WAIT_TIME_SECONDS": "1",
+        "WORKER_TMP_DIR": str(scratch),
+        "UPLOAD_TMP_DIR": str(scratch),
+        "LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture(scope="session")
+def make_app(base_env: dict[str, str]) -> Iterator[Callable[..., Flask]]:
+    """Build an app from the test environment plus ``env`` variables and ``overrides`` (settings keys)."""
+    apps: list[Flask] = []
+
+    def factory(env: dict[str, str] | None = None, **overrides: Any) -> Flask:
+        settings = load_settings({**base_env, **(env or {})})
+        settings.update(overrides)
+        apps.append(create_app(settings))
+        return apps[-1]
+
+    yield factory
+    for flask_app in apps:  # close pooled connections before the database is dropped
+        with flask_app.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def app(make_app: Callable[..., Flask]) -> Flask:
+    """The app of the API tests: migrated database, bucket and a queue no worker reads."""
+    flask_app = make_app({"SQS_QUEUE_NAME": "api-tests"})
+    with flask_app.app_context():
+        flask_migrate.upgrade(directory=str(ROOT / "migrations"))
+        ensure_bucket(flask_app.config)
+        ensure_queue(flask_app.config)
+    return flask_app
+
+
+@pytest.fixture(autouse=True)
+def _clean(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Start every test that uses the app with empty tables and an empty bucket."""
+    if "app" not in request.fixturenames:
+        yield
+        return
+    flask_app: Flask = request.getfixturevalue("app")
+    with flask_app.app_context():
+        db.session.query(Video).delete()
+        db.session.query(User).delete()
+        db.session.commit()
+        for prefix in ("originals/", "processed/"):
+            get_storage().delete_prefix(prefix)
+    yield
+
+
+@pytest.fixture
+def ctx(app: Flask) -> Iterator[None]:
+    """An application context for tests that read the database or S3 directly."""
+    with app.app_context():
+        yield
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def signup_and_login(client: FlaskClient, email: str) -> dict[str, str]:
+    """Create a user and return its Authorization header."""
+    body = {"email": email, "password": PASSWORD, "password_confirm": PASSWORD}
+    assert client.post("/api/auth/signup", json=body).status_code == 201
+    token = client.post("/api/auth/login", json={"email": email, "password": PASSWORD}).json["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def auth(client: FlaskClient) -> dict[str, str]:
+    return signup_and_login(client, "player@example.com")
+
+
+CLIPS: dict[str, Callable[[Path], Path]] = {
+    "portrait.mp4": lambda p: make_clip(p, 1080, 1920, 35),
+    "small.mp4": lambda p: make_clip(p, 640, 480, 4),
+    "clip.mov": lambda p: make_clip(p, 640, 360, 2, extra=("-f", "mov")),
+    "silent.mp4": lambda p: make_clip(p, 480, 360, 2, audio=False),
+    "blip.mp4": lambda p: make_clip(p, 640, 480, 0.4),
+    "tiny.mp4": lambda p: make_clip(p, 160, 120, 2),
+    "clip.mkv": lambda p: make_clip(p, 640, 480, 2),
+    "still.png": lambda p: make_image(p),
+}
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Return the path of a named test clip, generating it on first use."""
+    folder = tmp_path_factory.mktemp("clips")
+
+    def get(name: str) -> Path:
+        path = folder / name
+        if not path.exists():
+            CLIPS[name](path)
+        return path
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def e2e_app(make_app: Callable[..., Flask], app: Flask) -> Flask:
+    """The app of the end-to-end tests; its queue is served by ``worker``."""
+    flask_app = make_app({"SQS_QUEUE_NAME": "e2e"})
+    with flask_app.app_context():
+        ensure_queue(flask_app.config)
+    return flask_app
+
+
+class Worker:
+    """A ``celery -A tasks worker`` subprocess and its log."""
+
+    def __init__(self, env: dict[str, str], log: Path, name: str, concurrency: int = 2) -> None:
+        self.log = log
+        argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel", "INFO"]
+        argv += ["--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip"]
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready." in self.log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"worker did not start:\n{self.log.read_text(errors='replace')[-3000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(e2e_app: Flask, base_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """A real worker process consuming the end-to-end queue."""
+    w = Worker({**base_env, "SQS_QUEUE_NAME": "e2e"}, tmp_path_factory.mktemp("worker") / "worker.log", "e2e")
+    try:
+        w.wait_ready()
+        yield w
+    finally:
+        w.stop()
+        print(f"worker log: {w.log}")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def unique_email() -> str:
+    return f"user-{uuid.uuid4().hex[:8]}@example.com"

@@ -1,0 +1,106 @@
+"""Settings from the environment, Celery's settings and error classification."""
+
+from __future__ import annotations
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+from sqlalchemy.exc import OperationalError
+
+import celeryconfig
+from config import ConfigError, load_settings
+from config.settings import broker_url
+from tasks.errors import backoff, is_missing, is_transient
+
+PRODUCTION = {"APP_ENV": "production", "SECRET_KEY": "k" * 32, "DATABASE_URL": "postgres://u@db/videos"}
+
+
+def test_development_defaults_point_at_local_aws() -> None:
+    s = load_settings({"SECRET_KEY": "x"})
+    assert s["AWS_ENDPOINT_URL"] == "http://127.0.0.1:5000"
+    assert s["CELERY_BROKER_URL"] == "sqs://testing:testing@127.0.0.1:5000"
+    assert s["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
+    assert s["VIDEO_ALLOWED_FORMATS"] == ["mp4", "mov"]
+    assert s["MAX_UPLOAD_BYTES"] == 1024**3
+
+
+def test_production_uses_the_instance_role_and_real_endpoints() -> None:
+    s = load_settings({**PRODUCTION, "S3_BUCKET": "videos"})
+    assert s["AWS_ENDPOINT_URL"] is None and s["AWS_ACCESS_KEY_ID"] is None
+    assert s["CELERY_BROKER_URL"] == "sqs://"
+    assert s["SQLALCHEMY_DATABASE_URI"] == "postgresql://u@db/videos"
+
+
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "DATABASE_URL", "S3_BUCKET"])
+def test_production_has_no_default_secrets(missing: str) -> None:
+    env = {**PRODUCTION, "S3_BUCKET": "videos"}
+    del env[missing]
+    with pytest.raises(ConfigError, match=missing):
+        load_settings(env)
+
+
+def test_production_secret_must_be_long() -> None:
+    with pytest.raises(ConfigError, match="at least 32"):
+        load_settings({**PRODUCTION, "S3_BUCKET": "videos", "SECRET_KEY": "short"})
+
+
+def test_bad_values_are_named() -> None:
+    with pytest.raises(ConfigError, match="OUTPUT_CRF"):
+        load_settings({"OUTPUT_CRF": "high"})
+    with pytest.raises(ConfigError, match="APP_ENV"):
+        load_settings({"APP_ENV": "staging"})
+    with pytest.raises(ConfigError, match="TASK_TIME_LIMIT"):
+        load_settings({"SQS_VISIBILITY_TIMEOUT": "60"})
+
+
+def test_course_profile_is_one_configuration_away() -> None:
+    s = load_settings(
+        {"VIDEO_MIN_DURATION": "20", "VIDEO_MAX_DURATION": "60", "VIDEO_MIN_WIDTH": "1920", "VIDEO_MIN_HEIGHT": "1080"}
+    )
+    assert (s["VIDEO_MIN_DURATION"], s["VIDEO_MAX_DURATION"], s["VIDEO_MIN_WIDTH"]) == (20, 60, 1920)
+
+
+def test_broker_url_quotes_credentials() -> None:
+    s = {"AWS_ACCESS_KEY_ID": "AK/1", "AWS_SECRET_ACCESS_KEY": "a+b/c", "AWS_ENDPOINT_URL": None}
+    assert broker_url(s) == "sqs://AK%2F1:a%2Bb%2Fc@"
+
+
+def test_celery_settings_for_sqs() -> None:
+    assert celeryconfig.task_acks_late and celeryconfig.task_reject_on_worker_lost
+    assert celeryconfig.worker_prefetch_multiplier == 1 and celeryconfig.result_backend is None
+    s = load_settings({"SQS_QUEUE_PREFIX": "prod-", "SQS_QUEUE_URL": "https://sqs.example/1/prod-videoproc-videos"})
+    conf = celeryconfig.environment_settings(s)
+    options = conf["broker_transport_options"]
+    assert (options["wait_time_seconds"], options["polling_interval"]) == (20, 0)
+    assert options["visibility_timeout"] == 1800 > conf["task_time_limit"]
+    assert options["queue_name_prefix"] == "prod-" and options["is_secure"] is False
+    assert options["predefined_queues"] == {"prod-videoproc-videos": {"url": s["SQS_QUEUE_URL"]}}
+    assert conf["task_routes"][celeryconfig.PROCESS_TASK] == {"queue": "videoproc-videos"}
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (client_error("SlowDown", 503), True),
+        (client_error("InternalError", 500), True),
+        (client_error("AccessDenied", 403), False),
+        (client_error("NoSuchKey", 404), False),
+        (EndpointConnectionError(endpoint_url="http://s3"), True),
+        (OperationalError("SELECT 1", {}, Exception("server closed the connection")), True),
+        (ConnectionResetError(), True),
+        (ValueError("bug"), False),
+    ],
+)
+def test_transient_errors(exc: BaseException, transient: bool) -> None:
+    assert is_transient(exc) is transient
+
+
+def test_missing_original_is_permanent() -> None:
+    assert is_missing(client_error("NoSuchKey", 404)) and not is_missing(client_error("SlowDown", 503))
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    assert [backoff(n, 30) for n in range(6)] == [2, 4, 8, 16, 30, 30]

@@ -1,0 +1,224 @@
+"""Upload validation, storage, enqueueing and the video endpoints (moto server, no worker)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import encode_multipart
+
+from app.aws import queue_url
+from app.extensions import db
+from app.models import Status, User, Video
+from app.storage import aws_client, get_storage
+from tests.conftest import free_port, signup_and_login, unique_email
+
+
+def upload(client: FlaskClient, headers: dict[str, str], path: Path | None, title: str | None = "My clip") -> Any:
+    data: dict[str, Any] = {}
+    if path is not None:
+        data["video_file"] = FileStorage(io.BytesIO(path.read_bytes()), filename=path.name)
+    if title is not None:
+        data["title"] = title
+    # Encoded in memory: the test client would otherwise spool a large body to a file it never closes.
+    boundary, body = encode_multipart(data)
+    content_type = f"multipart/form-data; boundary={boundary}"
+    return client.post("/api/videos/upload", data=body, headers=headers, content_type=content_type)
+
+
+def stored_keys(app: Flask) -> list[str]:
+    with app.app_context():
+        return get_storage().keys("")
+
+
+def row_count(app: Flask) -> int:
+    with app.app_context():
+        return db.session.query(Video).count()
+
+
+def queued_task_ids(app: Flask) -> list[str]:
+    """Receive every message on the queue and return the task ids kombu put in them."""
+    sqs = aws_client("sqs", app.config)
+    url = queue_url(app.config, sqs)
+    ids = []
+    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        for message in messages:
+            envelope = json.loads(base64.b64decode(message["Body"]))
+            ids.append(envelope["headers"]["id"])
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return ids
+
+
+def test_upload_is_stored_recorded_and_queued(app: Flask, client: FlaskClient, auth: dict, clip: Callable) -> None:
+    source = clip("small.mp4")
+    response = upload(client, auth, source)
+    assert response.status_code == 202
+    body = response.json
+    assert body["status"] == "queued" and body["message"]
+    with app.app_context():
+        video = db.session.get(Video, body["video_id"])
+        assert video is not None and video.task_id == body["task_id"]
+        assert (video.status, video.width, video.height, video.size_bytes) == (
+            "queued",
+            640,
+            480,
+            source.stat().st_size,
+        )
+        assert video.duration == pytest.approx(4, abs=0.1)
+        assert video.original_key == f"originals/{video.id}/small.mp4"
+    assert stored_keys(app) == [f"originals/{body['video_id']}/small.mp4"]
+    assert body["task_id"] in queued_task_ids(app)
+
+
+def test_status_of_a_fresh_upload(client: FlaskClient, auth: dict, clip: Callable) -> None:
+    source = clip("clip.mov")
+    video_id = upload(client, auth, source).json["video_id"]
+    body = client.get(f"/api/videos/{video_id}", headers=auth).json
+    expected = {"id", "title", "status", "progress", "created_at", "processed_at", "original_url"}
+    assert expected | {"processed_url", "poster_url", "error", "task_id"} == set(body)
+    assert (body["title"], body["status"], body["progress"], body["error"]) == ("My clip", "queued", 0, None)
+    assert body["processed_url"] is None and body["processed_at"] is None
+    with urllib.request.urlopen(body["original_url"]) as presigned:  # a real presigned GET against moto
+        assert presigned.read() == source.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [
+        ("notes.txt", 415, "not_a_video"),
+        ("still.png", 415, "format_not_allowed"),
+        ("clip.mkv", 415, "format_not_allowed"),
+        ("silent-renamed.mp4", 415, "not_a_video"),
+        ("blip.mp4", 422, "duration_out_of_bounds"),
+        ("tiny.mp4", 422, "resolution_out_of_bounds"),
+    ],
+)
+def test_rejected_uploads_leave_nothing(
+    app: Flask, client: FlaskClient, auth: dict, clip: Callable, tmp_path: Path, name: str, status: int, code: str
+) -> None:
+    if name == "notes.txt":
+        path = tmp_path / name
+        path.write_text("definitely not a video\n" * 100)
+    elif name == "silent-renamed.mp4":  # the extension lies: bytes of text named .mp4
+        path = tmp_path / name
+        path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 1000)
+    else:
+        path = clip(name)
+    response = upload(client, auth, path)
+    assert response.status_code == status
+    assert response.json["error"]["code"] == code and response.json["error"]["message"]
+    assert stored_keys(app) == [] and row_count(app) == 0
+
+
+def test_silent_video_is_accepted(client: FlaskClient, auth: dict, clip: Callable) -> None:
+    assert upload(client, auth, clip("silent.mp4")).status_code == 202
+
+
+@pytest.mark.parametrize(("title", "code"), [(None, "invalid_title"), ("x" * 201, "invalid_title")])
+def test_title_is_required(client: FlaskClient, auth: dict, clip: Callable, title: str | None, code: str) -> None:
+    response = upload(client, auth, clip("small.mp4"), title=title)
+    assert response.status_code == 400 and response.json["error"]["code"] == code
+
+
+def test_file_is_required(client: FlaskClient, auth: dict) -> None:
+    response = upload(client, auth, None)
+    assert response.status_code == 400 and response.json["error"]["code"] == "missing_file"
+
+
+def test_upload_needs_a_token(client: FlaskClient, clip: Callable) -> None:
+    assert upload(client, {}, clip("small.mp4")).status_code == 401
+
+
+@pytest.mark.parametrize("size", [200_000, 2_000_000])  # caught after spooling; caught by the body limit
+def test_over_the_size_limit_is_413(make_app: Callable, app: Flask, tmp_path: Path, size: int) -> None:
+    small = make_app({"SQS_QUEUE_NAME": "api-tests", "MAX_UPLOAD_BYTES": "100000"})
+    client = small.test_client()
+    headers = signup_and_login(client, unique_email())
+    path = tmp_path / "big.mp4"
+    path.write_bytes(b"\0" * size)
+    response = upload(client, headers, path)
+    assert response.status_code == 413 and response.json["error"]["code"] == "file_too_large"
+    assert stored_keys(app) == [] and row_count(app) == 0
+
+
+def test_broker_down_keeps_the_upload(make_app: Callable, app: Flask, clip: Callable) -> None:
+    broken = make_app(
+        {"SQS_QUEUE_NAME": "api-tests"}, CELERY_BROKER_URL=f"sqs://testing:testing@127.0.0.1:{free_port()}"
+    )
+    client = broken.test_client()
+    headers = signup_and_login(client, unique_email())
+    response = upload(client, headers, clip("small.mp4"))
+    assert response.status_code == 503
+    body = response.json
+    assert body["error"]["code"] == "queue_unavailable" and body["status"] == "uploaded"
+    with app.app_context():
+        video = db.session.get(Video, body["video_id"])
+        assert video is not None and video.status == Status.UPLOADED
+    assert stored_keys(app) == [video.original_key]
+
+
+def add_video(user_id: int, **values: Any) -> Video:
+    video = Video(user_id=user_id, title="t", original_key="originals/x/a.mp4", **values)
+    db.session.add(video)
+    db.session.commit()
+    return video
+
+
+def test_list_is_paginated_and_private(app: Flask, client: FlaskClient, auth: dict) -> None:
+    other = signup_and_login(client, unique_email())
+    with app.app_context():
+        me, them = db.session.query(User).order_by(User.id).all()
+        mine = [add_video(me.id).id for _ in range(5)]
+        add_video(them.id)
+    first = client.get("/api/videos?per_page=2", headers=auth).json
+    assert (first["total"], first["pages"], first["page"], len(first["items"])) == (5, 3, 1, 2)
+    pages = [client.get(f"/api/videos?per_page=2&page={n}", headers=auth).json["items"] for n in (1, 2, 3)]
+    assert sorted(v["id"] for page in pages for v in page) == sorted(mine)
+    assert client.get("/api/videos", headers=other).json["total"] == 1
+
+
+def test_someone_elses_video_is_404(app: Flask, client: FlaskClient, auth: dict) -> None:
+    other = signup_and_login(client, unique_email())
+    with app.app_context():
+        owner = db.session.query(User).filter_by(email="player@example.com").one()
+        video_id = add_video(owner.id).id
+    for method in (client.get, client.delete):
+        response = method(f"/api/videos/{video_id}", headers=other)
+        assert response.status_code == 404 and response.json["error"]["code"] == "not_found"
+    assert client.get(f"/api/videos/{video_id}", headers=auth).status_code == 200
+
+
+def test_delete_removes_row_and_objects(app: Flask, client: FlaskClient, auth: dict, clip: Callable) -> None:
+    video_id = upload(client, auth, clip("small.mp4")).json["video_id"]
+    with app.app_context():
+        storage = get_storage()
+        storage.client.put_object(Bucket=storage.bucket, Key=f"processed/{video_id}/video.mp4", Body=b"v")
+        storage.client.put_object(Bucket=storage.bucket, Key="originals/someone-else/a.mp4", Body=b"o")
+    assert client.delete(f"/api/videos/{video_id}", headers=auth).status_code == 204
+    assert client.get(f"/api/videos/{video_id}", headers=auth).status_code == 404
+    assert stored_keys(app) == ["originals/someone-else/a.mp4"] and row_count(app) == 0
+
+
+def test_unknown_route_is_json(client: FlaskClient) -> None:
+    response = client.get("/api/nope")
+    assert response.status_code == 404 and response.json["error"]["code"] == "not_found"
+
+
+def test_health_and_readiness(client: FlaskClient, make_app: Callable) -> None:
+    assert client.get("/healthz").json == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["checks"] == {"database": "ok", "s3": "ok", "sqs": "ok"}
+    broken = make_app({"SQS_QUEUE_NAME": "no-such-queue", "S3_BUCKET": "no-such-bucket"}).test_client()
+    response = broken.get("/readyz")
+    assert response.status_code == 503
+    checks = response.json["checks"]
+    assert checks["database"] == "ok" and checks["s3"].startswith("error") and checks["sqs"].startswith("error")
