@@ -31,8 +31,10 @@ def run(
     The child is killed when ``timeout`` passes or when the caller is interrupted
     (a Celery soft time limit, a signal), so no FFmpeg outlives its job.
     """
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+    with (
+        tempfile.TemporaryFile() as err,
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err) as proc,
+    ):
         timer = threading.Timer(timeout, proc.kill) if timeout else None
         if timer:
             timer.start()
@@ -52,6 +54,6 @@ def run(
         if proc.returncode != 0:
             err.seek(0)
             message = err.read().decode("utf-8", "replace")
-            if timer and not timer.is_alive() and proc.returncode < 0:
+            if timeout and proc.returncode < 0:
                 message += f"\nkilled after {timeout:g}s"
             raise FFmpegError(argv, proc.returncode, message)

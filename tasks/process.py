@@ -115,7 +115,7 @@ def _fail(video_id: str, token: str, code: str, message: str) -> None:
 
 def _skip_reason(video_id: str) -> str:
     video = db.session.get(Video, video_id)
-    return "deleted" if video is None else f"status={video.status}"
+    return "deleted" if video is None else video.status
 
 
 @shared_task(name=PROCESS_TASK, bind=True)
