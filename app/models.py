@@ -142,12 +142,38 @@ class Video(db.Model):
         return changed
 
     @staticmethod
-    def beat(video_id: str, token: str, progress: int) -> None:
-        """Record progress and that the job holding the row is alive."""
+    def beat(video_id: str, token: str, progress: int | None = None) -> None:
+        """Record that the job holding the row is alive, and its progress when given."""
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if progress is not None:
+            values["progress"] = progress
         stmt = (
             update(Video)
             .where(Video.id == video_id, Video.status == Status.PROCESSING.value, Video.claimed_by == token)
-            .values(progress=progress, heartbeat_at=utcnow())
+            .values(**values)
         )
         db.session.execute(stmt)
         db.session.commit()
+
+    @staticmethod
+    def give_up_if_exhausted(video_id: str, stale_after: int, max_attempts: int) -> bool:
+        """Fail a row whose worker died ``max_attempts`` times (a job that kills its worker); commit."""
+        stmt = (
+            update(Video)
+            .where(
+                Video.id == video_id,
+                Video.status == Status.PROCESSING.value,
+                Video.heartbeat_at < utcnow() - timedelta(seconds=stale_after),
+                Video.attempts >= max_attempts,
+            )
+            .values(
+                status=Status.FAILED.value,
+                error_code="worker_lost",
+                error_message=f"The worker processing this video died {max_attempts} times; giving up.",
+                heartbeat_at=None,
+                updated_at=utcnow(),
+            )
+        )
+        changed = db.session.execute(stmt).rowcount == 1
+        db.session.commit()
+        return changed

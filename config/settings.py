@@ -89,7 +89,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SQS_QUEUE_NAME": env_str(env, "SQS_QUEUE_NAME", "videoproc-videos"),
         "SQS_QUEUE_PREFIX": env_str(env, "SQS_QUEUE_PREFIX", ""),
         "SQS_QUEUE_URL": env_str(env, "SQS_QUEUE_URL"),
-        "SQS_VISIBILITY_TIMEOUT": env_int(env, "SQS_VISIBILITY_TIMEOUT", 1800),
+        # Short: the worker keeps extending the messages it holds, so a dead worker's job
+        # comes back within this many seconds while a live job of any length never does.
+        "SQS_VISIBILITY_TIMEOUT": env_int(env, "SQS_VISIBILITY_TIMEOUT", 120),
+        "SQS_DLQ_NAME": env_str(env, "SQS_DLQ_NAME"),
+        "SQS_MAX_RECEIVE_COUNT": env_int(env, "SQS_MAX_RECEIVE_COUNT", 5),
         "SQS_WAIT_TIME_SECONDS": env_int(env, "SQS_WAIT_TIME_SECONDS", 20),
         "SQS_POLLING_INTERVAL": env_float(env, "SQS_POLLING_INTERVAL", 0),
         "SQS_CREATE_QUEUES": env_bool(env, "SQS_CREATE_QUEUES", not production),
@@ -122,13 +126,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "TASK_RETRY_BACKOFF_MAX": env_int(env, "TASK_RETRY_BACKOFF_MAX", 300),
         "TASK_SOFT_TIME_LIMIT": env_int(env, "TASK_SOFT_TIME_LIMIT", 1500),
         "TASK_TIME_LIMIT": env_int(env, "TASK_TIME_LIMIT", 1620),
-        "STALE_AFTER_SECONDS": env_int(env, "STALE_AFTER_SECONDS", 300),
+        "HEARTBEAT_SECONDS": env_float(env, "HEARTBEAT_SECONDS", 10),
+        "STALE_AFTER_SECONDS": env_int(env, "STALE_AFTER_SECONDS", 60),
         "MAX_ATTEMPTS": env_int(env, "MAX_ATTEMPTS", 3),
+        "SHUTDOWN_GRACE_SECONDS": env_float(env, "SHUTDOWN_GRACE_SECONDS", 60),
+        "SWEEP_AFTER_SECONDS": env_int(env, "SWEEP_AFTER_SECONDS", 60),
     }
     if production and len(s["SECRET_KEY"]) < MIN_SECRET_BYTES:
         raise ConfigError(f"SECRET_KEY must be at least {MIN_SECRET_BYTES} characters (HS256 key)")
-    if s["TASK_TIME_LIMIT"] >= s["SQS_VISIBILITY_TIMEOUT"]:
-        raise ConfigError("TASK_TIME_LIMIT must be shorter than SQS_VISIBILITY_TIMEOUT")
+    if not s["HEARTBEAT_SECONDS"] * 3 <= s["STALE_AFTER_SECONDS"] < s["SQS_VISIBILITY_TIMEOUT"]:
+        # A redelivered message must find its dead worker's row already stale.
+        raise ConfigError("need HEARTBEAT_SECONDS * 3 <= STALE_AFTER_SECONDS < SQS_VISIBILITY_TIMEOUT")
+    s["SQS_DLQ_NAME"] = s["SQS_DLQ_NAME"] or f"{s['SQS_QUEUE_NAME']}-dlq"
     # The body also carries the form's other fields and multipart boundaries.
     s["MAX_CONTENT_LENGTH"] = s["MAX_UPLOAD_BYTES"] + 1024**2
     s["CELERY_BROKER_URL"] = env_str(env, "CELERY_BROKER_URL", broker_url(s))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -10,6 +13,12 @@ from collections.abc import Callable
 from media.progress import out_time_seconds
 
 ProgressCallback = Callable[[float], None]
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Have the kernel kill FFmpeg if the process that started it dies (even by kill -9)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class FFmpegError(Exception):
@@ -33,7 +42,13 @@ def run(
     """
     with (
         tempfile.TemporaryFile() as err,
-        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err) as proc,
+        subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        ) as proc,
     ):
         timer = threading.Timer(timeout, proc.kill) if timeout else None
         if timer:

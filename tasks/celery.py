@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init
 
 from app import create_app, logs
 from app.extensions import db
+from tasks.heartbeat import make_step
+from tasks.scratch import JobInterrupted, remove_orphans
 
 flask_app = create_app()
 app = celery_app = flask_app.extensions["celery"]
+celery_app.steps["consumer"].add(make_step(flask_app.config))
 
 
 @setup_logging.connect
@@ -19,11 +23,22 @@ def _logging(loglevel: str | int | None = None, **_: Any) -> None:
     logs.configure(flask_app.config["LOG_LEVEL"])
 
 
+@worker_init.connect
+def _clean_scratch(**_: Any) -> None:
+    """Remove job directories left by pool processes that were killed (kill -9, OOM)."""
+    remove_orphans(flask_app.config["WORKER_TMP_DIR"])
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise JobInterrupted(signum)
+
+
 @worker_process_init.connect
-def _fresh_engine(**_: Any) -> None:
-    """Drop database connections inherited from the parent process (never share them across fork)."""
+def _fresh_process(**_: Any) -> None:
+    """Drop database connections inherited from the parent; let SIGTERM stop a job cleanly."""
     with flask_app.app_context():
         db.engine.dispose(close=False)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 import tasks.process  # noqa: E402,F401  (registers the task)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import threading
 import time
 from pathlib import Path
+from types import TracebackType
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
-from flask import current_app
+from flask import Flask, current_app
 
 from app.extensions import db
 from app.logs import log_context
@@ -22,11 +24,12 @@ from media.probe import ProbeError, probe
 from media.profile import Profile
 from media.runner import FFmpegError
 from tasks.errors import PermanentError, backoff, is_missing, is_transient
+from tasks.scratch import JobInterrupted, job_dir
 
 logger = get_task_logger(__name__)
 # Progress: the download takes the first 10%, the pipeline up to 90%, the upload the rest.
 DOWNLOADED, ENCODED = 10, 90
-BEAT_SECONDS = 1.0
+PROGRESS_SECONDS = 1.0
 
 
 @functools.cache
@@ -37,6 +40,31 @@ def pipeline() -> Pipeline:
     return Pipeline(Profile.from_settings(config), cache)
 
 
+class Heartbeat:
+    """Beat the row from a thread while the job runs, even through long downloads and uploads."""
+
+    def __init__(self, app: Flask, video_id: str, token: str, every: float) -> None:
+        self.app, self.video_id, self.token, self.every = app, video_id, token, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{video_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                with self.app.app_context():
+                    Video.beat(self.video_id, self.token)
+            except Exception as exc:  # a missed beat is not fatal; enough of them make the row stale
+                logger.warning("heartbeat failed", extra={"video_id": self.video_id, "error": repr(exc)})
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 class VideoJob:
     """One delivery of one video's processing, holding the row under ``token``."""
 
@@ -45,9 +73,9 @@ class VideoJob:
         self._last_beat, self._last_progress = 0.0, -1
 
     def progress(self, percent: int) -> None:
-        """Record progress (at most once a second); it doubles as the job's heartbeat."""
+        """Record progress, at most once a second."""
         now = time.monotonic()
-        if percent != self._last_progress and (now - self._last_beat >= BEAT_SECONDS or percent >= 100):
+        if percent != self._last_progress and (now - self._last_beat >= PROGRESS_SECONDS or percent >= 100):
             Video.beat(self.video_id, self.token, percent)
             self._last_beat, self._last_progress = now, percent
 
@@ -59,7 +87,7 @@ class VideoJob:
         db.session.commit()  # hold no transaction open through the long part
         storage = get_storage()
         config = current_app.config
-        with tempfile.TemporaryDirectory(prefix=f"videoproc-{self.video_id}-", dir=config["WORKER_TMP_DIR"]) as tmp:
+        with job_dir(self.video_id, config["WORKER_TMP_DIR"]) as tmp:
             workdir = Path(tmp)
             src = workdir / "original"
             try:
@@ -113,6 +141,12 @@ def _fail(video_id: str, token: str, code: str, message: str) -> None:
     logger.error("failed", extra={"state": Status.FAILED.value, "code": code, "reason": message[:500]})
 
 
+def _release(video_id: str, token: str) -> None:
+    """Hand the row back to the queue (this delivery stops; another one will take it)."""
+    db.session.rollback()
+    Video.transition(video_id, (Status.PROCESSING,), Status.QUEUED, claimed_by=token, heartbeat_at=None)
+
+
 def _skip_reason(video_id: str) -> str:
     video = db.session.get(Video, video_id)
     return "deleted" if video is None else video.status
@@ -126,12 +160,20 @@ def process_video(self: Task, video_id: str) -> str | None:
     previous = f"{request.id}:{request.retries - 1}" if request.retries else None
     config = current_app.config
     with log_context(video_id=video_id, task_id=request.id):
+        if Video.give_up_if_exhausted(video_id, config["STALE_AFTER_SECONDS"], config["MAX_ATTEMPTS"]):
+            logger.error("failed", extra={"state": Status.FAILED.value, "code": "worker_lost"})
+            return None
         if not Video.claim(video_id, token, previous, config["STALE_AFTER_SECONDS"]):
             logger.info("nothing to do", extra={"reason": _skip_reason(video_id), "retries": request.retries})
             return None
         logger.info("claimed", extra={"state": Status.PROCESSING.value, "retries": request.retries})
         try:
-            return VideoJob(video_id, token).run()
+            with Heartbeat(current_app._get_current_object(), video_id, token, config["HEARTBEAT_SECONDS"]):
+                return VideoJob(video_id, token).run()
+        except JobInterrupted:
+            _release(video_id, token)
+            logger.warning("interrupted; row handed back", extra={"state": Status.QUEUED.value})
+            raise
         except PermanentError as exc:
             _fail(video_id, token, exc.code, exc.message)
         except SoftTimeLimitExceeded:
@@ -145,6 +187,7 @@ def process_video(self: Task, video_id: str) -> str | None:
                 _fail(video_id, token, "retries_exhausted", f"Gave up after {request.retries} retries: {exc!r}")
                 return None
             delay = backoff(request.retries, config["TASK_RETRY_BACKOFF_MAX"])
-            logger.warning("transient error; will retry", extra={"error": repr(exc), "countdown": delay})
-            raise self.retry(exc=exc, countdown=delay, max_retries=None) from exc
+            logger.warning("transient error; will retry", extra={"error": repr(exc), "delay": delay})
+            # SQS holds the retry for `delay` seconds (DelaySeconds): no worker keeps it meanwhile.
+            raise self.retry(exc=exc, countdown=0, delay_seconds=delay, max_retries=None) from exc
         return None

@@ -1,0 +1,47 @@
+"""Per-job scratch directories, and what is left of them when a process is killed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+PREFIX = "videoproc-job-"
+
+
+class JobInterrupted(SystemExit):
+    """The pool process was asked to stop (SIGTERM) in the middle of a job."""
+
+
+def job_dir(video_id: str, base: str | None) -> tempfile.TemporaryDirectory[str]:
+    """Return a scratch directory named after this process, so orphans can be recognised."""
+    return tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-{video_id}-", dir=base)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphans(base: str | None) -> int:
+    """Delete scratch directories whose process is gone; return how many."""
+    removed = 0
+    for path in Path(base or tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        try:
+            pid = int(path.name[len(PREFIX) :].split("-", 1)[0])
+        except ValueError:
+            continue
+        if not _alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    if removed:
+        logger.info("orphan scratch directories removed", extra={"count": removed})
+    return removed
