@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -12,6 +13,7 @@ from app.storage import aws_client
 
 logger = logging.getLogger(__name__)
 RETENTION_SECONDS = 14 * 24 * 3600  # SQS's maximum: an outage of days loses nothing
+MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 
 
 def queue_name(s: Mapping[str, Any]) -> str:
@@ -27,13 +29,22 @@ def queue_url(s: Mapping[str, Any], sqs: Any = None) -> str:
     return sqs.get_queue_url(QueueName=queue_name(s))["QueueUrl"]
 
 
-def queue_attributes(s: Mapping[str, Any]) -> dict[str, str]:
+def dlq_name(s: Mapping[str, Any]) -> str:
+    """Return the SQS name of the dead-letter queue (prefix included)."""
+    return s["SQS_QUEUE_PREFIX"] + s["SQS_DLQ_NAME"]
+
+
+def queue_attributes(s: Mapping[str, Any], dlq_arn: str | None) -> dict[str, str]:
     """Return the attributes the work queue must have."""
-    return {
+    attributes = {
         "VisibilityTimeout": str(s["SQS_VISIBILITY_TIMEOUT"]),
         "ReceiveMessageWaitTimeSeconds": str(s["SQS_WAIT_TIME_SECONDS"]),
         "MessageRetentionPeriod": str(RETENTION_SECONDS),
     }
+    if dlq_arn:
+        policy = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": s["SQS_MAX_RECEIVE_COUNT"]}
+        attributes["RedrivePolicy"] = json.dumps(policy)
+    return attributes
 
 
 def ensure_bucket(s: Mapping[str, Any]) -> None:
@@ -63,22 +74,31 @@ def ensure_bucket(s: Mapping[str, Any]) -> None:
     )
 
 
-def ensure_queue(s: Mapping[str, Any]) -> str:
-    """Create the work queue if missing and reconcile its attributes; return its URL."""
-    sqs = aws_client("sqs", s)
-    attributes = queue_attributes(s)
+def _ensure(sqs: Any, name: str, attributes: dict[str, str], url: str | None = None) -> str:
+    """Create a queue if missing, else reconcile its attributes; return its URL."""
     try:
-        url = queue_url(s, sqs)
+        url = url or sqs.get_queue_url(QueueName=name)["QueueUrl"]
         sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+        return url
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in (
-            "AWS.SimpleQueueService.NonExistentQueue",
-            "QueueDoesNotExist",
-        ):
+        if exc.response.get("Error", {}).get("Code") not in MISSING_QUEUE:
             raise
-        url = sqs.create_queue(QueueName=queue_name(s), Attributes=attributes)["QueueUrl"]
-        logger.info("queue created", extra={"queue": queue_name(s)})
-    return url
+    logger.info("queue created", extra={"queue": name})
+    return sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+
+
+def dlq_url(s: Mapping[str, Any], sqs: Any = None) -> str:
+    """Return the dead-letter queue's URL."""
+    sqs = sqs or aws_client("sqs", s)
+    return sqs.get_queue_url(QueueName=dlq_name(s))["QueueUrl"]
+
+
+def ensure_queues(s: Mapping[str, Any]) -> tuple[str, str]:
+    """Create the dead-letter queue and the work queue (redriving to it); return both URLs."""
+    sqs = aws_client("sqs", s)
+    dead = _ensure(sqs, dlq_name(s), {"MessageRetentionPeriod": str(RETENTION_SECONDS)})
+    arn = sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return _ensure(sqs, queue_name(s), queue_attributes(s, arn), s.get("SQS_QUEUE_URL")), dead
 
 
 def ping_queue(s: Mapping[str, Any]) -> None:

@@ -1,25 +1,86 @@
-"""Operator commands: ``flask aws init``."""
+"""Operator commands: ``flask aws …`` and ``flask videos …``."""
 
 from __future__ import annotations
+
+import time
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from app.aws import ensure_bucket, ensure_queue
+from app import dlq
+from app.aws import ensure_bucket, ensure_queues
+from app.models import Status
+from app.queue import EnqueueError
+from app.sweeper import requeue, sweep
 
 aws = AppGroup("aws", help="Provision and inspect the AWS resources.")
+videos = AppGroup("videos", help="Operate on videos: sweep, retry.")
 
 
 @aws.command("init")
 def aws_init() -> None:
-    """Create the bucket and the queue if missing and reconcile their settings (idempotent)."""
+    """Create the bucket, the dead-letter queue and the work queue; reconcile their settings (idempotent)."""
     s = current_app.config
     ensure_bucket(s)
-    click.echo(f"bucket  {s['S3_BUCKET']}: ready")
-    click.echo(f"queue   {ensure_queue(s)}: ready")
+    click.echo(f"bucket  {s['S3_BUCKET']}: ready (incomplete multipart uploads aborted after 1 day)")
+    work, dead = ensure_queues(s)
+    click.echo(f"queue   {work}: ready (visibility {s['SQS_VISIBILITY_TIMEOUT']}s)")
+    click.echo(f"dlq     {dead}: ready (after {s['SQS_MAX_RECEIVE_COUNT']} receives)")
+
+
+@aws.command("dlq-list")
+def dlq_list() -> None:
+    """List the dead-lettered messages and the videos they belong to."""
+    rows = dlq.list_dead(current_app.config)
+    for row in rows:
+        click.echo(
+            f"{row['message_id']}  video={row['video_id'] or '-'}  task={row['task'] or 'unreadable'}"
+            f"  task_id={row['task_id'] or '-'}  received={row['receive_count']}"
+        )
+    click.echo(f"{len(rows)} message(s) in the dead-letter queue")
+
+
+@aws.command("dlq-redrive")
+def dlq_redrive() -> None:
+    """Move every dead-lettered message back to the work queue."""
+    moved = dlq.redrive(current_app.config, lambda row: click.echo(f"moved video={row['video_id'] or '-'}"))
+    click.echo(f"{moved} message(s) moved back")
+
+
+@videos.command("sweep")
+@click.option("--every", type=float, default=0, help="Repeat every N seconds (0: once).")
+def videos_sweep(every: float) -> None:
+    """Re-enqueue uploads that never reached the queue and jobs whose worker died."""
+    while True:
+        report = sweep(current_app.config)
+        click.echo(
+            f"requeued {len(report.requeued)}, failed {len(report.failed)}"
+            + (" (SQS unreachable: the rest waits)" if report.unreachable else "")
+        )
+        if not every:
+            return
+        time.sleep(every)
+
+
+@videos.command("retry")
+@click.argument("video_ids", nargs=-1, required=True)
+def videos_retry(video_ids: tuple[str, ...]) -> None:
+    """Queue failed videos again."""
+    with click.progressbar(video_ids, label="retrying") as bar:
+        results = {}
+        for video_id in bar:
+            try:
+                results[video_id] = (
+                    "queued" if requeue(video_id, (Status.FAILED,), reset_attempts=True) else "not failed"
+                )
+            except EnqueueError:
+                results[video_id] = "stored; SQS unreachable"
+    for video_id, result in results.items():
+        click.echo(f"{video_id}: {result}")
 
 
 def init_app(app: Flask) -> None:
     """Register the commands."""
     app.cli.add_command(aws)
+    app.cli.add_command(videos)

@@ -103,7 +103,8 @@ class Video(db.Model):
         stmt = update(Video).where(Video.id == video_id, Video.status.in_([s.value for s in sources]))
         if claimed_by is not None:
             stmt = stmt.where(Video.claimed_by == claimed_by)
-        changed = db.session.execute(stmt.values(status=target.value, updated_at=utcnow(), **values)).rowcount == 1
+        values = {"status": target.value, "updated_at": utcnow(), **values}
+        changed = db.session.execute(stmt.values(**values)).rowcount == 1
         db.session.commit()
         return changed
 
@@ -123,6 +124,8 @@ class Video(db.Model):
         ]
         if previous_token:
             takeable.append(and_(processing, Video.claimed_by == previous_token))
+        # A retry continues an attempt; a fresh delivery (first, or after a worker died) starts one.
+        attempts = Video.attempts if previous_token else Video.attempts + 1
         stmt = (
             update(Video)
             .where(Video.id == video_id, or_(*takeable))
@@ -130,7 +133,7 @@ class Video(db.Model):
                 status=Status.PROCESSING.value,
                 claimed_by=token,
                 progress=0,
-                attempts=Video.attempts + 1,
+                attempts=attempts,
                 heartbeat_at=now,
                 updated_at=now,
                 error_code=None,

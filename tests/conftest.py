@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from app import create_app
-from app.aws import ensure_bucket, ensure_queue
+from app.aws import ensure_bucket, ensure_queues
 from app.extensions import db
 from app.models import User, Video
 from app.storage import get_storage
@@ -116,7 +116,7 @@ def app(make_app: Callable[..., Flask]) -> Flask:
     with flask_app.app_context():
         flask_migrate.upgrade(directory=str(ROOT / "migrations"))
         ensure_bucket(flask_app.config)
-        ensure_queue(flask_app.config)
+        ensure_queues(flask_app.config)
     return flask_app
 
 
@@ -192,7 +192,7 @@ def e2e_app(make_app: Callable[..., Flask], app: Flask) -> Flask:
     """The app of the end-to-end tests; its queue is served by ``worker``."""
     flask_app = make_app({"SQS_QUEUE_NAME": "e2e"})
     with flask_app.app_context():
-        ensure_queue(flask_app.config)
+        ensure_queues(flask_app.config)
     return flask_app
 
 

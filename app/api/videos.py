@@ -12,8 +12,10 @@ from app.api import bp
 from app.api.errors import APIError
 from app.auth import login_required
 from app.extensions import db
-from app.models import Video
+from app.models import Status, Video
+from app.queue import EnqueueError
 from app.storage import get_storage, video_prefixes
+from app.sweeper import requeue
 from app.uploads import accept_upload
 
 MAX_TITLE = 200
@@ -103,6 +105,21 @@ def list_videos() -> Response:
 def get_video(video_id: str) -> Response:
     """Return one of the caller's videos."""
     return jsonify(video_json(_own_video(video_id)))
+
+
+@bp.post("/videos/<video_id>/retry")
+@login_required
+def retry_video(video_id: str) -> tuple[Response, int]:
+    """Queue a failed video again."""
+    video = _own_video(video_id)
+    try:
+        queued = requeue(video.id, (Status.FAILED,), reset_attempts=True)
+    except EnqueueError as exc:
+        raise APIError(503, "queue_unavailable", "The processing queue is unreachable; try again shortly.") from exc
+    if not queued:
+        raise APIError(409, "not_failed", f"Only failed videos can be retried; this one is {video.status}.")
+    db.session.refresh(video)
+    return jsonify(video_json(video)), 202
 
 
 @bp.delete("/videos/<video_id>")
