@@ -35,7 +35,7 @@ PROCESS_TASK = "tasks.process_video"
 
 def transport_options(s: Mapping[str, Any]) -> dict[str, Any]:
     """Return kombu's SQS transport options for these settings."""
-    endpoint = s["AWS_ENDPOINT_URL"]
+    endpoint = s["SQS_ENDPOINT_URL"]
     wait = s["SQS_WAIT_TIME_SECONDS"]
     options: dict[str, Any] = {
         "region": s["AWS_REGION"],

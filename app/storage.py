@@ -40,7 +40,7 @@ def video_prefixes(video_id: str) -> list[str]:
 
 def aws_client(service: str, s: Mapping[str, Any], **config: Any) -> Any:
     """Return a boto3 client for ``service`` using the endpoint and credentials in settings."""
-    endpoint = s["AWS_ENDPOINT_URL"]
+    endpoint = s.get(f"{service.upper()}_ENDPOINT_URL") or s["AWS_ENDPOINT_URL"]
     options: dict[str, Any] = {"retries": {"mode": "standard", "max_attempts": 3}, "connect_timeout": 5}
     if service == "s3" and endpoint:
         options["s3"] = {"addressing_style": "path"}  # the local endpoint has no per-bucket hostnames

@@ -55,7 +55,7 @@ def broker_url(settings: Mapping[str, Any]) -> str:
     """Return the kombu SQS URL: credentials and endpoint only when they are set."""
     key, secret = settings["AWS_ACCESS_KEY_ID"], settings["AWS_SECRET_ACCESS_KEY"]
     auth = f"{quote(key, safe='')}:{quote(secret, safe='')}@" if key and secret else ""
-    endpoint = settings["AWS_ENDPOINT_URL"]
+    endpoint = settings["SQS_ENDPOINT_URL"]
     host = urlsplit(endpoint).netloc if endpoint else ""
     return f"sqs://{auth}{host}"
 
@@ -82,6 +82,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # AWS
         "AWS_REGION": env_str(env, "AWS_REGION", env_str(env, "AWS_DEFAULT_REGION", "us-east-1")),
         "AWS_ENDPOINT_URL": endpoint,
+        "S3_ENDPOINT_URL": env_str(env, "S3_ENDPOINT_URL", endpoint),
+        "SQS_ENDPOINT_URL": env_str(env, "SQS_ENDPOINT_URL", endpoint),
         "AWS_ACCESS_KEY_ID": env_str(env, "AWS_ACCESS_KEY_ID", fake_credential),
         "AWS_SECRET_ACCESS_KEY": env_str(env, "AWS_SECRET_ACCESS_KEY", fake_credential),
         "S3_BUCKET": _required(env, "S3_BUCKET") if production else env_str(env, "S3_BUCKET", "videoproc-local"),

@@ -9,11 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from media import commands, runner
-from media.probe import MediaInfo
+from media.probe import MediaInfo, probe
 from media.profile import Profile
 
 # Shares of the pipeline's progress taken by each step.
 ENCODE_SHARE, JOIN_SHARE = 0.85, 0.10
+# An encode shorter than this share of what the input's header promised means the input is cut off.
+MIN_DECODED_SHARE = 0.9
+
+
+class TruncatedInput(Exception):
+    """The input's streams end well before its header says (a cut-off upload)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,9 @@ class Pipeline:
             on_progress=lambda done: report(ENCODE_SHARE * min(done / content, 1.0)),
             timeout=self.timeout,
         )
+        decoded = probe(str(body)).duration
+        if decoded < content * MIN_DECODED_SHARE - 0.5:
+            raise TruncatedInput(f"the input ends after {decoded:.1f}s of the {content:.1f}s its header announces")
         if body != final:
             pieces = [str(path) for path in (intro, body, outro) if path]
             listing = workdir / "pieces.txt"

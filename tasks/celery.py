@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 from celery.signals import setup_logging, worker_init, worker_process_init
@@ -10,7 +9,7 @@ from celery.signals import setup_logging, worker_init, worker_process_init
 from app import create_app, logs
 from app.extensions import db
 from tasks.heartbeat import make_step
-from tasks.scratch import JobInterrupted, remove_orphans
+from tasks.scratch import remove_orphans
 
 flask_app = create_app()
 app = celery_app = flask_app.extensions["celery"]
@@ -29,16 +28,11 @@ def _clean_scratch(**_: Any) -> None:
     remove_orphans(flask_app.config["WORKER_TMP_DIR"])
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise JobInterrupted(signum)
-
-
 @worker_process_init.connect
-def _fresh_process(**_: Any) -> None:
-    """Drop database connections inherited from the parent; let SIGTERM stop a job cleanly."""
+def _fresh_engine(**_: Any) -> None:
+    """Drop database connections inherited from the parent (never share them across fork)."""
     with flask_app.app_context():
         db.engine.dispose(close=False)
-    signal.signal(signal.SIGTERM, _interrupt)
 
 
 import tasks.process  # noqa: E402,F401  (registers the task)

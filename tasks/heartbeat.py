@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from celery.worker import state
 
 from app.aws import queue_url
 from app.storage import aws_client
+from tasks.scratch import alive
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ def held_requests() -> list[Any]:
             continue
     else:
         return []
-    return [r for r in requests if r.message is not None and not r.message.acknowledged]
+    unique = {r.id: r for r in requests if r.message is not None and not r.message.acknowledged}
+    return list(unique.values())
 
 
 class MessageKeeper:
@@ -85,12 +88,20 @@ class MessageKeeper:
             logger.info("message released", extra={"task_id": request.id})
 
 
-def stop_job(request: Any) -> None:
-    """Ask the pool process running ``request`` to stop its job (it cleans up and exits)."""
+def stop_job(request: Any, timeout: float = 15) -> None:
+    """Stop the pool process running ``request`` and wait for it to be gone.
+
+    Billiard turns SIGTERM into ``SystemExit`` in the child: the task hands its row back,
+    FFmpeg is killed and the scratch directory removed on the way out.
+    """
     pid = getattr(request, "worker_pid", None)
-    if pid and pid != os.getpid():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    if not pid or pid == os.getpid():
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def make_step(settings: Mapping[str, Any]) -> type[bootsteps.StartStopStep]:
@@ -134,7 +145,7 @@ def make_step(settings: Mapping[str, Any]) -> type[bootsteps.StartStopStep]:
             threading.Event().wait(self.grace)
             for request in held_requests():
                 logger.warning("grace period over; stopping job", extra={"task_id": request.id})
+                stop_job(request)  # first, so the row is handed back before anyone can receive the message
                 self.keeper.release(request)
-                stop_job(request)
 
     return VisibilityHeartbeat

@@ -19,12 +19,12 @@ from app.logs import log_context
 from app.models import Status, Video, utcnow
 from app.storage import get_storage, poster_key, processed_video_key
 from celeryconfig import PROCESS_TASK
-from media.pipeline import Pipeline
+from media.pipeline import Pipeline, TruncatedInput
 from media.probe import ProbeError, probe
 from media.profile import Profile
 from media.runner import FFmpegError
 from tasks.errors import PermanentError, backoff, is_missing, is_transient
-from tasks.scratch import JobInterrupted, job_dir
+from tasks.scratch import job_dir
 
 logger = get_task_logger(__name__)
 # Progress: the download takes the first 10%, the pipeline up to 90%, the upload the rest.
@@ -102,7 +102,7 @@ class VideoJob:
                 outputs = pipeline().run(
                     src, info, workdir, lambda f: self.progress(DOWNLOADED + int((ENCODED - DOWNLOADED) * f))
                 )
-            except (ProbeError, FFmpegError) as exc:
+            except (ProbeError, FFmpegError, TruncatedInput) as exc:
                 raise PermanentError("undecodable", f"FFmpeg could not process the video: {exc}") from exc
             video_key, image_key = processed_video_key(self.video_id), poster_key(self.video_id)
             storage.upload_file(outputs.video, video_key, "video/mp4")
@@ -170,7 +170,7 @@ def process_video(self: Task, video_id: str) -> str | None:
         try:
             with Heartbeat(current_app._get_current_object(), video_id, token, config["HEARTBEAT_SECONDS"]):
                 return VideoJob(video_id, token).run()
-        except JobInterrupted:
+        except SystemExit:  # billiard's answer to SIGTERM in a pool process: the job is being stopped
             _release(video_id, token)
             logger.warning("interrupted; row handed back", extra={"state": Status.QUEUED.value})
             raise

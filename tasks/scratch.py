@@ -12,23 +12,23 @@ logger = logging.getLogger(__name__)
 PREFIX = "videoproc-job-"
 
 
-class JobInterrupted(SystemExit):
-    """The pool process was asked to stop (SIGTERM) in the middle of a job."""
-
-
 def job_dir(video_id: str, base: str | None) -> tempfile.TemporaryDirectory[str]:
     """Return a scratch directory named after this process, so orphans can be recognised."""
     return tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-{video_id}-", dir=base)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Return whether process ``pid`` exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_orphans(base: str | None) -> int:
@@ -39,7 +39,7 @@ def remove_orphans(base: str | None) -> int:
             pid = int(path.name[len(PREFIX) :].split("-", 1)[0])
         except ValueError:
             continue
-        if not _alive(pid):
+        if not alive(pid):
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     if removed:

@@ -197,7 +197,7 @@ def e2e_app(make_app: Callable[..., Flask], app: Flask) -> Flask:
 
 
 class Worker:
-    """A ``celery -A tasks worker`` subprocess and its log."""
+    """A ``celery -A tasks worker`` subprocess (in its own process group) and its log."""
 
     def __init__(self, env: dict[str, str], log: Path, name: str, concurrency: int = 2) -> None:
         self.log = log
@@ -205,13 +205,20 @@ class Worker:
         argv += ["--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip"]
         with log.open("wb") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+                argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def lines(self, *needles: str) -> list[str]:
+        """Return the log lines that contain every needle."""
+        return [line for line in self.text().splitlines() if all(n in line for n in needles)]
 
     def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "ready." in self.log.read_text(errors="replace"):
+            if "ready." in self.text():
                 return
             if self.proc.poll() is not None:
                 break
@@ -219,12 +226,30 @@ class Worker:
         raise RuntimeError(f"worker did not start:\n{self.log.read_text(errors='replace')[-3000:]}")
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@pytest.fixture
+def start_worker(base_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Start workers with extra environment variables; stop them after the test."""
+    started: list[Worker] = []
+
+    def start(name: str, env: dict[str, str], concurrency: int = 1) -> Worker:
+        w = Worker({**base_env, **env}, tmp_path / f"{name}.log", name, concurrency)
+        started.append(w)
+        w.wait_ready()
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,7 @@ def test_course_profile_is_one_configuration_away() -> None:
 
 
 def test_broker_url_quotes_credentials() -> None:
-    s = {"AWS_ACCESS_KEY_ID": "AK/1", "AWS_SECRET_ACCESS_KEY": "a+b/c", "AWS_ENDPOINT_URL": None}
+    s = {"AWS_ACCESS_KEY_ID": "AK/1", "AWS_SECRET_ACCESS_KEY": "a+b/c", "SQS_ENDPOINT_URL": None}
     assert broker_url(s) == "sqs://AK%2F1:a%2Bb%2Fc@"
 
 

@@ -1,0 +1,265 @@
+"""Fault injection with real processes: no video lost, none processed twice.
+
+Each test runs its own queue (and dead-letter queue) with short timeouts, real
+`celery -A tasks worker` processes, moto server, FFmpeg and the database, and asserts
+on the final rows and S3 objects. Figures are printed (run with -s) for docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import encode_multipart
+
+from app import dlq
+from app.aws import ensure_queues, queue_url
+from app.extensions import db
+from app.models import Video
+from app.queue import enqueue_video
+from app.storage import aws_client, get_storage
+from tests.clips import make_clip
+from tests.conftest import Worker, signup_and_login, unique_email, wait_for
+from tests.proxy import TcpProxy
+
+pytestmark = pytest.mark.e2e
+# Seconds, scaled down from production (120 s visibility, 10 s heartbeat, 60 s stale).
+QUICK = {"SQS_VISIBILITY_TIMEOUT": "3", "HEARTBEAT_SECONDS": "0.5", "STALE_AFTER_SECONDS": "2"}
+SLOW_ENCODE = {"OUTPUT_PRESET": "veryslow"}  # ~13 s for the 30 s portrait clip here: time to break things
+
+
+@dataclass
+class Stack:
+    app: Flask
+    env: dict[str, str]
+    client: FlaskClient
+    headers: dict[str, str]
+
+    def upload(self, path: Path) -> Any:
+        boundary, body = encode_multipart(
+            {"video_file": FileStorage(io.BytesIO(path.read_bytes()), filename=path.name), "title": path.stem}
+        )
+        content_type = f"multipart/form-data; boundary={boundary}"
+        return self.client.post("/api/videos/upload", data=body, headers=self.headers, content_type=content_type)
+
+    def row(self, video_id: str) -> Video:
+        with self.app.app_context():
+            found = db.session.get(Video, video_id)
+            assert found is not None
+            db.session.expunge(found)
+            return found
+
+    def wait_status(self, video_id: str, status: str, timeout: float = 180) -> Video:
+        return wait_for(lambda: (r := self.row(video_id)).status == status and r, timeout=timeout)
+
+    def keys(self, video_id: str) -> list[str]:
+        with self.app.app_context():
+            return sorted(k for k in get_storage().keys("") if video_id in k)
+
+
+@pytest.fixture
+def stack(make_app: Callable[..., Flask], app: Flask) -> Callable[..., Stack]:
+    """Build an API app on a queue of its own, with the given extra settings."""
+
+    def build(env: dict[str, str], **overrides: Any) -> Stack:
+        full = {"SQS_QUEUE_NAME": f"rel-{uuid.uuid4().hex[:8]}", **QUICK, **env}
+        flask_app = make_app(full, **overrides)
+        with flask_app.app_context():
+            ensure_queues(flask_app.config)
+        client = flask_app.test_client()
+        return Stack(flask_app, full, client, signup_and_login(client, unique_email()))
+
+    return build
+
+
+def log_time(line: str) -> float:
+    """Return the timestamp of a key=value log line as epoch seconds."""
+    return datetime.fromisoformat(line.split()[0].removeprefix("ts=")).timestamp()
+
+
+def ffmpeg_running(video_id: str) -> bool:
+    return subprocess.run(["pgrep", "-f", f"ffmpeg.*{video_id}"], capture_output=True).returncode == 0
+
+
+def scratch_left(env: dict[str, str], video_id: str) -> list[Path]:
+    return list(Path(env["WORKER_TMP_DIR"]).glob(f"videoproc-job-*-{video_id}-*"))
+
+
+def wait_encoding(s: Stack, video_id: str) -> None:
+    wait_for(lambda: (r := s.row(video_id)).status == "processing" and r.progress > 15, timeout=120, interval=0.1)
+
+
+def test_kill_9_mid_encode_restarts_elsewhere(
+    stack: Callable, start_worker: Callable[..., Worker], clip: Callable, base_env: dict
+) -> None:
+    s = stack({**SLOW_ENCODE})
+    a = start_worker("a", s.env)
+    video_id = s.upload(clip("portrait.mp4")).json["video_id"]
+    wait_encoding(s, video_id)
+    os.killpg(a.proc.pid, signal.SIGKILL)  # the instance is gone: worker, pool and FFmpeg
+    killed_at = time.time()
+    a.proc.wait()
+    b = start_worker("b", s.env)
+    done = s.wait_status(video_id, "processed")
+    claim = b.lines("claimed", video_id)
+    assert len(claim) == 1
+    recovery = log_time(claim[0]) - killed_at
+    bound = int(s.env["SQS_VISIBILITY_TIMEOUT"]) + int(s.env["STALE_AFTER_SECONDS"]) + 10  # + polling, start-up
+    print(f"\nkill -9: restarted {recovery:.1f}s after the kill (bound {bound}s), attempts={done.attempts}")
+    assert recovery <= bound
+    assert done.attempts == 2 and done.progress == 100
+    assert s.keys(video_id) == [
+        f"originals/{video_id}/portrait.mp4",
+        f"processed/{video_id}/poster.jpg",
+        f"processed/{video_id}/video.mp4",
+    ]
+    assert not ffmpeg_running(video_id) and scratch_left(base_env, video_id) == []
+
+
+def test_job_three_times_longer_than_visibility_runs_once(
+    stack: Callable, start_worker: Callable[..., Worker], clip: Callable
+) -> None:
+    s = stack({**SLOW_ENCODE})
+    workers = [start_worker("a", s.env), start_worker("b", s.env)]
+    video_id = s.upload(clip("portrait.mp4")).json["video_id"]
+    done = s.wait_status(video_id, "processed")
+    claims = [line for w in workers for line in w.lines("claimed", video_id)]
+    skipped = [line for w in workers for line in w.lines("nothing to do", video_id)]
+    finished = [line for w in workers for line in w.lines("msg=processed", video_id)]
+    runtime = log_time(finished[0]) - log_time(claims[0])
+    visibility = int(s.env["SQS_VISIBILITY_TIMEOUT"])
+    print(
+        f"\nlong job: ran {runtime:.1f}s = {runtime / visibility:.1f}x the visibility timeout; "
+        f"executions={len(claims)}, redeliveries={len(skipped)}"
+    )
+    assert runtime >= 3 * visibility, "the job must outlast the visibility timeout for this test to mean anything"
+    assert len(claims) == 1 and skipped == [] and done.attempts == 1
+
+
+def test_s3_outage_is_retried_then_processed(
+    stack: Callable, start_worker: Callable[..., Worker], clip: Callable, aws_endpoint: str
+) -> None:
+    s = stack({})
+    proxy = TcpProxy(int(aws_endpoint.rsplit(":", 1)[1]))
+    a = start_worker("a", {**s.env, "S3_ENDPOINT_URL": proxy.url})
+    proxy.cut()
+    video_id = s.upload(clip("small.mp4")).json["video_id"]
+    wait_for(lambda: len(a.lines("will retry", video_id)) >= 2, timeout=60)
+    proxy.restore()
+    done = s.wait_status(video_id, "processed", timeout=120)
+    retries = a.lines("will retry", video_id)
+    print(f"\nS3 outage: {len(retries)} retries, then processed; attempts={done.attempts}")
+    assert done.attempts == 1 and len(a.lines("claimed", video_id)) == len(retries) + 1
+    assert f"processed/{video_id}/video.mp4" in s.keys(video_id)
+    proxy.cut()
+
+
+def test_uploads_accepted_while_sqs_is_down_are_swept_in(
+    stack: Callable, start_worker: Callable[..., Worker], clip: Callable, aws_endpoint: str
+) -> None:
+    proxy = TcpProxy(int(aws_endpoint.rsplit(":", 1)[1]))
+    s = stack(
+        {"SWEEP_AFTER_SECONDS": "0"},
+        SQS_ENDPOINT_URL=proxy.url,
+        CELERY_BROKER_URL=f"sqs://testing:testing@127.0.0.1:{proxy.port}",
+    )
+    start_worker("a", {k: v for k, v in s.env.items()}, concurrency=2)  # the worker reaches SQS directly
+    proxy.cut()
+    answers = [s.upload(clip(name)) for name in ("small.mp4", "clip.mov", "silent.mp4")]
+    assert [r.status_code for r in answers] == [503, 503, 503]
+    ids = [r.json["video_id"] for r in answers]
+    assert {s.row(v).status for v in ids} == {"uploaded"}
+    proxy.restore()
+    result = s.app.test_cli_runner().invoke(args=["videos", "sweep"])
+    assert "requeued 3" in result.output, result.output
+    finished = [s.wait_status(v, "processed", timeout=120) for v in ids]
+    print(f"\nSQS outage: {len(ids)} uploads kept as uploaded, swept in, all processed")
+    assert [f.attempts for f in finished] == [1, 1, 1]
+    proxy.cut()
+
+
+def test_malformed_and_unknown_messages_do_not_block_the_queue(
+    stack: Callable, start_worker: Callable[..., Worker], clip: Callable
+) -> None:
+    s = stack(
+        {
+            "SQS_VISIBILITY_TIMEOUT": "2",
+            "HEARTBEAT_SECONDS": "0.3",
+            "STALE_AFTER_SECONDS": "1",
+            "SQS_MAX_RECEIVE_COUNT": "2",
+        }
+    )
+    a = start_worker("a", s.env)
+    sqs = aws_client("sqs", s.app.config)
+    sqs.send_message(QueueUrl=queue_url(s.app.config, sqs), MessageBody="this is not a celery message")
+    unknown = str(uuid.uuid4())
+    with s.app.app_context():
+        enqueue_video(unknown, str(uuid.uuid4()))
+    video_id = s.upload(clip("small.mp4")).json["video_id"]
+    s.wait_status(video_id, "processed", timeout=120)
+    wait_for(lambda: a.lines("nothing to do", unknown, "reason=deleted"), timeout=30)
+    dead = wait_for(lambda: dlq.list_dead(s.app.config), timeout=60)
+    print(f"\nmalformed: dead-lettered after {dead[0]['receive_count']} receives; unknown video acknowledged")
+    assert [d["video_id"] for d in dead] == [None] and dead[0]["task"] is None
+    result = s.app.test_cli_runner().invoke(args=["aws", "dlq-redrive"])
+    assert "1 message(s) moved back" in result.output
+
+
+def test_truncated_upload_fails_once_with_a_reason(
+    stack: Callable, start_worker: Callable[..., Worker], clip: Callable, tmp_path: Path
+) -> None:
+    s = stack({})
+    a = start_worker("a", s.env)
+    whole = make_clip(tmp_path / "whole.mp4", 1280, 720, 20, extra=("-movflags", "+faststart"))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 5])  # header intact, data cut off
+    response = s.upload(cut)
+    assert response.status_code == 202  # the header looks fine: only decoding finds out
+    video_id = response.json["video_id"]
+    failed = s.wait_status(video_id, "failed", timeout=120)
+    assert failed.error_code == "undecodable" and "ends after" in (failed.error_message or "")
+    time.sleep(3)
+    assert len(a.lines("claimed", video_id)) == 1 and s.row(video_id).attempts == 1
+    assert s.keys(video_id) == [f"originals/{video_id}/cut.mp4"]
+
+
+def test_sigterm_mid_encode_hands_the_job_over(
+    stack: Callable, start_worker: Callable[..., Worker], clip: Callable, base_env: dict
+) -> None:
+    s = stack(
+        {
+            **SLOW_ENCODE,
+            "SQS_VISIBILITY_TIMEOUT": "30",
+            "HEARTBEAT_SECONDS": "1",
+            "STALE_AFTER_SECONDS": "5",
+            "SHUTDOWN_GRACE_SECONDS": "1",
+        }
+    )
+    a = start_worker("a", s.env)
+    video_id = s.upload(clip("portrait.mp4")).json["video_id"]
+    wait_encoding(s, video_id)
+    b = start_worker("b", s.env)
+    a.proc.send_signal(signal.SIGTERM)  # an autoscaling group scaling in
+    stopped_at = time.time()
+    a.proc.wait(timeout=60)
+    done = s.wait_status(video_id, "processed")
+    claim = b.lines("claimed", video_id)
+    handover = log_time(claim[0]) - stopped_at
+    print(f"\nSIGTERM: job handed over {handover:.1f}s after the signal (grace 1s, visibility 30s)")
+    assert handover < int(s.env["SQS_VISIBILITY_TIMEOUT"]), "released at once, not after the visibility timeout"
+    assert a.lines("interrupted; row handed back", video_id) and a.lines("message released")
+    assert done.attempts == 2 and len(claim) == 1
+    assert not ffmpeg_running(video_id) and scratch_left(base_env, video_id) == []
