@@ -7,6 +7,7 @@ import io
 import json
 import urllib.request
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from werkzeug.test import encode_multipart
 
 from app.aws import queue_url
 from app.extensions import db
-from app.models import Status, User, Video
+from app.models import Status, User, Video, utcnow
 from app.storage import aws_client, get_storage
 from tests.conftest import free_port, signup_and_login, unique_email
 
@@ -222,3 +223,57 @@ def test_health_and_readiness(client: FlaskClient, make_app: Callable) -> None:
     assert response.status_code == 503
     checks = response.json["checks"]
     assert checks["database"] == "ok" and checks["s3"].startswith("error") and checks["sqs"].startswith("error")
+
+
+def test_owner_retries_a_failed_video(app: Flask, client: FlaskClient, auth: dict) -> None:
+    with app.app_context():
+        owner = db.session.query(User).one()
+        failed = add_video(owner.id, status="failed", attempts=3, error_code="undecodable", error_message="x")
+        queued = add_video(owner.id, status="queued")
+        failed_id, old_task, queued_id = failed.id, failed.task_id, queued.id
+    response = client.post(f"/api/videos/{failed_id}/retry", headers=auth)
+    assert response.status_code == 202
+    body = response.json
+    assert (body["status"], body["error"]) == ("queued", None) and body["task_id"] != old_task
+    assert body["task_id"] in queued_task_ids(app)
+    with app.app_context():
+        assert db.session.get(Video, failed_id).attempts == 0
+    again = client.post(f"/api/videos/{queued_id}/retry", headers=auth)
+    assert again.status_code == 409 and again.json["error"]["code"] == "not_failed"
+    other = signup_and_login(client, unique_email())
+    assert client.post(f"/api/videos/{failed_id}/retry", headers=other).status_code == 404
+
+
+def test_operator_retry_and_sweep_commands(app: Flask, client: FlaskClient, auth: dict) -> None:
+    with app.app_context():
+        owner = db.session.query(User).one()
+        failed = add_video(owner.id, status="failed", error_code="worker_lost").id
+        waiting = add_video(owner.id, status="uploaded").id
+        fresh = add_video(owner.id, status="uploaded").id
+        Video.transition(fresh, (Status.UPLOADED,), Status.UPLOADED)  # touched just now: not swept yet
+        db.session.execute(
+            Video.__table__.update().where(Video.id == waiting).values(updated_at=utcnow() - timedelta(hours=1))
+        )
+        db.session.commit()
+    runner = app.test_cli_runner()
+    assert f"{failed}: queued" in runner.invoke(args=["videos", "retry", failed]).output
+    assert "requeued 1" in runner.invoke(args=["videos", "sweep"]).output
+    assert "requeued 0" in runner.invoke(args=["videos", "sweep"]).output  # the lease: nothing twice
+    with app.app_context():
+        statuses = {v: db.session.get(Video, v).status for v in (failed, waiting, fresh)}
+    assert statuses == {failed: "queued", waiting: "queued", fresh: "uploaded"}
+
+
+def test_aws_init_is_idempotent_and_sets_the_redrive_policy(app: Flask) -> None:
+    runner = app.test_cli_runner()
+    for _ in range(2):
+        result = runner.invoke(args=["aws", "init"])
+        assert result.exit_code == 0 and "dlq" in result.output
+    sqs = aws_client("sqs", app.config)
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url(app.config, sqs), AttributeNames=["All"])["Attributes"]
+    policy = json.loads(attributes["RedrivePolicy"])
+    assert policy["deadLetterTargetArn"].endswith(":api-tests-dlq") and int(policy["maxReceiveCount"]) == 5
+    assert attributes["VisibilityTimeout"] == "120" and attributes["ReceiveMessageWaitTimeSeconds"] == "1"
+    s3 = aws_client("s3", app.config)
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=app.config["S3_BUCKET"])["Rules"]
+    assert rules[0]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
