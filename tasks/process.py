@@ -7,7 +7,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -60,7 +59,7 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
 

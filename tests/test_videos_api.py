@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import urllib.request
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,8 @@ from app.aws import queue_url
 from app.extensions import db
 from app.models import Status, User, Video, utcnow
 from app.storage import aws_client, get_storage
-from tests.conftest import free_port, signup_and_login, unique_email
+from celeryconfig import PROCESS_TASK
+from tests.conftest import free_port, signup_and_login, unique_email, wait_for
 
 
 def upload(client: FlaskClient, headers: dict[str, str], path: Path | None, title: str | None = "My clip") -> Any:
@@ -277,3 +279,30 @@ def test_aws_init_is_idempotent_and_sets_the_redrive_policy(app: Flask) -> None:
     s3 = aws_client("s3", app.config)
     rules = s3.get_bucket_lifecycle_configuration(Bucket=app.config["S3_BUCKET"])["Rules"]
     assert rules[0]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+
+
+def test_sweep_requeues_stale_jobs_and_stops_crash_loops(app: Flask) -> None:
+    with app.app_context():
+        user = User(email=unique_email(), password_hash="x")
+        db.session.add(user)
+        db.session.commit()
+        long_ago = utcnow() - timedelta(hours=1)
+        lost = add_video(user.id, status="processing", attempts=1, heartbeat_at=long_ago).id
+        looping = add_video(user.id, status="processing", attempts=3, heartbeat_at=long_ago).id
+        alive = add_video(user.id, status="processing", attempts=1, heartbeat_at=utcnow()).id
+    output = app.test_cli_runner().invoke(args=["videos", "sweep"]).output
+    assert "requeued 1, failed 1" in output
+    with app.app_context():
+        rows = {v: db.session.get(Video, v) for v in (lost, looping, alive)}
+        assert (rows[lost].status, rows[lost].heartbeat_at) == ("queued", None)
+        assert (rows[looping].status, rows[looping].error_code) == ("failed", "worker_lost")
+        assert rows[alive].status == "processing"
+    assert rows[lost].task_id in queued_task_ids(app)
+
+
+def test_retries_wait_in_sqs_not_in_a_worker(app: Flask) -> None:
+    task_id = str(uuid.uuid4())
+    with app.app_context():  # what Task.retry(..., delay_seconds=n) publishes
+        app.extensions["celery"].send_task(PROCESS_TASK, args=["some-video"], task_id=task_id, delay_seconds=3)
+    assert task_id not in queued_task_ids(app)  # SQS holds it back (DelaySeconds)
+    assert task_id in wait_for(lambda: queued_task_ids(app), timeout=10)
