@@ -24,11 +24,16 @@ result_serializer = "json"
 accept_content = ["json"]
 task_track_started = False
 worker_hijack_root_logger = False
-worker_send_task_events = False
+# Task events feed Flower; on SQS they fan out through SNS (see tasks/monitoring.py). No
+# "task-sent" event: publishing it would put SNS on the upload's critical path.
+worker_send_task_events = True
 broker_connection_retry_on_startup = True
 broker_connection_timeout = 5
 # An upload whose publish fails is kept and answered with 503; don't stall the request.
 task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+
+# kombu's SQS transport, fixed for consumers without an event loop (Flower): tasks/sqs.py.
+broker_transport = "tasks.sqs:Transport"
 
 PROCESS_TASK = "tasks.process_video"
 
@@ -44,6 +49,8 @@ def transport_options(s: Mapping[str, Any]) -> dict[str, Any]:
         "visibility_timeout": s["SQS_VISIBILITY_TIMEOUT"],
         "wait_time_seconds": wait,
         "polling_interval": s["SQS_POLLING_INTERVAL"],
+        # Fanout exchanges become SNS topics: how events reach Flower.
+        "supports_fanout": True,
         # A long poll holds the socket open for `wait` seconds: reads must outlast it.
         "client-config": {"connect_timeout": 5, "read_timeout": wait + 10, "retries": {"max_attempts": 3}},
     }

@@ -8,12 +8,14 @@ from celery.signals import setup_logging, worker_init, worker_process_init
 
 from app import create_app, logs
 from app.extensions import db
+from tasks import monitoring
 from tasks.heartbeat import make_step
 from tasks.scratch import remove_orphans
 
 flask_app = create_app()
 app = celery_app = flask_app.extensions["celery"]
 celery_app.steps["consumer"].add(make_step(flask_app.config))
+monitoring.install()
 
 
 @setup_logging.connect
