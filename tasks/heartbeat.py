@@ -127,7 +127,7 @@ def make_step(settings: Mapping[str, Any]) -> type[bootsteps.StartStopStep]:
         def _beat(self) -> None:
             # Runs until the process exits: during a warm shutdown jobs go on after the consumer stops.
             while True:
-                threading.Event().wait(self.interval)
+                time.sleep(self.interval)
                 try:
                     assert self.keeper is not None
                     self.keeper.extend(held_requests())
@@ -142,7 +142,7 @@ def make_step(settings: Mapping[str, Any]) -> type[bootsteps.StartStopStep]:
             for request in held_requests():  # not started here: give them to another worker now
                 if request not in state.active_requests:
                     self.keeper.release(request)
-            threading.Event().wait(self.grace)
+            time.sleep(self.grace)
             for request in held_requests():
                 logger.warning("grace period over; stopping job", extra={"task_id": request.id})
                 stop_job(request)  # first, so the row is handed back before anyone can receive the message

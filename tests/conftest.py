@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -20,6 +21,8 @@ from moto.server import ThreadedMotoServer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import encode_multipart
 
 from app import create_app
 from app.aws import ensure_bucket, ensure_queues
@@ -146,6 +149,19 @@ def ctx(app: Flask) -> Iterator[None]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+def post_upload(client: FlaskClient, headers: dict[str, str], path: Path | None, title: str | None = "My clip") -> Any:
+    """POST a multipart upload; ``None`` leaves a field out."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data["video_file"] = FileStorage(io.BytesIO(path.read_bytes()), filename=path.name)
+    if title is not None:
+        data["title"] = title
+    # Encoded in memory: the test client would otherwise spool a large body to a file it never closes.
+    boundary, body = encode_multipart(data)
+    content_type = f"multipart/form-data; boundary={boundary}"
+    return client.post("/api/videos/upload", data=body, headers=headers, content_type=content_type)
 
 
 def signup_and_login(client: FlaskClient, email: str) -> dict[str, str]:

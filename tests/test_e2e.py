@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import time
 import uuid
 from collections.abc import Callable
@@ -12,15 +11,13 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.datastructures import FileStorage
-from werkzeug.test import encode_multipart
 
 from app.extensions import db
 from app.models import User, Video
 from app.queue import enqueue_video
 from app.storage import get_storage
 from tests.clips import ffprobe, moov_before_mdat
-from tests.conftest import Worker, signup_and_login, unique_email, wait_for
+from tests.conftest import Worker, post_upload, signup_and_login, unique_email, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -31,12 +28,7 @@ def e2e_client(e2e_app: Flask, worker: Worker) -> FlaskClient:
 
 
 def upload(client: FlaskClient, headers: dict[str, str], path: Path) -> dict[str, Any]:
-    boundary, body = encode_multipart(
-        {"video_file": FileStorage(io.BytesIO(path.read_bytes()), filename=path.name), "title": path.stem}
-    )
-    response = client.post(
-        "/api/videos/upload", data=body, headers=headers, content_type=f"multipart/form-data; boundary={boundary}"
-    )
+    response = post_upload(client, headers, path, title=path.stem)
     assert response.status_code == 202, response.json
     return response.json
 

@@ -7,7 +7,6 @@ on the final rows and S3 objects. Figures are printed (run with -s) for docs/rel
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -22,8 +21,6 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.datastructures import FileStorage
-from werkzeug.test import encode_multipart
 
 from app import dlq
 from app.aws import ensure_queues, queue_url
@@ -32,7 +29,7 @@ from app.models import Video
 from app.queue import enqueue_video
 from app.storage import aws_client, get_storage
 from tests.clips import make_clip
-from tests.conftest import Worker, signup_and_login, unique_email, wait_for
+from tests.conftest import Worker, post_upload, signup_and_login, unique_email, wait_for
 from tests.proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
@@ -49,11 +46,7 @@ class Stack:
     headers: dict[str, str]
 
     def upload(self, path: Path) -> Any:
-        boundary, body = encode_multipart(
-            {"video_file": FileStorage(io.BytesIO(path.read_bytes()), filename=path.name), "title": path.stem}
-        )
-        content_type = f"multipart/form-data; boundary={boundary}"
-        return self.client.post("/api/videos/upload", data=body, headers=self.headers, content_type=content_type)
+        return post_upload(self.client, self.headers, path, title=path.stem)
 
     def row(self, video_id: str) -> Video:
         with self.app.app_context():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import urllib.request
 import uuid
@@ -15,27 +14,15 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.datastructures import FileStorage
-from werkzeug.test import encode_multipart
 
 from app.aws import queue_url
 from app.extensions import db
 from app.models import Status, User, Video, utcnow
 from app.storage import aws_client, get_storage
 from celeryconfig import PROCESS_TASK
-from tests.conftest import free_port, signup_and_login, unique_email, wait_for
+from tests.conftest import free_port, post_upload, signup_and_login, unique_email, wait_for
 
-
-def upload(client: FlaskClient, headers: dict[str, str], path: Path | None, title: str | None = "My clip") -> Any:
-    data: dict[str, Any] = {}
-    if path is not None:
-        data["video_file"] = FileStorage(io.BytesIO(path.read_bytes()), filename=path.name)
-    if title is not None:
-        data["title"] = title
-    # Encoded in memory: the test client would otherwise spool a large body to a file it never closes.
-    boundary, body = encode_multipart(data)
-    content_type = f"multipart/form-data; boundary={boundary}"
-    return client.post("/api/videos/upload", data=body, headers=headers, content_type=content_type)
+upload = post_upload
 
 
 def stored_keys(app: Flask) -> list[str]:
