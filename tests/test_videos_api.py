@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -20,7 +23,7 @@ from app.extensions import db
 from app.models import Status, User, Video, utcnow
 from app.storage import aws_client, get_storage
 from celeryconfig import PROCESS_TASK
-from tests.conftest import free_port, post_upload, signup_and_login, unique_email, wait_for
+from tests.conftest import ROOT, free_port, post_upload, signup_and_login, unique_email, wait_for
 
 upload = post_upload
 
@@ -293,3 +296,24 @@ def test_retries_wait_in_sqs_not_in_a_worker(app: Flask) -> None:
         app.extensions["celery"].send_task(PROCESS_TASK, args=["some-video"], task_id=task_id, delay_seconds=3)
     assert task_id not in queued_task_ids(app)  # SQS holds it back (DelaySeconds)
     assert task_id in wait_for(lambda: queued_task_ids(app), timeout=10)
+
+
+def test_concurrent_sweepers_send_one_message_per_video(app: Flask, base_env: dict[str, str]) -> None:
+    queued_task_ids(app)  # start from an empty queue
+    with app.app_context():
+        user = User(email=unique_email(), password_hash="x")
+        db.session.add(user)
+        db.session.commit()
+        ids = [add_video(user.id, status="uploaded").id for _ in range(20)]
+        db.session.execute(Video.__table__.update().values(updated_at=utcnow() - timedelta(hours=1)))
+        db.session.commit()
+    env = {**os.environ, **base_env, "SQS_QUEUE_NAME": "api-tests"}
+    argv = [sys.executable, "-m", "flask", "--app", "app", "videos", "sweep"]
+    sweepers = [subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=120)[0] for p in sweepers]
+    requeued = sum(int(out.split("requeued ")[1].split(",")[0]) for out in outputs)
+    sent = queued_task_ids(app)
+    with app.app_context():
+        rows = [db.session.get(Video, v) for v in ids]
+    assert requeued == 20 and len(sent) == 20, outputs
+    assert sorted(sent) == sorted(r.task_id for r in rows) and {r.status for r in rows} == {"queued"}

@@ -1,0 +1,73 @@
+"""The worker's pieces that need no broker: the visibility keeper and scratch clean-up."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tasks.heartbeat import MessageKeeper
+from tasks.scratch import PREFIX, alive, remove_orphans
+
+SETTINGS = {"SQS_VISIBILITY_TIMEOUT": 120, "SQS_QUEUE_URL": "https://sqs.example/1/work", "SQS_QUEUE_PREFIX": ""}
+
+
+class FakeSQS:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.fail = fail
+
+    def change_message_visibility(self, **kwargs: Any) -> None:
+        self.calls.append(kwargs)
+        if self.fail:
+            raise ConnectionError("SQS is away")
+
+
+def request(task_id: str, handle: str, queue: str | None = None) -> Any:
+    info = {"sqs_queue": queue} if queue else {}
+    return SimpleNamespace(id=task_id, message=SimpleNamespace(delivery_tag=handle, delivery_info=info))
+
+
+def test_extends_every_held_message_by_a_full_timeout() -> None:
+    sqs = FakeSQS()
+    keeper = MessageKeeper(SETTINGS, sqs)
+    assert keeper.extend([request("t1", "h1", "https://sqs.example/1/other"), request("t2", "h2")]) == 2
+    assert sqs.calls == [
+        {"QueueUrl": "https://sqs.example/1/other", "ReceiptHandle": "h1", "VisibilityTimeout": 120},
+        {"QueueUrl": "https://sqs.example/1/work", "ReceiptHandle": "h2", "VisibilityTimeout": 120},
+    ]
+
+
+def test_released_messages_are_no_longer_extended() -> None:
+    sqs = FakeSQS()
+    keeper = MessageKeeper(SETTINGS, sqs)
+    keeper.release(request("t1", "h1"))
+    assert keeper.extend([request("t1", "h1")]) == 0
+    assert sqs.calls == [{"QueueUrl": "https://sqs.example/1/work", "ReceiptHandle": "h1", "VisibilityTimeout": 0}]
+
+
+def test_a_failed_extension_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    keeper = MessageKeeper(SETTINGS, FakeSQS(fail=True))
+    with caplog.at_level(logging.WARNING, logger="tasks.heartbeat"):
+        assert keeper.extend([request("t1", "h1")]) == 0
+    assert [r.getMessage() for r in caplog.records] == ["visibility change failed"]
+    assert caplog.records[0].task_id == "t1"
+
+
+def test_orphan_scratch_directories_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = tmp_path / f"{PREFIX}{dead.pid}-video-abc"
+    mine = tmp_path / f"{PREFIX}{os.getpid()}-video-def"
+    other = tmp_path / "unrelated"
+    for folder in (orphan, mine, other):
+        folder.mkdir()
+        (folder / "original").write_bytes(b"x")
+    assert not alive(dead.pid) and alive(os.getpid())
+    assert remove_orphans(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])
