@@ -38,6 +38,7 @@ class Pipeline:
         self.profile = profile
         self.cache_dir = Path(cache_dir)
         self.timeout = timeout
+        self.fingerprint = profile.fingerprint()  # reads the bumper images: once, not per video
 
     def bumpers(self) -> tuple[Path | None, Path | None]:
         """Return the intro and outro clips, rendering each on first use."""
@@ -50,7 +51,7 @@ class Pipeline:
     def _bumper(self, kind: str, image: str | None, seconds: float) -> Path | None:
         if not image or seconds <= 0:
             return None
-        path = self.cache_dir / f"{kind}-{self.profile.fingerprint()}.mp4"
+        path = self.cache_dir / f"{kind}-{self.fingerprint}.mp4"
         if not path.exists():
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=self.cache_dir)
