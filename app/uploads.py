@@ -16,7 +16,8 @@ from app.models import Status, User, Video, new_id
 from app.queue import EnqueueError, enqueue_video
 from app.storage import get_storage, original_key
 from media.probe import ProbeError, probe
-from media.validate import Limits, MediaRejected, check
+from media.sandbox import Sandbox
+from media.validate import Limits, MediaRejected, check, rejection
 
 logger = logging.getLogger(__name__)
 CONTENT_TYPES = {"mp4": "video/mp4", "mov": "video/quicktime"}
@@ -55,12 +56,16 @@ def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, boo
         raise APIError(413, "file_too_large", f"The upload exceeds the limit of {config['MAX_UPLOAD_BYTES']} bytes.")
     if size == 0:
         raise APIError(415, "not_a_video", "The file is empty.")
+    limits = Limits.from_settings(config)
     try:
-        info = probe(path, timeout=config["FFPROBE_TIMEOUT"])
-        check(info, Limits.from_settings(config))
+        info = probe(path, Sandbox.from_settings(config))
+        check(info, limits)
     except ProbeError as exc:
-        raise APIError(415, "not_a_video", f"The file is not a readable video ({exc}).") from exc
+        refused = rejection(exc, limits)
+        logger.info("upload refused", extra={"code": refused.code, "reason": exc.reason, "ffprobe": exc.detail[-500:]})
+        raise APIError(refused.status, refused.code, refused.message) from exc
     except MediaRejected as exc:
+        logger.info("upload refused", extra={"code": exc.code})
         raise APIError(exc.status, exc.code, exc.message) from exc
 
     video_id = new_id()

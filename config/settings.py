@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from config.env import ConfigError, env_bool, env_float, env_int, env_list, env_str
+from media.sandbox import UnknownContainer, demuxers
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_DIR = ROOT / "instance"
@@ -109,7 +110,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "VIDEO_MIN_HEIGHT": env_int(env, "VIDEO_MIN_HEIGHT", 240),
         "VIDEO_MAX_WIDTH": env_int(env, "VIDEO_MAX_WIDTH", 7680),
         "VIDEO_MAX_HEIGHT": env_int(env, "VIDEO_MAX_HEIGHT", 4320),
+        "VIDEO_MAX_FPS": env_float(env, "VIDEO_MAX_FPS", 240),
+        "VIDEO_MAX_FRAMES": env_int(env, "VIDEO_MAX_FRAMES", 216_000),
+        "VIDEO_MAX_PIXEL_RATE": env_float(env, "VIDEO_MAX_PIXEL_RATE", 7680 * 4320 * 30),
+        "VIDEO_MAX_STREAMS": env_int(env, "VIDEO_MAX_STREAMS", 16),
+        # The FFmpeg sandbox (media/sandbox.py)
         "FFPROBE_TIMEOUT": env_float(env, "FFPROBE_TIMEOUT", 30),
+        "FFPROBE_MEMORY_MB": env_int(env, "FFPROBE_MEMORY_MB", 512),
+        "FFMPEG_MEMORY_MB": env_int(env, "FFMPEG_MEMORY_MB", 1536),
+        "FFMPEG_THREADS": env_int(env, "FFMPEG_THREADS", min(os.cpu_count() or 2, 16)),
+        "FFMPEG_TIMEOUT_BASE": env_float(env, "FFMPEG_TIMEOUT_BASE", 60),
+        "FFMPEG_TIMEOUT_PER_SECOND": env_float(env, "FFMPEG_TIMEOUT_PER_SECOND", 10),
+        "FFMPEG_CPU_PER_SECOND": env_float(env, "FFMPEG_CPU_PER_SECOND", 20),
         # Output profile
         "OUTPUT_WIDTH": env_int(env, "OUTPUT_WIDTH", 1280),
         "OUTPUT_HEIGHT": env_int(env, "OUTPUT_HEIGHT", 720),
@@ -139,6 +151,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     if not s["HEARTBEAT_SECONDS"] * 3 <= s["STALE_AFTER_SECONDS"] < s["SQS_VISIBILITY_TIMEOUT"]:
         # A redelivered message must find its dead worker's row already stale.
         raise ConfigError("need HEARTBEAT_SECONDS * 3 <= STALE_AFTER_SECONDS < SQS_VISIBILITY_TIMEOUT")
+    try:
+        demuxers(s["VIDEO_ALLOWED_FORMATS"])
+    except UnknownContainer as exc:
+        raise ConfigError(f"VIDEO_ALLOWED_FORMATS: {exc}") from exc
     s["SQS_DLQ_NAME"] = s["SQS_DLQ_NAME"] or f"{s['SQS_QUEUE_NAME']}-dlq"
     # The body also carries the form's other fields and multipart boundaries.
     s["MAX_CONTENT_LENGTH"] = s["MAX_UPLOAD_BYTES"] + 1024**2

@@ -44,9 +44,12 @@ def _compile(out: Any) -> list[str]:
     return out.global_args(*GLOBAL_ARGS).overwrite_output().compile()
 
 
-def encode_command(src: str, dst: str, p: Profile) -> list[str]:
-    """Return argv that trims, fits, watermarks and encodes the user's clip in one pass."""
-    video = _fit(ffmpeg.input(src, t=p.max_duration).video, p)
+def encode_command(src: str, dst: str, p: Profile, input_options: dict[str, Any] | None = None) -> list[str]:
+    """Return argv that trims, fits, watermarks and encodes the user's clip in one pass.
+
+    ``input_options`` (the sandbox's) restrict how FFmpeg reads the user's file.
+    """
+    video = _fit(ffmpeg.input(src, t=p.max_duration, **(input_options or {})).video, p)
     if p.watermark_image:
         logo = ffmpeg.input(p.watermark_image).filter("scale", -1, max(p.height // 10, 16))
         margin = max(p.height // 40, 8)

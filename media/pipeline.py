@@ -11,6 +11,7 @@ from pathlib import Path
 from media import commands, runner
 from media.probe import MediaInfo, probe
 from media.profile import Profile
+from media.sandbox import Sandbox
 
 # Shares of the pipeline's progress taken by each step.
 ENCODE_SHARE, JOIN_SHARE = 0.85, 0.10
@@ -34,10 +35,10 @@ class Outputs:
 class Pipeline:
     """Encode clips with one profile; bumpers are rendered once and reused."""
 
-    def __init__(self, profile: Profile, cache_dir: str | os.PathLike[str], timeout: float | None = None) -> None:
+    def __init__(self, profile: Profile, cache_dir: str | os.PathLike[str], sandbox: Sandbox | None = None) -> None:
         self.profile = profile
         self.cache_dir = Path(cache_dir)
-        self.timeout = timeout
+        self.sandbox = sandbox or Sandbox()
         self.fingerprint = profile.fingerprint()  # reads the bumper images: once, not per video
 
     def bumpers(self) -> tuple[Path | None, Path | None]:
@@ -57,7 +58,8 @@ class Pipeline:
             fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=self.cache_dir)
             os.close(fd)
             try:
-                runner.run(commands.bumper_command(image, tmp, seconds, self.profile), timeout=self.timeout)
+                limits = self.sandbox.encode_limits(seconds)
+                runner.run(commands.bumper_command(image, tmp, seconds, self.profile), limits=limits)
                 os.replace(tmp, path)  # atomic: concurrent workers never see half a file
             finally:
                 if os.path.exists(tmp):
@@ -71,16 +73,21 @@ class Pipeline:
         workdir: Path,
         on_progress: Callable[[float], None] | None = None,
     ) -> Outputs:
-        """Encode ``src`` into ``workdir``; ``on_progress`` gets a fraction 0..1."""
+        """Encode ``src`` into ``workdir``; ``on_progress`` gets a fraction 0..1.
+
+        The user's file is read in the sandbox, with the demuxer ``info`` names forced;
+        ``runner.FFmpegError`` says which limit stopped FFmpeg, if one did.
+        """
         report = on_progress or (lambda _fraction: None)
         content = min(info.duration, self.profile.max_duration) or self.profile.max_duration
+        limits = self.sandbox.encode_limits(content)
         intro, outro = self.bumpers()
         final = workdir / "video.mp4"
         body = workdir / "body.mp4" if intro or outro else final
         runner.run(
-            commands.encode_command(str(src), str(body), self.profile),
+            commands.encode_command(str(src), str(body), self.profile, self.sandbox.input_options(info.container)),
             on_progress=lambda done: report(ENCODE_SHARE * min(done / content, 1.0)),
-            timeout=self.timeout,
+            limits=limits,
         )
         decoded = probe(str(body)).duration
         if decoded < content * MIN_DECODED_SHARE - 0.5:
@@ -89,13 +96,13 @@ class Pipeline:
             pieces = [str(path) for path in (intro, body, outro) if path]
             listing = workdir / "pieces.txt"
             listing.write_text(commands.concat_list(pieces))
-            runner.run(commands.concat_command(str(listing), str(final)), timeout=self.timeout)
+            runner.run(commands.concat_command(str(listing), str(final)), limits=limits)
         report(ENCODE_SHARE + JOIN_SHARE)
         poster = workdir / "poster.jpg"
         intro_length = self.profile.intro_seconds if intro else 0.0
         runner.run(
             commands.poster_command(str(final), str(poster), intro_length + min(1.0, content / 2)),
-            timeout=self.timeout,
+            limits=limits,
         )
         report(1.0)
         return Outputs(video=final, poster=poster, duration=content)

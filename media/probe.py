@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from typing import Any
+
+from media import runner
+from media.sandbox import Sandbox
 
 # ffprobe names mp4 and mov alike ("mov,mp4,m4a,3gp,3g2,mj2"); the brand tells them apart.
 QUICKTIME_BRANDS = {"qt"}
 FORMAT_ALIASES = {"matroska,webm": "mkv", "avi": "avi", "mpegts": "ts", "flv": "flv", "ogg": "ogg"}
 
 
+NOT_WHITELISTED = "Format not on whitelist"
+
+
 class ProbeError(Exception):
-    """ffprobe could not read the file as media."""
+    """ffprobe could not read the file as media.
+
+    ``reason`` is ``format`` for a container outside the whitelist, or the runner's
+    reason (``memory``, ``cpu``, ``timeout``, ``resolution``, ...); ``detail`` is
+    FFmpeg's stderr, for the log only.
+    """
+
+    def __init__(self, message: str, reason: str | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.reason, self.detail = reason, detail
 
 
 @dataclass(frozen=True)
@@ -27,15 +41,24 @@ class MediaInfo:
     has_video: bool
     has_audio: bool
     video_codec: str | None = None
+    fps: float = 0.0
+    frames: int = 0
+    streams: int = 0
 
     @property
     def resolution(self) -> str:
         return f"{self.width}x{self.height}"
 
+    @property
+    def pixel_rate(self) -> float:
+        """Pixels per second to decode: width x height x frame rate."""
+        return self.width * self.height * self.fps
 
-def probe_args(path: str, ffprobe: str = "ffprobe") -> list[str]:
-    """Return the ffprobe argv that prints format and streams as JSON."""
-    return [ffprobe, "-v", "error", "-show_format", "-show_streams", "-of", "json", path]
+
+def probe_args(path: str, options: dict[str, Any] | None = None, ffprobe: str = "ffprobe") -> list[str]:
+    """Return the ffprobe argv that prints format and streams as JSON; ``options`` go before the input."""
+    flags = [arg for key, value in (options or {}).items() for arg in (f"-{key}", str(value))]
+    return [ffprobe, "-hide_banner", "-v", "error", *flags, "-show_format", "-show_streams", "-of", "json", path]
 
 
 def container_name(format_name: str, major_brand: str | None) -> str:
@@ -60,6 +83,13 @@ def _float(value: Any) -> float | None:
         return None
 
 
+def frame_rate(value: Any) -> float:
+    """Return ffprobe's ``num/den`` rate as a number; 0 when unknown."""
+    num, _, den = str(value or "").partition("/")
+    numerator, denominator = _float(num) or 0.0, _float(den or 1) or 0.0
+    return numerator / denominator if denominator > 0 else 0.0
+
+
 def parse_probe(data: dict[str, Any]) -> MediaInfo:
     """Return the ``MediaInfo`` for ffprobe's JSON; display size accounts for rotation."""
     fmt = data.get("format") or {}
@@ -71,6 +101,9 @@ def parse_probe(data: dict[str, Any]) -> MediaInfo:
     if abs(_rotation(video)) % 180 == 90:
         width, height = height, width
     duration = _float(fmt.get("duration")) or _float(video.get("duration")) or 0.0
+    # The average rate is what the stream really holds; r_frame_rate is a timebase guess.
+    fps = frame_rate(video.get("avg_frame_rate")) or frame_rate(video.get("r_frame_rate"))
+    frames = int(_float(video.get("nb_frames")) or duration * fps)
     return MediaInfo(
         container=container_name(fmt.get("format_name", ""), fmt.get("tags", {}).get("major_brand")),
         duration=duration,
@@ -79,19 +112,25 @@ def parse_probe(data: dict[str, Any]) -> MediaInfo:
         has_video=bool(videos),
         has_audio=bool(audios),
         video_codec=video.get("codec_name"),
+        fps=fps,
+        frames=frames,
+        streams=len(streams),
     )
 
 
-def probe(path: str, timeout: float = 30.0) -> MediaInfo:
-    """Probe ``path`` with ffprobe; raise ``ProbeError`` when it is not readable media."""
+def probe(path: str, sandbox: Sandbox | None = None) -> MediaInfo:
+    """Probe ``path`` with ffprobe in the sandbox; raise ``ProbeError`` when it is not readable media.
+
+    Without a sandbox (the pipeline's own outputs) only the default limits apply.
+    """
+    sandbox = sandbox or Sandbox()
     try:
-        proc = subprocess.run(probe_args(path), capture_output=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise ProbeError(f"ffprobe timed out after {timeout:g}s") from exc
-    if proc.returncode != 0:
-        message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise ProbeError(message[-1] if message else "ffprobe failed")
+        out = runner.run(probe_args(path, sandbox.input_options()), limits=sandbox.probe_limits(), capture=True)
+    except runner.FFmpegError as exc:
+        reason = "format" if NOT_WHITELISTED in exc.stderr else exc.reason
+        lines = exc.stderr.strip().splitlines()
+        raise ProbeError(lines[-1] if lines else "ffprobe failed", reason, exc.stderr) from exc
     try:
-        return parse_probe(json.loads(proc.stdout))
-    except (ValueError, TypeError) as exc:
+        return parse_probe(json.loads(out))
+    except (ValueError, TypeError, AttributeError) as exc:
         raise ProbeError(f"unreadable ffprobe output: {exc}") from exc

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from media.probe import MediaInfo
+from media.probe import MediaInfo, ProbeError
 
 
 class MediaRejected(Exception):
@@ -28,6 +28,10 @@ class Limits:
     min_height: int = 240
     max_width: int = 7680
     max_height: int = 4320
+    max_fps: float = 240.0
+    max_frames: int = 216_000
+    max_pixel_rate: float = 7680 * 4320 * 30
+    max_streams: int = 16
 
     @classmethod
     def from_settings(cls, s: Mapping[str, Any]) -> Limits:
@@ -40,6 +44,10 @@ class Limits:
             min_height=s["VIDEO_MIN_HEIGHT"],
             max_width=s["VIDEO_MAX_WIDTH"],
             max_height=s["VIDEO_MAX_HEIGHT"],
+            max_fps=s["VIDEO_MAX_FPS"],
+            max_frames=s["VIDEO_MAX_FRAMES"],
+            max_pixel_rate=s["VIDEO_MAX_PIXEL_RATE"],
+            max_streams=s["VIDEO_MAX_STREAMS"],
         )
 
 
@@ -76,3 +84,38 @@ def check(info: MediaInfo, limits: Limits) -> None:
             f" to {limits.max_width}x{limits.max_height}.",
             422,
         )
+    # What no real clip has: checked before any frame is decoded.
+    if info.streams > limits.max_streams:
+        raise MediaRejected(
+            "too_many_streams", f"The file has {info.streams} streams; at most {limits.max_streams} are allowed.", 422
+        )
+    if info.fps > limits.max_fps:
+        raise MediaRejected(
+            "frame_rate_out_of_bounds", f"Frame rate {info.fps:.0f} fps is over {limits.max_fps:g} fps.", 422
+        )
+    if info.frames > limits.max_frames:
+        raise MediaRejected(
+            "too_many_frames", f"The file declares {info.frames} frames; at most {limits.max_frames} are allowed.", 422
+        )
+    if info.pixel_rate > limits.max_pixel_rate:
+        raise MediaRejected(
+            "pixel_rate_out_of_bounds",
+            f"{info.resolution} at {info.fps:.0f} fps is more than {limits.max_pixel_rate:.3g} pixels per second.",
+            422,
+        )
+
+
+def rejection(error: ProbeError, limits: Limits) -> MediaRejected:
+    """Return the answer for a file ffprobe could not read; FFmpeg's own words stay in the log."""
+    if error.reason == "format":
+        allowed = ", ".join(limits.allowed_formats)
+        return MediaRejected("format_not_allowed", f"The file's container is not one of: {allowed}.", 415)
+    if error.reason == "resolution":
+        return MediaRejected(
+            "resolution_out_of_bounds",
+            f"A picture in the file is larger than {limits.max_width}x{limits.max_height}.",
+            422,
+        )
+    if error.reason in ("memory", "cpu", "timeout", "output"):
+        return MediaRejected("too_complex", "Reading the file needs more memory or time than allowed.", 422)
+    return MediaRejected("not_a_video", "The file is not a readable video.", 415)

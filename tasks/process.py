@@ -22,6 +22,8 @@ from media.pipeline import Pipeline, TruncatedInput
 from media.probe import ProbeError, probe
 from media.profile import Profile
 from media.runner import FFmpegError
+from media.sandbox import Sandbox
+from media.validate import Limits, MediaRejected, check, rejection
 from tasks.errors import PermanentError, backoff, is_missing, is_transient
 from tasks.scratch import job_dir
 
@@ -36,7 +38,19 @@ def pipeline() -> Pipeline:
     """Return this worker process's pipeline; its bumpers are rendered once and reused."""
     config = current_app.config
     cache = Path(config["WORKER_TMP_DIR"] or tempfile.gettempdir()) / "videoproc-bumpers"
-    return Pipeline(Profile.from_settings(config), cache)
+    return Pipeline(Profile.from_settings(config), cache, Sandbox.from_settings(config))
+
+
+def _ffmpeg_failure(exc: FFmpegError) -> PermanentError:
+    """Return the recorded failure for FFmpeg stopped by the sandbox or by the input; stderr goes to the log."""
+    logger.warning("ffmpeg failed", extra={"reason": exc.reason, "ffmpeg": exc.stderr[-1000:]})
+    if exc.reason == "resolution":
+        return PermanentError("resolution_out_of_bounds", "A picture in the video is larger than the allowed size.")
+    if exc.reason == "timeout":
+        return PermanentError("timed_out", "Encoding took longer than this video's time limit.")
+    if exc.reason in ("memory", "cpu"):
+        return PermanentError("too_complex", "Encoding needed more memory or CPU time than allowed.")
+    return PermanentError("undecodable", "FFmpeg could not decode the video.")
 
 
 class Heartbeat:
@@ -96,13 +110,23 @@ class VideoJob:
                     raise PermanentError("original_missing", f"The original {original} is not in S3.") from exc
                 raise
             self.progress(DOWNLOADED)
+            limits = Limits.from_settings(config)
             try:
-                info = probe(str(src), timeout=config["FFPROBE_TIMEOUT"])
+                info = probe(str(src), pipeline().sandbox)
+                check(info, limits)  # the same rules as the upload: the worker trusts no earlier check
                 outputs = pipeline().run(
                     src, info, workdir, lambda f: self.progress(DOWNLOADED + int((ENCODED - DOWNLOADED) * f))
                 )
-            except (ProbeError, FFmpegError, TruncatedInput) as exc:
-                raise PermanentError("undecodable", f"FFmpeg could not process the video: {exc}") from exc
+            except ProbeError as exc:
+                refused = rejection(exc, limits)
+                logger.warning("probe failed", extra={"reason": exc.reason, "ffprobe": exc.detail[-1000:]})
+                raise PermanentError(refused.code, refused.message) from exc
+            except MediaRejected as exc:
+                raise PermanentError(exc.code, exc.message) from exc
+            except FFmpegError as exc:
+                raise _ffmpeg_failure(exc) from exc
+            except TruncatedInput as exc:
+                raise PermanentError("undecodable", f"The video is cut off: {exc}.") from exc
             video_key, image_key = processed_video_key(self.video_id), poster_key(self.video_id)
             storage.upload_file(outputs.video, video_key, "video/mp4")
             storage.upload_file(outputs.poster, image_key, "image/jpeg")
@@ -180,10 +204,12 @@ def process_video(self: Task, video_id: str) -> str | None:
         except Exception as exc:
             db.session.rollback()
             if not is_transient(exc):
-                _fail(video_id, token, "internal_error", f"{type(exc).__name__}: {exc}")
+                logger.exception("internal error")
+                _fail(video_id, token, "internal_error", "An internal error stopped processing; it has been logged.")
                 raise
             if request.retries >= config["TASK_MAX_RETRIES"]:
-                _fail(video_id, token, "retries_exhausted", f"Gave up after {request.retries} retries: {exc!r}")
+                logger.error("giving up", extra={"error": repr(exc)})
+                _fail(video_id, token, "retries_exhausted", "Gave up after repeated passing faults.")
                 return None
             delay = backoff(request.retries, config["TASK_RETRY_BACKOFF_MAX"])
             logger.warning("transient error; will retry", extra={"error": repr(exc), "delay": delay})

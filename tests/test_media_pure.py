@@ -14,7 +14,8 @@ from media.validate import Limits, MediaRejected, check
 
 
 def probe_json(fmt: str = "mov,mp4,m4a,3gp,3g2,mj2", brand: str = "isom", **video: object) -> dict:
-    stream = {"codec_type": "video", "codec_name": "h264", "width": 1920, "height": 1080, **video}
+    stream = {"codec_type": "video", "codec_name": "h264", "width": 1920, "height": 1080, "avg_frame_rate": "30/1"}
+    stream.update(video)
     return {
         "format": {"format_name": fmt, "duration": "42.5", "tags": {"major_brand": brand}},
         "streams": [stream, {"codec_type": "audio", "codec_name": "aac"}],
@@ -29,7 +30,7 @@ def info(**kw: object) -> MediaInfo:
 class TestProbe:
     def test_parses_format_streams_and_duration(self) -> None:
         parsed = parse_probe(probe_json())
-        assert parsed == MediaInfo("mp4", 42.5, 1920, 1080, True, True, "h264")
+        assert parsed == MediaInfo("mp4", 42.5, 1920, 1080, True, True, "h264", fps=30.0, frames=1275, streams=2)
 
     @pytest.mark.parametrize(
         ("fmt", "brand", "expected"),
@@ -91,7 +92,8 @@ class TestValidate:
     def test_limits_from_settings(self) -> None:
         s = {"VIDEO_ALLOWED_FORMATS": ["mp4"], "VIDEO_MIN_DURATION": 20, "VIDEO_MAX_DURATION": 60}
         s |= {"VIDEO_MIN_WIDTH": 1920, "VIDEO_MIN_HEIGHT": 1080, "VIDEO_MAX_WIDTH": 3840, "VIDEO_MAX_HEIGHT": 2160}
-        assert Limits.from_settings(s) == Limits(("mp4",), 20, 60, 1920, 1080, 3840, 2160)
+        s |= {"VIDEO_MAX_FPS": 120, "VIDEO_MAX_FRAMES": 7200, "VIDEO_MAX_PIXEL_RATE": 1e9, "VIDEO_MAX_STREAMS": 4}
+        assert Limits.from_settings(s) == Limits(("mp4",), 20, 60, 1920, 1080, 3840, 2160, 120, 7200, 1e9, 4)
 
 
 class TestProfile:

@@ -1,0 +1,130 @@
+"""FFmpeg as a sandboxed dependency: what a child may open, and how much it may use.
+
+Every ffprobe and ffmpeg child that reads a user's file gets input options that pin the
+demuxer to the allowed containers, allow the ``file`` protocol only (no network, no
+playlists that name other files), keep MOV external references off and cap the size of a
+decoded picture. Every child runs under an address-space and a CPU-time limit, a wall
+timeout, a bounded thread count and an environment without the parent's secrets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MiB = 1024**2
+# Short container names (what ``media.probe.container_name`` returns) to libavformat demuxers.
+DEMUXERS = {
+    "mp4": "mov",
+    "mov": "mov",
+    "m4v": "mov",
+    "3gp": "mov",
+    "mkv": "matroska",
+    "webm": "matroska",
+    "avi": "avi",
+    "ts": "mpegts",
+    "flv": "flv",
+    "ogg": "ogg",
+}
+# The only variables an FFmpeg child sees: no credentials, no proxies, no FFREPORT.
+SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+class UnknownContainer(ValueError):
+    """A configured container has no known demuxer."""
+
+
+def demuxers(formats: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Return the demuxer names for the allowed container names, in order, without repeats."""
+    names: list[str] = []
+    for fmt in formats:
+        if fmt not in DEMUXERS:
+            raise UnknownContainer(f"no demuxer known for container {fmt!r} (known: {', '.join(sorted(DEMUXERS))})")
+        if DEMUXERS[fmt] not in names:
+            names.append(DEMUXERS[fmt])
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resources one child process may use; ``None`` means no limit."""
+
+    memory_bytes: int | None = None
+    cpu_seconds: int | None = None
+    wall_seconds: float | None = None
+
+
+def child_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return the environment for an FFmpeg child: the few harmless variables, nothing else."""
+    environ = os.environ if environ is None else environ
+    env = {name: environ[name] for name in SAFE_ENV if name in environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    # Each glibc malloc arena reserves 64 MiB of address space; few arenas keep the limit about real memory.
+    env["MALLOC_ARENA_MAX"] = "2"
+    return env
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """Input restrictions and resource limits for FFmpeg children, from settings."""
+
+    formats: tuple[str, ...] = ("mp4", "mov")
+    max_pixels: int = 7680 * 4320
+    threads: int = 2
+    probe_memory: int = 512 * MiB
+    probe_seconds: float = 30.0
+    encode_memory: int = 1536 * MiB
+    timeout_base: float = 60.0
+    timeout_per_second: float = 10.0
+    cpu_per_second: float = 20.0
+
+    @classmethod
+    def from_settings(cls, s: Mapping[str, Any]) -> Sandbox:
+        """Build the sandbox from the ``VIDEO_*`` and ``FFMPEG_*`` settings."""
+        return cls(
+            formats=tuple(s["VIDEO_ALLOWED_FORMATS"]),
+            max_pixels=s["VIDEO_MAX_WIDTH"] * s["VIDEO_MAX_HEIGHT"],
+            threads=s["FFMPEG_THREADS"],
+            probe_memory=s["FFPROBE_MEMORY_MB"] * MiB,
+            probe_seconds=s["FFPROBE_TIMEOUT"],
+            encode_memory=s["FFMPEG_MEMORY_MB"] * MiB,
+            timeout_base=s["FFMPEG_TIMEOUT_BASE"],
+            timeout_per_second=s["FFMPEG_TIMEOUT_PER_SECOND"],
+            cpu_per_second=s["FFMPEG_CPU_PER_SECOND"],
+        )
+
+    @property
+    def demuxers(self) -> tuple[str, ...]:
+        return demuxers(self.formats)
+
+    def input_options(self, container: str | None = None) -> dict[str, Any]:
+        """Return the options for a user's file as an input (before ``-i``).
+
+        With ``container`` known (the worker probed it first) the demuxer is forced to
+        exactly that one. Otherwise FFmpeg detects the format from the first bytes and
+        refuses one not on the whitelist before it parses anything else ("Format not on
+        whitelist"): a playlist never gets to open what it names. The MOV option
+        ``enable_drefs`` can only be given when the mov demuxer is the only one allowed:
+        another demuxer would reject it as unknown (and it is off by default).
+        """
+        names = (DEMUXERS[container],) if container in DEMUXERS else self.demuxers
+        options: dict[str, Any] = {"format_whitelist": ",".join(names), "protocol_whitelist": "file"}
+        if container in DEMUXERS:
+            options["f"] = names[0]
+        if names == ("mov",):
+            options["enable_drefs"] = 0
+        options.update(max_pixels=self.max_pixels, threads=self.threads)
+        return options
+
+    def probe_limits(self) -> Limits:
+        """Return the limits of an ffprobe child."""
+        seconds = self.probe_seconds
+        return Limits(memory_bytes=self.probe_memory, cpu_seconds=max(int(seconds), 1), wall_seconds=seconds)
+
+    def encode_limits(self, content_seconds: float) -> Limits:
+        """Return the limits of an ffmpeg child working on ``content_seconds`` of video."""
+        wall = self.timeout_base + self.timeout_per_second * max(content_seconds, 0)
+        cpu = self.timeout_base + self.cpu_per_second * max(content_seconds, 0)
+        return Limits(memory_bytes=self.encode_memory, cpu_seconds=int(cpu), wall_seconds=wall)

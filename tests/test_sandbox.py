@@ -1,0 +1,153 @@
+"""The FFmpeg sandbox: pure option building, and the runner's limits on real children."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from media import runner
+from media.probe import MediaInfo, ProbeError, frame_rate, parse_probe
+from media.sandbox import Limits, MiB, Sandbox, UnknownContainer, child_env, demuxers
+from media.validate import Limits as MediaLimits
+from media.validate import MediaRejected, check, rejection
+
+
+class TestOptions:
+    def test_containers_map_to_demuxers_once(self) -> None:
+        assert demuxers(["mp4", "mov", "mkv", "webm"]) == ("mov", "matroska")
+        with pytest.raises(UnknownContainer, match="hls"):
+            demuxers(["mp4", "hls"])
+
+    def test_probe_options_whitelist_demuxers_and_the_file_protocol(self) -> None:
+        options = Sandbox(formats=("mp4", "mov"), max_pixels=100, threads=3).input_options()
+        assert options == {
+            "format_whitelist": "mov",
+            "protocol_whitelist": "file",
+            "enable_drefs": 0,
+            "max_pixels": 100,
+            "threads": 3,
+        }
+
+    def test_drefs_option_only_when_mov_is_the_only_demuxer(self) -> None:
+        options = Sandbox(formats=("mp4", "mkv")).input_options()
+        assert options["format_whitelist"] == "mov,matroska"
+        assert "enable_drefs" not in options and "f" not in options
+
+    def test_encode_forces_the_probed_demuxer(self) -> None:
+        options = Sandbox(formats=("mp4", "mkv")).input_options("mkv")
+        assert (options["f"], options["format_whitelist"]) == ("matroska", "matroska")
+        assert Sandbox().input_options("mov")["enable_drefs"] == 0
+
+    def test_limits_scale_with_the_content(self) -> None:
+        box = Sandbox(encode_memory=1000 * MiB, timeout_base=60, timeout_per_second=10, cpu_per_second=20)
+        assert box.encode_limits(30) == Limits(memory_bytes=1000 * MiB, cpu_seconds=660, wall_seconds=360)
+        assert Sandbox(probe_memory=5, probe_seconds=7.5).probe_limits() == Limits(5, 7, 7.5)
+
+    def test_settings(self) -> None:
+        from config import load_settings
+
+        s = load_settings({"APP_ENV": "testing", "FFMPEG_THREADS": "3", "VIDEO_ALLOWED_FORMATS": "mp4,mkv"})
+        box = Sandbox.from_settings(s)
+        assert (box.threads, box.demuxers, box.max_pixels) == (3, ("mov", "matroska"), 7680 * 4320)
+        assert (box.probe_memory, box.encode_memory) == (512 * MiB, 1536 * MiB)
+
+    def test_child_environment_carries_no_secrets(self) -> None:
+        env = child_env({"PATH": "/bin", "AWS_SECRET_ACCESS_KEY": "x", "SECRET_KEY": "y", "http_proxy": "z"})
+        assert env == {"PATH": "/bin", "MALLOC_ARENA_MAX": "2"}
+
+
+class TestRealLimits:
+    def test_child_sees_only_the_safe_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
+        code = "import os, json; print(json.dumps(sorted(os.environ)))"
+        out = runner.run([sys.executable, "-c", code], capture=True)
+        assert "AWS_SECRET_ACCESS_KEY" not in out and "MALLOC_ARENA_MAX" in out
+
+    def test_memory_limit_stops_a_greedy_child(self) -> None:
+        greedy = "b = bytearray(600 * 1024 * 1024); print(len(b))"
+        with pytest.raises(runner.FFmpegError) as caught:
+            runner.run([sys.executable, "-c", greedy], limits=Limits(memory_bytes=300 * MiB), capture=True)
+        assert caught.value.returncode != 0 and "MemoryError" in caught.value.stderr
+        assert runner.run([sys.executable, "-c", greedy], limits=Limits(memory_bytes=900 * MiB), capture=True)
+
+    def test_cpu_limit_kills(self) -> None:
+        with pytest.raises(runner.FFmpegError) as caught:
+            runner.run([sys.executable, "-c", "while True: pass"], limits=Limits(cpu_seconds=1, wall_seconds=30))
+        assert caught.value.reason == "cpu"
+
+    def test_wall_limit_kills(self) -> None:
+        with pytest.raises(runner.FFmpegError) as caught:
+            runner.run([sys.executable, "-c", "import time; time.sleep(30)"], limits=Limits(wall_seconds=0.5))
+        assert caught.value.reason == "timeout"
+
+    def test_stderr_is_bounded(self) -> None:
+        noisy = "import sys\nfor i in range(100000): print('x' * 1000, i, file=sys.stderr)\nsys.exit(1)"
+        with pytest.raises(runner.FFmpegError) as caught:
+            runner.run([sys.executable, "-c", noisy])
+        assert len(caught.value.stderr) <= runner.STDERR_LINES * (runner.STDERR_LINE_CHARS + 1)
+
+    def test_picture_over_the_limit_stops_the_child_at_once(self) -> None:
+        script = (
+            "import sys, time; print('Picture size 8192x8192 is invalid', file=sys.stderr, flush=True); time.sleep(30)"
+        )
+        with pytest.raises(runner.FFmpegError) as caught:
+            runner.run([sys.executable, "-c", script], limits=Limits(wall_seconds=20))
+        assert caught.value.reason == "resolution"
+
+
+def info(**kw: object) -> MediaInfo:
+    base = {"container": "mp4", "duration": 20.0, "width": 1920, "height": 1080, "has_video": True, "has_audio": True}
+    return MediaInfo(**{**base, "fps": 30.0, "frames": 600, "streams": 2, **kw})  # type: ignore[arg-type]
+
+
+class TestWhatNoRealClipHas:
+    @pytest.mark.parametrize(
+        ("changes", "code"),
+        [
+            ({"streams": 40}, "too_many_streams"),
+            ({"fps": 100_000.0}, "frame_rate_out_of_bounds"),
+            ({"frames": 2_000_000}, "too_many_frames"),
+            ({"width": 7680, "height": 4320, "fps": 120.0}, "pixel_rate_out_of_bounds"),
+        ],
+    )
+    def test_refused(self, changes: dict, code: str) -> None:
+        with pytest.raises(MediaRejected) as caught:
+            check(info(**changes), MediaLimits())
+        assert (caught.value.code, caught.value.status) == (code, 422)
+
+    def test_real_clips_pass(self) -> None:
+        check(info(), MediaLimits())
+        check(info(width=3840, height=2160, fps=60.0, frames=1800), MediaLimits())
+        check(info(width=1280, height=720, fps=240.0, frames=2400), MediaLimits())
+
+    def test_rates_and_counts_from_ffprobe(self) -> None:
+        assert frame_rate("30000/1001") == pytest.approx(29.97, abs=0.01)
+        assert frame_rate("0/0") == frame_rate(None) == frame_rate("x/y") == 0
+        data = {
+            "format": {"format_name": "mov,mp4,m4a,3gp,3g2,mj2", "duration": "20"},
+            "streams": [{"codec_type": "video", "width": 7680, "height": 4320, "avg_frame_rate": "100000/1"}],
+        }
+        parsed = parse_probe(data)
+        assert (parsed.fps, parsed.frames, parsed.streams) == (100_000, 2_000_000, 1)
+        data["streams"][0] |= {"avg_frame_rate": "0/0", "r_frame_rate": "25/1", "nb_frames": "77"}
+        assert (parse_probe(data).fps, parse_probe(data).frames) == (25, 77)
+
+
+class TestRejections:
+    @pytest.mark.parametrize(
+        ("reason", "status", "code"),
+        [
+            ("format", 415, "format_not_allowed"),
+            ("resolution", 422, "resolution_out_of_bounds"),
+            ("memory", 422, "too_complex"),
+            ("cpu", 422, "too_complex"),
+            ("timeout", 422, "too_complex"),
+            (None, 415, "not_a_video"),
+        ],
+    )
+    def test_messages_never_carry_ffmpeg_output(self, reason: str | None, status: int, code: str) -> None:
+        error = ProbeError("/tmp/upload-abc: Invalid data found", reason, "/tmp/upload-abc: Invalid data found")
+        refused = rejection(error, MediaLimits())
+        assert (refused.status, refused.code) == (status, code)
+        assert "/tmp" not in refused.message and "Invalid data" not in refused.message
