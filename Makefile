@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install ffmpeg lint format bench assets clean
+.PHONY: run test install system lint format bench assets clean
 
 run: install ## Start moto (local AWS), the API, a worker and Flower; Ctrl-C stops all
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
@@ -12,7 +12,7 @@ run: install ## Start moto (local AWS), the API, a worker and Flower; Ctrl-C sto
 test: install ## Run the whole test suite (unit and end-to-end)
 	$(BIN)/python -m pytest
 
-install: $(STAMP) ffmpeg
+install: $(STAMP) system
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required (set PYTHON=...)" >&2; exit 1; }
@@ -23,8 +23,8 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-ffmpeg:
-	@deploy/install_ffmpeg.sh
+system: ## FFmpeg and nginx (apt-get when root)
+	@deploy/install_system.sh
 
 lint: install ## Lint and check formatting
 	$(BIN)/ruff check .

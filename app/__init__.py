@@ -7,10 +7,11 @@ from typing import Any
 
 from flask import Flask
 
-from app import api, cli, logs, storage
+from app import api, cli, logs, security, spool, storage
 from app.api import errors, health
 from app.extensions import celery_init_app, db, migrate
-from app.uploads import UploadRequest
+from app.ratelimit import limiter
+from app.safejson import SafeJSONProvider
 from config import load_settings
 from config.settings import INSTANCE_DIR, ROOT
 
@@ -18,10 +19,13 @@ from config.settings import INSTANCE_DIR, ROOT
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the Flask app from the environment's settings, or from ``test_config`` when given."""
     app = Flask(__name__, instance_path=str(INSTANCE_DIR))
-    app.request_class = UploadRequest
     app.config.from_mapping(load_settings() if test_config is None else test_config)
+    app.json = SafeJSONProvider(app)
 
     logs.init_app(app)
+    security.init_app(app)
+    spool.init_app(app)
+    limiter.init_app(app)
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     storage.init_app(app)

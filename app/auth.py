@@ -15,6 +15,7 @@ from app.extensions import db
 from app.models import User, utcnow
 
 ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ["exp", "iat", "sub"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -31,12 +32,17 @@ def _user_from_request() -> User:
     if scheme.lower() != "bearer" or not token:
         raise APIError(401, "unauthorized", "Send 'Authorization: Bearer <token>'.")
     try:
-        claims = jwt.decode(token, current_app.config["SECRET_KEY"], algorithms=[ALGORITHM])
+        claims = jwt.decode(
+            token, current_app.config["SECRET_KEY"], algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS}
+        )
+        user_id = int(claims["sub"])
     except jwt.ExpiredSignatureError as exc:
         raise APIError(401, "token_expired", "The access token has expired; log in again.") from exc
-    except jwt.InvalidTokenError as exc:
+    except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError) as exc:
         raise APIError(401, "invalid_token", "The access token is not valid.") from exc
-    user = db.session.get(User, int(claims["sub"]))
+    if not 0 < user_id < 2**63:
+        raise APIError(401, "invalid_token", "The access token is not valid.")
+    user = db.session.get(User, user_id)
     if user is None:
         raise APIError(401, "invalid_token", "The token's user no longer exists.")
     return user

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, g, request
 
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("log_context", default={})  # noqa: B039 (never mutated)
-CONTEXT_KEYS = ("video_id", "task_id", "user_id")
+CONTEXT_KEYS = ("video_id", "task_id", "user_id", "request_id")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -27,10 +31,17 @@ def log_context(**values: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+def _escape(char: str) -> str:
+    if char.isprintable():
+        return char
+    return ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 256 else f"\\u{ord(char):04x}")
+
+
 def _quote(value: Any) -> str:
+    """Return ``value`` as one token: quoted when it has spaces, and never a raw control character."""
     text = str(value)
-    if text == "" or any(c in text for c in ' ="\n'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if text == "" or any(c in text for c in ' ="\\') or not text.isprintable():
+        return '"' + "".join(_escape(c) for c in text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
     return text
 
 
@@ -63,5 +74,26 @@ def configure(level: str = "INFO") -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Configure logging from ``LOG_LEVEL``."""
+    """Configure logging from ``LOG_LEVEL``; tag each request's records (and answer) with its request id.
+
+    The id is the proxy's ``X-Request-ID`` when it is well formed, else a new one.
+    """
     configure(app.config["LOG_LEVEL"])
+
+    @app.before_request
+    def _start() -> None:
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        g.log_token = _context.set({**_context.get(), "request_id": g.request_id})
+
+    @app.after_request
+    def _tag(response: Response) -> Response:
+        if "request_id" in g:
+            response.headers["X-Request-ID"] = g.request_id
+        return response
+
+    @app.teardown_request
+    def _end(_exc: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            _context.reset(token)

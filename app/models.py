@@ -71,6 +71,8 @@ class Video(db.Model):
     progress: Mapped[int] = mapped_column(default=0)
     task_id: Mapped[str] = mapped_column(String(36), default=new_id)
     attempts: Mapped[int] = mapped_column(default=0)
+    # Retries asked for by the owner (POST /retry), limited by VIDEO_MAX_RETRIES.
+    retries: Mapped[int] = mapped_column(default=0, server_default="0")
     # "<task_id>:<retries>" of the delivery that holds the row while it is processing.
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     original_filename: Mapped[str | None] = mapped_column(String(255))

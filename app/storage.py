@@ -14,12 +14,13 @@ from flask import Flask, current_app
 from werkzeug.utils import secure_filename
 
 # Files above 16 MiB go up in 16 MiB parts, four at a time: memory stays bounded.
+MAX_KEY_NAME = 100  # S3 keys are at most 1024 bytes
 TRANSFER = TransferConfig(multipart_threshold=16 * 1024**2, multipart_chunksize=16 * 1024**2, max_concurrency=4)
 
 
 def original_key(video_id: str, filename: str | None, container: str) -> str:
     """Return the key of an upload's original file."""
-    name = secure_filename(filename or "") or f"original.{container}"
+    name = secure_filename(filename or "")[-MAX_KEY_NAME:].lstrip("._") or f"original.{container}"
     return f"originals/{video_id}/{name}"
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from typing import IO, Any
+from typing import Any
 
-from flask import Request, current_app
+from flask import current_app
 from werkzeug.datastructures import FileStorage
 
+from app import quotas
 from app.api.errors import APIError
 from app.extensions import db
 from app.models import Status, User, Video, new_id
@@ -20,24 +20,8 @@ from media.sandbox import Sandbox
 from media.validate import Limits, MediaRejected, check, rejection
 
 logger = logging.getLogger(__name__)
+MAX_FILENAME = 255
 CONTENT_TYPES = {"mp4": "video/mp4", "mov": "video/quicktime"}
-
-
-class UploadRequest(Request):
-    """A request whose file parts go straight to a named temporary file on disk.
-
-    Werkzeug would keep small parts in memory; a named file lets ffprobe read the
-    upload where it lies, and the web process never holds a whole video in memory.
-    """
-
-    def _get_file_stream(
-        self,
-        total_content_length: int | None,
-        content_type: str | None,
-        filename: str | None = None,
-        content_length: int | None = None,
-    ) -> IO[bytes]:
-        return tempfile.NamedTemporaryFile("wb+", dir=current_app.config["UPLOAD_TMP_DIR"], prefix="upload-")
 
 
 def _spooled_path(file: FileStorage) -> str:
@@ -45,6 +29,15 @@ def _spooled_path(file: FileStorage) -> str:
     stream: Any = file.stream
     stream.flush()
     return str(stream.name)
+
+
+def clean_filename(name: str | None, limit: int = MAX_FILENAME) -> str | None:
+    """Return the client's file name without control characters or paths, at most ``limit`` characters."""
+    name = "".join(c for c in (name or "") if c.isprintable()).replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if len(name) > limit:
+        stem, dot, ext = name.rpartition(".")
+        name = stem[: limit - len(ext) - 1] + dot + ext if dot and len(ext) <= 10 else name[:limit]
+    return name or None
 
 
 def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, bool]:
@@ -69,7 +62,8 @@ def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, boo
         raise APIError(exc.status, exc.code, exc.message) from exc
 
     video_id = new_id()
-    key = original_key(video_id, file.filename, info.container)
+    filename = clean_filename(file.filename)
+    key = original_key(video_id, filename, info.container)
     storage = get_storage()
     try:
         storage.upload_file(path, key, CONTENT_TYPES.get(info.container, "application/octet-stream"))
@@ -79,18 +73,19 @@ def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, boo
 
     video = Video(
         id=video_id,
-        owner=user,
+        user_id=user.id,
         title=title,
         status=Status.UPLOADED.value,
         original_key=key,
-        original_filename=file.filename,
+        original_filename=filename,
         size_bytes=size,
         duration=info.duration,
         width=info.width,
         height=info.height,
     )
-    db.session.add(video)
     try:
+        quotas.check_upload(user.id, size, lock=True)  # again, under the user's lock, with the real size
+        db.session.add(video)
         db.session.commit()  # the row exists before any worker can see the message
     except Exception:
         db.session.rollback()

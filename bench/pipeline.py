@@ -1,9 +1,10 @@
 """Measure the pipeline side by side and write docs/benchmarks.md.
 
 Compares, in one run on the same clips: the pipeline as shipped (bumpers rendered once
-per worker, the clip encoded once, pieces joined by stream copy) against rendering the
-bumpers again for every video. Reports medians and ratios, not absolute promises: the
-machines are shared and noisy.
+per worker, the clip encoded once, pieces joined by stream copy, FFmpeg in its sandbox)
+against rendering the bumpers again for every video, and against the same pipeline with
+the sandbox taken off (no input options, no resource limits). Reports medians and ratios,
+not absolute promises: the machines are shared and noisy.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from config import load_settings
 from config.settings import ASSETS_DIR, ROOT
 from media.pipeline import Pipeline
 from media.probe import probe
 from media.profile import Profile
+from media.sandbox import Limits, Sandbox
 from tests.clips import make_clip
 
 RUNS = 3
@@ -33,6 +36,19 @@ PROFILE = Profile(
     outro_image=str(ASSETS_DIR / "outro.png"),
     watermark_image=str(ASSETS_DIR / "logo.png"),
 )
+
+
+class Unsandboxed(Sandbox):
+    """FFmpeg as it was before the sandbox: any demuxer, any protocol, no limits."""
+
+    def input_options(self, container: str | None = None) -> dict[str, object]:
+        return {}
+
+    def encode_limits(self, content_seconds: float) -> Limits:
+        return Limits()
+
+
+SANDBOX = Sandbox.from_settings(load_settings({"APP_ENV": "testing"}))
 
 
 def bar(done: int, total: int, label: str) -> None:
@@ -54,28 +70,31 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="videoproc-bench-") as tmp:
         work = Path(tmp)
-        steps, step = len(CLIPS) * RUNS * 2 + len(CLIPS), 0
+        steps, step = len(CLIPS) * RUNS * 3 + len(CLIPS), 0
         clips = {}
         for name, (w, h, seconds) in CLIPS.items():
             bar(step, steps, f"making {name}")
             clips[name] = make_clip(work / f"{w}x{h}.mp4", w, h, seconds)
             step += 1
-        cached = Pipeline(PROFILE, work / "bumpers")
+        cached = Pipeline(PROFILE, work / "bumpers", SANDBOX)
         cached.bumpers()  # a worker renders them once, before its first video
+        open_ = Pipeline(PROFILE, work / "bumpers", Unsandboxed())
         for name, src in clips.items():
             info = probe(str(src))
-            times: dict[str, list[float]] = {"cached": [], "fresh": []}
-            for run in range(RUNS):  # interleaved, so both variants see the same machine load
-                for variant in ("cached", "fresh"):
+            times: dict[str, list[float]] = {"cached": [], "fresh": [], "open": []}
+            for run in range(RUNS):  # interleaved, so every variant sees the same machine load
+                for variant in times:
                     bar(step, steps, f"{variant} {name}")
                     job = work / f"{variant}-{run}-{len(rows)}"
                     job.mkdir()
-                    pipeline = cached if variant == "cached" else Pipeline(PROFILE, job / "bumpers")
+                    pipeline = {"cached": cached, "open": open_}.get(variant) or Pipeline(
+                        PROFILE, job / "bumpers", SANDBOX
+                    )
                     times[variant].append(timed(lambda p=pipeline, j=job, s=src, i=info: p.run(s, i, j)))
                     step += 1
             output = min(info.duration, PROFILE.max_duration) + PROFILE.intro_seconds + PROFILE.outro_seconds
-            a, b = statistics.median(times["cached"]), statistics.median(times["fresh"])
-            rows.append((name, output, a, b))
+            a, b, c = (statistics.median(times[v]) for v in ("cached", "fresh", "open"))
+            rows.append((name, output, a, b, c))
         bar(steps, steps, "done")
         sys.stderr.write("\n")
 
@@ -87,15 +106,21 @@ def main() -> int:
         f"profile: {PROFILE.width}x{PROFILE.height}@{PROFILE.fps}, CRF {PROFILE.crf}, preset {PROFILE.preset}, "
         f"{PROFILE.intro_seconds:g}+{PROFILE.outro_seconds:g} s bumpers, watermark.",
         "",
-        "*Shipped*: bumpers rendered once per worker, the clip encoded once, pieces joined by stream copy. "
+        "*Shipped*: bumpers rendered once per worker, the clip encoded once, pieces joined by stream copy, "
+        f"FFmpeg in its sandbox ({SANDBOX.threads} decoder threads). "
         "*Bumpers per video*: the same, but rendering both bumpers again for every video. "
+        "*No sandbox*: the shipped pipeline without the sandbox's input options and resource limits; "
+        "*sandbox cost* is shipped ÷ no sandbox (the target is at most 1.03). "
         "Speed is output seconds per wall-clock second.",
         "",
-        "| Input | Output s | Shipped s | Bumpers per video s | Ratio | Shipped speed |",
-        "|---|---|---|---|---|---|",
+        "| Input | Output s | Shipped s | Bumpers per video s | Ratio | No sandbox s | Sandbox cost | Shipped speed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, output, a, b in rows:
-        lines.append(f"| {name} | {output:.0f} | {a:.2f} | {b:.2f} | {b / a:.2f}x | {output / a:.1f}x realtime |")
+    for name, output, a, b, c in rows:
+        lines.append(
+            f"| {name} | {output:.0f} | {a:.2f} | {b:.2f} | {b / a:.2f}x | {c:.2f} | {a / c:.3f} "
+            f"| {output / a:.1f}x realtime |"
+        )
     lines += ["", "Absolute times depend on the machine and its load; compare the ratios.", ""]
     target = ROOT / "docs" / "benchmarks.md"
     target.parent.mkdir(exist_ok=True)

@@ -41,7 +41,8 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def env_list(env: Mapping[str, str], name: str, default: str) -> list[str]:
-    """Return a comma-separated variable as a list of lowercase items."""
+def env_list(env: Mapping[str, str], name: str, default: str, lower: bool = True) -> list[str]:
+    """Return a comma-separated variable as a list of items (lowercased unless ``lower`` is false)."""
     raw = env_str(env, name, default) or ""
-    return [item.strip().lower() for item in raw.split(",") if item.strip()]
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    return [item.lower() for item in items] if lower else items

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from zxcvbn import zxcvbn
+
 from config.env import ConfigError, env_bool, env_float, env_int, env_list, env_str
 from media.sandbox import UnknownContainer, demuxers
 
@@ -22,6 +24,8 @@ ASSETS_DIR = ROOT / "assets"
 LOCAL_AWS = "http://127.0.0.1:5000"
 ENVIRONMENTS = ("development", "testing", "production")
 MIN_SECRET_BYTES = 32
+# zxcvbn's estimate of the guesses needed to find the key: 10^30 is about 100 bits.
+MIN_SECRET_GUESSES_LOG10 = 30
 
 __all__ = ["ConfigError", "broker_url", "load_settings"]
 
@@ -33,6 +37,24 @@ def _dev_secret_key() -> str:
         INSTANCE_DIR.mkdir(exist_ok=True)
         path.write_text(secrets.token_urlsafe(48))
     return path.read_text().strip()
+
+
+def secret_problem(key: str) -> str | None:
+    """Return why ``key`` is too weak to sign tokens with, or None.
+
+    Strength, not length: zxcvbn finds repeats, sequences, keyboard walks and dictionary
+    words, so 'a' * 32 fails while ``secrets.token_urlsafe(32)`` passes.
+    """
+    if len(key.encode()) < MIN_SECRET_BYTES:
+        return f"it must be at least {MIN_SECRET_BYTES} bytes (HS256)"
+    # zxcvbn reads at most 72 characters: score a long key piece by piece (the guesses multiply).
+    guesses_log10 = sum(zxcvbn(key[i : i + 64])["guesses_log10"] for i in range(0, len(key), 64))
+    if guesses_log10 < MIN_SECRET_GUESSES_LOG10:
+        return (
+            f"it could be guessed in about 10^{guesses_log10:.0f} tries; "
+            "use a random value such as `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+        )
+    return None
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -78,8 +100,25 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SECRET_KEY": _required(env, "SECRET_KEY") if production else env_str(env, "SECRET_KEY") or _dev_secret_key(),
         "JWT_EXPIRES_SECONDS": env_int(env, "JWT_EXPIRES_SECONDS", 3600),
         "SQLALCHEMY_DATABASE_URI": _database_url(env, production),
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # hide_parameters: a failed statement's log line never carries its values (password hashes).
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True, "hide_parameters": True},
         "LOG_LEVEL": env_str(env, "LOG_LEVEL", "INFO"),
+        # Accounts and abuse
+        "CORS_ORIGINS": env_list(env, "CORS_ORIGINS", "", lower=False),
+        "RATELIMIT_STORAGE_URI": _required(env, "RATELIMIT_STORAGE_URI")
+        if production
+        else env_str(env, "RATELIMIT_STORAGE_URI", "memory://"),
+        "RATELIMIT_ENABLED": env_bool(env, "RATELIMIT_ENABLED", True),
+        "RATELIMIT_KEY_PREFIX": env_str(env, "RATELIMIT_KEY_PREFIX", "videoproc"),
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "RATELIMIT_HEADER_RETRY_AFTER_VALUE": "delta-seconds",
+        # Redis down: keep limiting, per process, rather than answer 500 or let everything through.
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+        "RATELIMIT_SWALLOW_ERRORS": True,
+        "LOGIN_LIMIT_PER_ADDRESS": env_str(env, "LOGIN_LIMIT_PER_ADDRESS", "30 per minute"),
+        "LOGIN_LIMIT_PER_ACCOUNT": env_str(env, "LOGIN_LIMIT_PER_ACCOUNT", "10 per 15 minutes"),
+        "SIGNUP_LIMIT_PER_ADDRESS": env_str(env, "SIGNUP_LIMIT_PER_ADDRESS", "10 per hour"),
+        "SIGNUP_LIMIT_PER_ACCOUNT": env_str(env, "SIGNUP_LIMIT_PER_ACCOUNT", "5 per hour"),
         # AWS
         "AWS_REGION": env_str(env, "AWS_REGION", env_str(env, "AWS_DEFAULT_REGION", "us-east-1")),
         "AWS_ENDPOINT_URL": endpoint,
@@ -102,6 +141,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SQS_CREATE_QUEUES": env_bool(env, "SQS_CREATE_QUEUES", not production),
         # Upload validation
         "MAX_UPLOAD_BYTES": env_int(env, "MAX_UPLOAD_BYTES", 1024**3),
+        # Every body but an upload's is small: JSON routes read at most this many bytes.
+        "MAX_JSON_BYTES": env_int(env, "MAX_JSON_BYTES", 16 * 1024),
+        "MAX_FORM_PARTS": env_int(env, "MAX_FORM_PARTS", 4),
+        # Text fields are parsed in memory; werkzeug reads in 64 KiB chunks, so this must be larger.
+        "MAX_FORM_MEMORY_SIZE": env_int(env, "MAX_FORM_MEMORY_SIZE", 256 * 1024),
+        # Proxies in front of gunicorn whose X-Forwarded-For is trusted (nginx: 1; ALB and nginx: 2).
+        "TRUSTED_PROXIES": env_int(env, "TRUSTED_PROXIES", 0),
         "UPLOAD_TMP_DIR": env_str(env, "UPLOAD_TMP_DIR"),
         "VIDEO_ALLOWED_FORMATS": env_list(env, "VIDEO_ALLOWED_FORMATS", "mp4,mov"),
         "VIDEO_MIN_DURATION": env_float(env, "VIDEO_MIN_DURATION", 1),
@@ -114,6 +160,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "VIDEO_MAX_FRAMES": env_int(env, "VIDEO_MAX_FRAMES", 216_000),
         "VIDEO_MAX_PIXEL_RATE": env_float(env, "VIDEO_MAX_PIXEL_RATE", 7680 * 4320 * 30),
         "VIDEO_MAX_STREAMS": env_int(env, "VIDEO_MAX_STREAMS", 16),
+        # Fair use, per user (app/quotas.py)
+        "USER_MAX_ACTIVE_VIDEOS": env_int(env, "USER_MAX_ACTIVE_VIDEOS", 5),
+        "USER_MAX_UPLOADS_PER_DAY": env_int(env, "USER_MAX_UPLOADS_PER_DAY", 50),
+        "USER_MAX_BYTES_PER_DAY": env_int(env, "USER_MAX_BYTES_PER_DAY", 10 * 1024**3),
+        "VIDEO_MAX_RETRIES": env_int(env, "VIDEO_MAX_RETRIES", 3),
         # The FFmpeg sandbox (media/sandbox.py)
         "FFPROBE_TIMEOUT": env_float(env, "FFPROBE_TIMEOUT", 30),
         "FFPROBE_MEMORY_MB": env_int(env, "FFPROBE_MEMORY_MB", 512),
@@ -146,8 +197,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SHUTDOWN_GRACE_SECONDS": env_float(env, "SHUTDOWN_GRACE_SECONDS", 60),
         "SWEEP_AFTER_SECONDS": env_int(env, "SWEEP_AFTER_SECONDS", 60),
     }
-    if production and len(s["SECRET_KEY"]) < MIN_SECRET_BYTES:
-        raise ConfigError(f"SECRET_KEY must be at least {MIN_SECRET_BYTES} characters (HS256 key)")
+    if production and (problem := secret_problem(s["SECRET_KEY"])):
+        raise ConfigError(f"SECRET_KEY is too weak: {problem}")
     if not s["HEARTBEAT_SECONDS"] * 3 <= s["STALE_AFTER_SECONDS"] < s["SQS_VISIBILITY_TIMEOUT"]:
         # A redelivered message must find its dead worker's row already stale.
         raise ConfigError("need HEARTBEAT_SECONDS * 3 <= STALE_AFTER_SECONDS < SQS_VISIBILITY_TIMEOUT")
@@ -156,7 +207,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     except UnknownContainer as exc:
         raise ConfigError(f"VIDEO_ALLOWED_FORMATS: {exc}") from exc
     s["SQS_DLQ_NAME"] = s["SQS_DLQ_NAME"] or f"{s['SQS_QUEUE_NAME']}-dlq"
-    # The body also carries the form's other fields and multipart boundaries.
-    s["MAX_CONTENT_LENGTH"] = s["MAX_UPLOAD_BYTES"] + 1024**2
+    # Flask's limit for every route; the upload route raises its own to UPLOAD_MAX_CONTENT_LENGTH,
+    # which also covers the title field and the multipart boundaries.
+    s["MAX_CONTENT_LENGTH"] = s["MAX_JSON_BYTES"]
+    s["UPLOAD_MAX_CONTENT_LENGTH"] = s["MAX_UPLOAD_BYTES"] + 64 * 1024
     s["CELERY_BROKER_URL"] = env_str(env, "CELERY_BROKER_URL", broker_url(s))
     return s

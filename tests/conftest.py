@@ -34,6 +34,9 @@ from tests.clips import make_clip, make_image
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The suite signs up hundreds of users from one address: only the rate-limit tests use real limits.
+GENEROUS = "100000 per minute"
 PASSWORD = "correct-horse-1"
 
 
@@ -66,6 +69,20 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def redis_url() -> str:
+    """Redis for rate limits (shared by web processes); memory when none answers (never in CI)."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI runs the suite against Redis, but {REDIS_URL} does not answer") from None
+        return "memory://"
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
 def aws_endpoint() -> Iterator[str]:
     """moto in server mode: S3, SQS, SNS and CloudWatch over HTTP, for every process."""
     port = free_port()
@@ -76,10 +93,16 @@ def aws_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def base_env(database_url: str, aws_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def base_env(
+    database_url: str, aws_endpoint: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """Environment variables shared by the test process and the worker processes."""
     scratch = tmp_path_factory.mktemp("scratch")
+    limits = [f"{route}_LIMIT_PER_{key}" for route in ("LOGIN", "SIGNUP") for key in ("ADDRESS", "ACCOUNT")]
     return {
+        "RATELIMIT_STORAGE_URI": redis_url,
+        "RATELIMIT_KEY_PREFIX": f"videoproc-test-{uuid.uuid4().hex[:8]}",
+        **dict.fromkeys(limits, GENEROUS),
         "APP_ENV": "testing",
         "SECRET_KEY": "test-secret-key-of-at-least-32-bytes",
         "DATABASE_URL": database_url,

@@ -11,7 +11,12 @@ from config import ConfigError, load_settings
 from config.settings import broker_url
 from tasks.errors import backoff, is_missing, is_transient
 
-PRODUCTION = {"APP_ENV": "production", "SECRET_KEY": "k" * 32, "DATABASE_URL": "postgres://u@db/videos"}
+PRODUCTION = {
+    "APP_ENV": "production",
+    "SECRET_KEY": "Xq3-vN9_tL0bWc7Rz2pK5mHs8dJf1gYa4eUo6iTn",
+    "DATABASE_URL": "postgres://u@db/videos",
+    "RATELIMIT_STORAGE_URI": "redis://cache:6379/0",
+}
 
 
 def test_development_defaults_point_at_local_aws() -> None:
@@ -30,7 +35,7 @@ def test_production_uses_the_instance_role_and_real_endpoints() -> None:
     assert s["SQLALCHEMY_DATABASE_URI"] == "postgresql://u@db/videos"
 
 
-@pytest.mark.parametrize("missing", ["SECRET_KEY", "DATABASE_URL", "S3_BUCKET"])
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "DATABASE_URL", "S3_BUCKET", "RATELIMIT_STORAGE_URI"])
 def test_production_has_no_default_secrets(missing: str) -> None:
     env = {**PRODUCTION, "S3_BUCKET": "videos"}
     del env[missing]
@@ -38,9 +43,26 @@ def test_production_has_no_default_secrets(missing: str) -> None:
         load_settings(env)
 
 
-def test_production_secret_must_be_long() -> None:
-    with pytest.raises(ConfigError, match="at least 32"):
-        load_settings({**PRODUCTION, "S3_BUCKET": "videos", "SECRET_KEY": "short"})
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("short", "at least 32"),
+        ("k" * 32, "guessed"),
+        ("abcdefghijklmnopqrstuvwxyz012345", "guessed"),
+        ("passwordpasswordpassword12345678", "guessed"),
+        ("qwertyuiopasdfghjklzxcvbnm123456", "guessed"),
+    ],
+)
+def test_production_secret_must_be_strong(key: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_settings({**PRODUCTION, "S3_BUCKET": "videos", "SECRET_KEY": key})
+
+
+def test_random_secrets_pass() -> None:
+    import secrets
+
+    for key in (secrets.token_urlsafe(32), secrets.token_hex(32), secrets.token_urlsafe(64)):
+        assert load_settings({**PRODUCTION, "S3_BUCKET": "videos", "SECRET_KEY": key})["SECRET_KEY"] == key
 
 
 def test_bad_values_are_named() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +18,8 @@ import pytest
 from flask import Flask
 
 from app.queue import enqueue_video
+from config import ConfigError
+from config.flower import flower_options
 from tests.conftest import ROOT, Worker, free_port, wait_for
 from tests.test_e2e import row, seed_video
 
@@ -65,3 +69,69 @@ def test_flower_shows_workers_and_tasks(flower: str, e2e_app: Flask, worker: Wor
     info = wait_for(lambda: (t := get(f"{flower}/api/task/info/{task_id}")) and t.get("state") == "SUCCESS" and t)
     assert info["name"] == "tasks.process_video" and info["args"] == repr([video.id])
     assert info["worker"].startswith("e2e@") and info["runtime"] > 0
+
+
+PRODUCTION = {
+    "APP_ENV": "production",
+    "SECRET_KEY": "Xq3-vN9_tL0bWc7Rz2pK5mHs8dJf1gYa4eUo6iTn",
+    "SQS_QUEUE_NAME": "e2e",
+}
+
+
+def start_flower(env: dict[str, str], log: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "flower"]  # address and port from flowerconfig.py
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def status(url: str, auth: str | None = None) -> int:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def test_production_flower_refuses_to_start_open(base_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**os.environ, **base_env, **PRODUCTION, "FLOWER_PORT": str(free_port())}
+    proc = start_flower(env, tmp_path / "flower.log")
+    assert proc.wait(60) != 0
+    assert "FLOWER_BASIC_AUTH" in (tmp_path / "flower.log").read_text()
+
+
+def test_production_flower_asks_for_a_password(base_env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, **base_env, **PRODUCTION, "FLOWER_PORT": str(port), "FLOWER_ADDRESS": "127.0.0.1"}
+    proc = start_flower({**env, "FLOWER_BASIC_AUTH": "ops:a-long-ops-password"}, tmp_path / "flower.log")
+    url = f"http://127.0.0.1:{port}/workers"
+    try:
+        wait_for(lambda: status(url) == 401, timeout=60)
+        assert status(url, "ops:wrong") == 401
+        assert status(url, "ops:a-long-ops-password") == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ({}, "FLOWER_BASIC_AUTH or FLOWER_AUTH"),
+        ({"FLOWER_BASIC_AUTH": "ops"}, "user:password"),
+        ({"FLOWER_BASIC_AUTH": "ops:pw", "FLOWER_UNAUTHENTICATED_API": "true"}, "UNAUTHENTICATED"),
+    ],
+)
+def test_flower_options_in_production(env: dict[str, str], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        flower_options({"APP_ENV": "production"}, env)
+
+
+def test_flower_options() -> None:
+    assert flower_options({"APP_ENV": "development"}, {}) == {"address": "127.0.0.1", "port": 5555}
+    opts = flower_options({"APP_ENV": "production"}, {"FLOWER_BASIC_AUTH": "a:b, c:d", "FLOWER_ADDRESS": "10.0.0.5"})
+    assert opts == {"address": "10.0.0.5", "port": 5555, "basic_auth": ["a:b", "c:d"]}

@@ -220,7 +220,7 @@ def test_health_and_readiness(client: FlaskClient, make_app: Callable) -> None:
 def test_owner_retries_a_failed_video(app: Flask, client: FlaskClient, auth: dict) -> None:
     with app.app_context():
         owner = db.session.query(User).one()
-        failed = add_video(owner.id, status="failed", attempts=3, error_code="undecodable", error_message="x")
+        failed = add_video(owner.id, status="failed", attempts=3, error_code="worker_lost", error_message="x")
         queued = add_video(owner.id, status="queued")
         failed_id, old_task, queued_id = failed.id, failed.task_id, queued.id
     response = client.post(f"/api/videos/{failed_id}/retry", headers=auth)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, g, jsonify, request
+from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.extensions import db
@@ -16,9 +17,17 @@ logger = logging.getLogger(__name__)
 class APIError(Exception):
     """An error the API answers with ``status``, ``code`` and ``message``."""
 
-    def __init__(self, status: int, code: str, message: str, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra or {}
+        self.headers = headers or {}
 
 
 def error_response(status: int, code: str, message: str, extra: dict[str, Any] | None = None) -> tuple[Response, int]:
@@ -35,12 +44,24 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(APIError)
     def api_error(exc: APIError) -> tuple[Response, int]:
-        return error_response(exc.status, exc.code, exc.message, exc.extra)
+        response, status = error_response(exc.status, exc.code, exc.message, exc.extra)
+        response.headers.update(exc.headers)
+        return response, status
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:
-        limit = app.config["MAX_UPLOAD_BYTES"]
-        return error_response(413, "file_too_large", f"The upload exceeds the limit of {limit} bytes.")
+        limit, length = request.max_content_length, request.content_length
+        if request.endpoint == "api.upload" and (length is None or limit is None or length > limit):
+            maximum = app.config["MAX_UPLOAD_BYTES"]
+            return error_response(413, "file_too_large", f"The upload exceeds the limit of {maximum} bytes.")
+        if length is not None and limit is not None and length > limit:
+            return error_response(413, "body_too_large", f"The request body exceeds {limit} bytes for this route.")
+        parts = app.config["MAX_FORM_PARTS"]
+        return error_response(413, "request_too_large", f"The body is too large or has more than {parts} parts.")
+
+    @app.errorhandler(RateLimitExceeded)
+    def rate_limited(exc: RateLimitExceeded) -> tuple[Response, int]:
+        return error_response(429, "rate_limited", "Too many attempts; wait for the seconds in Retry-After.")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
@@ -50,4 +71,5 @@ def init_app(app: Flask) -> None:
     def internal_error(exc: Exception) -> tuple[Response, int]:
         db.session.rollback()
         logger.exception("unhandled error")
-        return error_response(500, "internal_error", "An unexpected error occurred.")
+        request_id = g.get("request_id")
+        return error_response(500, "internal_error", f"An unexpected error occurred (request {request_id}).")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, current_app, g, jsonify, request
 from sqlalchemy import select
 
+from app import quotas
 from app.api import bp
 from app.api.errors import APIError
 from app.auth import login_required
@@ -20,6 +22,8 @@ from app.uploads import accept_upload
 
 MAX_TITLE = 200
 MAX_PER_PAGE = 100
+MAX_PAGE = 100_000
+UPLOAD_FIELDS, UPLOAD_FILES = {"title"}, {"video_file"}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -48,6 +52,10 @@ def video_json(video: Video) -> dict[str, Any]:
 
 
 def _own_video(video_id: str) -> Video:
+    try:
+        video_id = str(uuid.UUID(video_id))
+    except ValueError:
+        raise APIError(404, "not_found", "No such video.") from None
     video = db.session.get(Video, video_id)
     if video is None or video.user_id != g.user.id:
         raise APIError(404, "not_found", "No such video.")
@@ -58,6 +66,15 @@ def _own_video(video_id: str) -> Video:
 @login_required
 def upload() -> tuple[Response, int]:
     """Accept a video for processing; answer at once with its task id."""
+    request.max_content_length = current_app.config["UPLOAD_MAX_CONTENT_LENGTH"]  # the one large body
+    quotas.check_upload(g.user.id, request.content_length or 0)  # before reading the body
+    db.session.commit()  # no transaction held open while the body is read and probed
+    unexpected = (set(request.form) - UPLOAD_FIELDS) | (set(request.files) - UPLOAD_FILES)
+    if unexpected:
+        names = ", ".join(sorted(unexpected))[:200]
+        raise APIError(400, "unexpected_field", f"Unexpected fields: {names}. Send only video_file and title.")
+    if len(request.files.getlist("video_file")) > 1 or len(request.form.getlist("title")) > 1:
+        raise APIError(400, "unexpected_field", "Send one video_file and one title.")
     file = request.files.get("video_file")
     title = (request.form.get("title") or "").strip()
     if file is None or not file.filename:
@@ -86,9 +103,11 @@ def upload() -> tuple[Response, int]:
 def list_videos() -> Response:
     """List the caller's videos, newest first."""
     page = request.args.get("page", 1, type=int) or 1
+    if not 1 <= page <= MAX_PAGE:
+        raise APIError(400, "invalid_page", f"page must be between 1 and {MAX_PAGE}.")
     per_page = min(max(request.args.get("per_page", 20, type=int) or 20, 1), MAX_PER_PAGE)
     query = select(Video).where(Video.user_id == g.user.id).order_by(Video.created_at.desc(), Video.id)
-    result = db.paginate(query, page=max(page, 1), per_page=per_page, error_out=False)
+    result = db.paginate(query, page=page, per_page=per_page, error_out=False)
     return jsonify(
         {
             "items": [video_json(v) for v in result.items],
@@ -110,13 +129,15 @@ def get_video(video_id: str) -> Response:
 @bp.post("/videos/<video_id>/retry")
 @login_required
 def retry_video(video_id: str) -> tuple[Response, int]:
-    """Queue a failed video again."""
+    """Queue a failed video again, if what failed can be cured by a retry and it has retries left."""
     video = _own_video(video_id)
+    quotas.claim_retry(video)
     try:
         queued = requeue(video.id, (Status.FAILED,), reset_attempts=True)
     except EnqueueError as exc:
         raise APIError(503, "queue_unavailable", "The processing queue is unreachable; try again shortly.") from exc
     if not queued:
+        db.session.refresh(video)
         raise APIError(409, "not_failed", f"Only failed videos can be retried; this one is {video.status}.")
     db.session.refresh(video)
     return jsonify(video_json(video)), 202

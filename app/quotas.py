@@ -1,0 +1,95 @@
+"""Fair use: per-user limits on videos in flight, uploads and bytes a day, and retries of a failed video.
+
+Each limit is a setting; a request over one is answered 429 with a code naming it. The
+upload route checks before it reads the body (the declared length counts) and again,
+with the user's row locked, in the transaction that records the video, so concurrent
+uploads can't slip past together.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import func, select, update
+
+from app.api.errors import APIError
+from app.extensions import db
+from app.models import Status, User, Video, utcnow
+
+ACTIVE = (Status.UPLOADED.value, Status.QUEUED.value, Status.PROCESSING.value)
+DAY = timedelta(days=1)
+# Failures a retry can cure. The others are about the file itself: retrying would only repeat them.
+RETRYABLE = {"internal_error", "retries_exhausted", "worker_lost"}
+
+
+def _too_many(code: str, message: str, retry_after: int) -> APIError:
+    return APIError(429, code, message, headers={"Retry-After": str(max(retry_after, 1))})
+
+
+def _seconds_until_window_frees(user_id: int) -> int:
+    oldest = db.session.scalar(
+        select(func.min(Video.created_at)).where(Video.user_id == user_id, Video.created_at > utcnow() - DAY)
+    )
+    if oldest is None:
+        return 60
+    oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=utcnow().tzinfo)
+    return int((oldest + DAY - utcnow()).total_seconds()) + 1
+
+
+def check_upload(user_id: int, incoming_bytes: int, lock: bool = False) -> None:
+    """Raise 429 when one more upload of ``incoming_bytes`` would break a limit.
+
+    With ``lock`` the user's row is locked (``SELECT … FOR UPDATE``) until the caller's
+    transaction ends: call it right before inserting the video, then commit.
+    """
+    config: Any = current_app.config
+    if lock:
+        db.session.execute(select(User.id).where(User.id == user_id).with_for_update())
+    active = db.session.scalar(select(func.count()).where(Video.user_id == user_id, Video.status.in_(ACTIVE)))
+    if active >= config["USER_MAX_ACTIVE_VIDEOS"]:
+        raise _too_many(
+            "too_many_active_videos",
+            f"You have {active} videos waiting or processing; the limit is {config['USER_MAX_ACTIVE_VIDEOS']}.",
+            60,
+        )
+    since = utcnow() - DAY
+    count, total = db.session.execute(
+        select(func.count(), func.coalesce(func.sum(Video.size_bytes), 0)).where(
+            Video.user_id == user_id, Video.created_at > since
+        )
+    ).one()
+    if count >= config["USER_MAX_UPLOADS_PER_DAY"]:
+        raise _too_many(
+            "daily_upload_limit",
+            f"You uploaded {count} videos in the last 24 hours; the limit is {config['USER_MAX_UPLOADS_PER_DAY']}.",
+            _seconds_until_window_frees(user_id),
+        )
+    if total + incoming_bytes > config["USER_MAX_BYTES_PER_DAY"]:
+        raise _too_many(
+            "daily_bytes_limit",
+            f"This upload would take you over {config['USER_MAX_BYTES_PER_DAY']} bytes in 24 hours.",
+            _seconds_until_window_frees(user_id),
+        )
+
+
+def claim_retry(video: Video) -> None:
+    """Count one retry of a failed ``video`` by its owner, or raise 409/429 when it may not be retried; commit."""
+    config: Any = current_app.config
+    if video.status != Status.FAILED.value:
+        raise APIError(409, "not_failed", f"Only failed videos can be retried; this one is {video.status}.")
+    if video.error_code not in RETRYABLE:
+        raise APIError(
+            409, "not_retryable", f"This video failed with {video.error_code}: the file itself would fail again."
+        )
+    check_upload(video.user_id, 0, lock=True)
+    maximum = config["VIDEO_MAX_RETRIES"]
+    counted = db.session.execute(
+        update(Video)
+        .where(Video.id == video.id, Video.status == Status.FAILED.value, Video.retries < maximum)
+        .values(retries=Video.retries + 1)
+    ).rowcount
+    db.session.commit()
+    if counted != 1:
+        raise _too_many("retry_limit", f"This video has been retried {maximum} times already.", 24 * 3600)
