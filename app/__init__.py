@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask
 
 from app import api, cli, logs, security, spool, storage
-from app.api import errors, health
+from app.api import errors
 from app.extensions import celery_init_app, db, migrate
 from app.ratelimit import limiter
 from app.safejson import SafeJSONProvider
@@ -32,6 +32,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     celery_init_app(app)
     errors.init_app(app)
     cli.init_app(app)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(health.bp)
+    api.init_app(app)
     return app

@@ -44,6 +44,8 @@ class MediaInfo:
     fps: float = 0.0
     frames: int = 0
     streams: int = 0
+    # None when the decoder could not read a picture (ffprobe then reports no pix_fmt).
+    pixel_format: str | None = "yuv420p"
 
     @property
     def resolution(self) -> str:
@@ -115,6 +117,7 @@ def parse_probe(data: dict[str, Any]) -> MediaInfo:
         fps=fps,
         frames=frames,
         streams=len(streams),
+        pixel_format=video.get("pix_fmt"),
     )
 
 

@@ -20,8 +20,9 @@ ProgressCallback = Callable[[float], None]
 PR_SET_PDEATHSIG = 1
 STDERR_LINES, STDERR_LINE_CHARS = 40, 400
 MAX_OUTPUT_BYTES = 8 * 1024**2
-# A decoder met a picture larger than ``max_pixels`` (libavutil's check, whatever the codec).
-PICTURE_TOO_LARGE = re.compile(r"Picture size (\d+)x(\d+) is invalid")
+# A decoder met a picture larger than ``max_pixels`` (libavutil's check, whatever the codec). FFmpeg logs it and
+# carries on without the picture, exiting 0: the runner stops it at the first such line.
+PICTURE_TOO_LARGE = re.compile(r"Picture size (\d+)x(\d+) (?:is invalid|exceeds)")
 OUT_OF_MEMORY = "Cannot allocate memory"
 CRASH_SIGNALS = {-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS}
 

@@ -59,6 +59,8 @@ def check(info: MediaInfo, limits: Limits) -> None:
     """
     if not info.has_video:
         raise MediaRejected("no_video_stream", "The file has no video stream.", 415)
+    if info.pixel_format is None:
+        raise MediaRejected("not_a_video", "The video stream can't be decoded.", 415)
     if info.container not in limits.allowed_formats:
         allowed = ", ".join(limits.allowed_formats)
         raise MediaRejected(

@@ -15,6 +15,7 @@ from media.validate import Limits, MediaRejected, check
 
 def probe_json(fmt: str = "mov,mp4,m4a,3gp,3g2,mj2", brand: str = "isom", **video: object) -> dict:
     stream = {"codec_type": "video", "codec_name": "h264", "width": 1920, "height": 1080, "avg_frame_rate": "30/1"}
+    stream["pix_fmt"] = "yuv420p"
     stream.update(video)
     return {
         "format": {"format_name": fmt, "duration": "42.5", "tags": {"major_brand": brand}},

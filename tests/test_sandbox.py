@@ -116,6 +116,12 @@ class TestWhatNoRealClipHas:
             check(info(**changes), MediaLimits())
         assert (caught.value.code, caught.value.status) == (code, 422)
 
+    def test_a_stream_no_picture_was_decoded_from_is_not_a_video(self) -> None:
+        # An index bomb under the memory limit: ffprobe drops the index and can't decode a frame.
+        with pytest.raises(MediaRejected) as caught:
+            check(info(pixel_format=None), MediaLimits())
+        assert (caught.value.code, caught.value.status) == ("not_a_video", 415)
+
     def test_real_clips_pass(self) -> None:
         check(info(), MediaLimits())
         check(info(width=3840, height=2160, fps=60.0, frames=1800), MediaLimits())

@@ -2,61 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import tempfile
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from flask import Flask
 
-from tests.conftest import ROOT, free_port, wait_for
+from tests.conftest import get
 
 pytestmark = pytest.mark.e2e
 SLOW_CLIENTS = 16
-
-
-def get(url: str, timeout: float = 10) -> tuple[int, bytes, float]:
-    start = time.monotonic()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read(), time.monotonic() - start
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), time.monotonic() - start
-
-
-@pytest.fixture
-def web_tier(app: Flask, base_env: dict[str, str]) -> Iterator[str]:
-    """gunicorn (2 workers x 4 threads, as in the Procfile) on a socket, nginx on a port; yield nginx's URL."""
-    folder = Path(tempfile.mkdtemp(prefix="videoproc-web-"))
-    folder.chmod(0o755)  # nginx's workers may run as another user
-    sock, port = folder / "gunicorn.sock", free_port()
-    env = {**os.environ, **base_env, "SQS_QUEUE_NAME": "api-tests", "TRUSTED_PROXIES": "1"}
-    web = ["--workers", "2", "--threads", "4", "--bind", f"unix:{sock}", "--timeout", "600", "app:create_app()"]
-    proxy = ["--listen", f"127.0.0.1:{port}", "--upstream", f"unix:{sock}", "--prefix", str(folder / "nginx")]
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", *web],
-        cwd=ROOT,
-        env=env,
-    )
-    nginx = subprocess.Popen(
-        [sys.executable, "-m", "deploy.nginx", *proxy],
-        cwd=ROOT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: sock.exists() and get(f"{url}/healthz")[0] == 200, timeout=60)
-        yield url
-    finally:
-        for proc in (nginx, gunicorn):
-            proc.terminate()
-            proc.wait(20)
 
 
 def trickle(port: int, n: int) -> list[socket.socket]:

@@ -116,15 +116,20 @@ def test_silent_video_is_accepted(client: FlaskClient, auth: dict, clip: Callabl
     assert upload(client, auth, clip("silent.mp4")).status_code == 202
 
 
-@pytest.mark.parametrize(("title", "code"), [(None, "invalid_title"), ("x" * 201, "invalid_title")])
+@pytest.mark.parametrize(
+    ("title", "code"), [(None, "invalid_request"), ("x" * 201, "invalid_request"), ("   ", "invalid_title")]
+)
 def test_title_is_required(client: FlaskClient, auth: dict, clip: Callable, title: str | None, code: str) -> None:
     response = upload(client, auth, clip("small.mp4"), title=title)
     assert response.status_code == 400 and response.json["error"]["code"] == code
+    if code == "invalid_request":  # the schema's answer names the field
+        assert list(response.json["error"]["fields"]) == ["title"]
 
 
 def test_file_is_required(client: FlaskClient, auth: dict) -> None:
     response = upload(client, auth, None)
-    assert response.status_code == 400 and response.json["error"]["code"] == "missing_file"
+    assert response.status_code == 400 and response.json["error"]["code"] == "invalid_request"
+    assert list(response.json["error"]["fields"]) == ["video_file"]
 
 
 def test_upload_needs_a_token(client: FlaskClient, clip: Callable) -> None:

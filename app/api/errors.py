@@ -30,9 +30,25 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, code: str, message: str, extra: dict[str, Any] | None = None) -> tuple[Response, int]:
+def error_response(
+    status: int, code: str, message: str, extra: dict[str, Any] | None = None, fields: dict[str, Any] | None = None
+) -> tuple[Response, int]:
     """Return the JSON error body (with any ``extra`` top-level fields) and its status."""
-    return jsonify({"error": {"code": code, "message": message}, **(extra or {})}), status
+    error: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        error["fields"] = fields
+    return jsonify({"error": error, **(extra or {})}), status
+
+
+def invalid_request(messages: dict[str, Any]) -> tuple[Response, int]:
+    """Answer webargs' validation errors (``{location: {field: [problems]}}``) with 400 ``invalid_request``."""
+    if "json" in messages and not isinstance(request.get_json(silent=True), dict):
+        return error_response(400, "invalid_json", "The body must be a JSON object.")
+    fields: dict[str, Any] = {}
+    for location, by_field in messages.items():
+        fields.update(by_field if isinstance(by_field, dict) else {location: by_field})
+    summary = "; ".join(f"{name}: {' '.join(map(str, problems))}" for name, problems in sorted(fields.items()))
+    return error_response(400, "invalid_request", f"Invalid request: {summary}"[:500], fields=fields)
 
 
 def _code(exc: HTTPException) -> str:
@@ -65,6 +81,9 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
+        data = getattr(exc, "data", None)
+        if isinstance(data, dict) and isinstance(data.get("messages"), dict):  # webargs: the schema said no
+            return invalid_request(data["messages"])
         return error_response(exc.code or 500, _code(exc), exc.description or exc.name)
 
     @app.errorhandler(Exception)

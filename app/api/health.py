@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from typing import Any
+
+from flask import current_app
 from sqlalchemy import text
 
+from app.api import Blueprint
+from app.api.schemas import HealthSchema, ReadySchema
 from app.aws import ping_queue
 from app.extensions import db
 from app.storage import get_storage
 
-bp = Blueprint("health", __name__)
+bp = Blueprint("health", __name__, description="For load balancers")
 
 
-@bp.get("/healthz")
-def healthz() -> Response:
+@bp.route("/healthz", methods=["GET"])
+@bp.response(200, HealthSchema)
+def healthz() -> dict[str, str]:
     """Answer while the process is alive."""
-    return jsonify({"status": "ok"})
+    return {"status": "ok"}
 
 
-@bp.get("/readyz")
-def readyz() -> tuple[Response, int]:
+@bp.route("/readyz", methods=["GET"])
+@bp.response(200, ReadySchema)
+@bp.alt_response(503, schema=ReadySchema, description="A dependency does not answer; the checks say which")
+def readyz() -> tuple[dict[str, Any], int]:
     """Answer 200 when the database, S3 and SQS all respond, else 503 naming the failures."""
     checks = {
         "database": lambda: db.session.execute(text("SELECT 1")),
@@ -35,4 +42,4 @@ def readyz() -> tuple[Response, int]:
             db.session.rollback()
             results[name] = f"error: {type(exc).__name__}"
     ready = all(v == "ok" for v in results.values())
-    return jsonify({"status": "ready" if ready else "unavailable", "checks": results}), 200 if ready else 503
+    return {"status": "ready" if ready else "unavailable", "checks": results}, 200 if ready else 503

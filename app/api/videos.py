@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, current_app, g, jsonify, request
+from flask import current_app, g, request
 from sqlalchemy import select
 
 from app import quotas
-from app.api import bp
+from app.api import BEARER, bp, error_answers
 from app.api.errors import APIError
+from app.api.schemas import (
+    MAX_TITLE,
+    ListArgsSchema,
+    UploadAcceptedSchema,
+    UploadSchema,
+    VideoPageSchema,
+    VideoSchema,
+)
 from app.auth import login_required
 from app.extensions import db
 from app.models import Status, Video
@@ -19,11 +28,6 @@ from app.queue import EnqueueError
 from app.storage import get_storage, video_prefixes
 from app.sweeper import requeue
 from app.uploads import accept_upload
-
-MAX_TITLE = 200
-MAX_PER_PAGE = 100
-MAX_PAGE = 100_000
-UPLOAD_FIELDS, UPLOAD_FILES = {"title"}, {"video_file"}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -62,24 +66,38 @@ def _own_video(video_id: str) -> Video:
     return video
 
 
-@bp.post("/videos/upload")
+def _before_the_body(view: Any) -> Any:
+    """Raise the body limit for this route only, and refuse over-quota users before reading a byte."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        request.max_content_length = current_app.config["UPLOAD_MAX_CONTENT_LENGTH"]  # the one large body
+        quotas.check_upload(g.user.id, request.content_length or 0)
+        db.session.commit()  # no transaction held open while the body is read and probed
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+@bp.route("/videos/upload", methods=["POST"])
+@bp.doc(security=BEARER)
+@bp.response(202, UploadAcceptedSchema)
+@error_answers(400, 401, 413, 415, 422, 429, 503)
 @login_required
-def upload() -> tuple[Response, int]:
-    """Accept a video for processing; answer at once with its task id."""
-    request.max_content_length = current_app.config["UPLOAD_MAX_CONTENT_LENGTH"]  # the one large body
-    quotas.check_upload(g.user.id, request.content_length or 0)  # before reading the body
-    db.session.commit()  # no transaction held open while the body is read and probed
-    unexpected = (set(request.form) - UPLOAD_FIELDS) | (set(request.files) - UPLOAD_FILES)
-    if unexpected:
-        names = ", ".join(sorted(unexpected))[:200]
-        raise APIError(400, "unexpected_field", f"Unexpected fields: {names}. Send only video_file and title.")
+@_before_the_body
+@bp.arguments(UploadSchema, location="multipart")
+def upload(form: dict[str, Any]) -> dict[str, Any]:
+    """Upload a clip for processing; the answer comes at once, with the task id.
+
+    The content is checked with ffprobe in a sandbox (415 for what is not an allowed
+    video, 422 for one outside the limits); per-user limits answer 429.
+    """
     if len(request.files.getlist("video_file")) > 1 or len(request.form.getlist("title")) > 1:
         raise APIError(400, "unexpected_field", "Send one video_file and one title.")
-    file = request.files.get("video_file")
-    title = (request.form.get("title") or "").strip()
-    if file is None or not file.filename:
-        raise APIError(400, "missing_file", "Send the video as the multipart field 'video_file'.")
-    if not title or len(title) > MAX_TITLE:
+    file, title = form["video_file"], form["title"].strip()
+    if not file.filename:
+        raise APIError(400, "missing_file", "Send the video as the multipart field 'video_file', with a file name.")
+    if not title:
         raise APIError(400, "invalid_title", f"A title of 1 to {MAX_TITLE} characters is required.")
     video, queued = accept_upload(g.user, file, title)
     if not queued:
@@ -89,47 +107,50 @@ def upload() -> tuple[Response, int]:
             "The video is stored, but the processing queue is unreachable: processing is delayed.",
             {"video_id": video.id, "task_id": video.task_id, "status": video.status},
         )
-    body = {
+    return {
         "task_id": video.task_id,
         "video_id": video.id,
         "status": video.status,
         "message": "Upload accepted; poll GET /api/videos/{id} for progress.",
     }
-    return jsonify(body), 202
 
 
-@bp.get("/videos")
+@bp.route("/videos", methods=["GET"])
+@bp.doc(security=BEARER)
+@bp.arguments(ListArgsSchema, location="query")
+@bp.response(200, VideoPageSchema)
+@error_answers(400, 401)
 @login_required
-def list_videos() -> Response:
+def list_videos(args: dict[str, Any]) -> dict[str, Any]:
     """List the caller's videos, newest first."""
-    page = request.args.get("page", 1, type=int) or 1
-    if not 1 <= page <= MAX_PAGE:
-        raise APIError(400, "invalid_page", f"page must be between 1 and {MAX_PAGE}.")
-    per_page = min(max(request.args.get("per_page", 20, type=int) or 20, 1), MAX_PER_PAGE)
     query = select(Video).where(Video.user_id == g.user.id).order_by(Video.created_at.desc(), Video.id)
-    result = db.paginate(query, page=page, per_page=per_page, error_out=False)
-    return jsonify(
-        {
-            "items": [video_json(v) for v in result.items],
-            "page": result.page,
-            "per_page": result.per_page,
-            "total": result.total,
-            "pages": result.pages,
-        }
-    )
+    result = db.paginate(query, page=args["page"], per_page=args["per_page"], error_out=False)
+    return {
+        "items": [video_json(v) for v in result.items],
+        "page": result.page,
+        "per_page": result.per_page,
+        "total": result.total,
+        "pages": result.pages,
+    }
 
 
-@bp.get("/videos/<video_id>")
+@bp.route("/videos/<video_id>", methods=["GET"])
+@bp.doc(security=BEARER)
+@bp.response(200, VideoSchema)
+@error_answers(401, 404)
 @login_required
-def get_video(video_id: str) -> Response:
-    """Return one of the caller's videos."""
-    return jsonify(video_json(_own_video(video_id)))
+def get_video(video_id: str) -> dict[str, Any]:
+    """Return one of the caller's videos: status, progress, and presigned URLs of the results."""
+    return video_json(_own_video(video_id))
 
 
-@bp.post("/videos/<video_id>/retry")
+@bp.route("/videos/<video_id>/retry", methods=["POST"])
+@bp.doc(security=BEARER)
+@bp.response(202, VideoSchema)
+@error_answers(401, 404, 409, 429, 503)
 @login_required
-def retry_video(video_id: str) -> tuple[Response, int]:
-    """Queue a failed video again, if what failed can be cured by a retry and it has retries left."""
+def retry_video(video_id: str) -> dict[str, Any]:
+    """Queue a failed video again, if a retry can cure what failed and it has retries left."""
     video = _own_video(video_id)
     quotas.claim_retry(video)
     try:
@@ -140,12 +161,15 @@ def retry_video(video_id: str) -> tuple[Response, int]:
         db.session.refresh(video)
         raise APIError(409, "not_failed", f"Only failed videos can be retried; this one is {video.status}.")
     db.session.refresh(video)
-    return jsonify(video_json(video)), 202
+    return video_json(video)
 
 
-@bp.delete("/videos/<video_id>")
+@bp.route("/videos/<video_id>", methods=["DELETE"])
+@bp.doc(security=BEARER)
+@bp.response(204)
+@error_answers(401, 404, 503)
 @login_required
-def delete_video(video_id: str) -> tuple[str, int]:
+def delete_video(video_id: str) -> None:
     """Delete the video's S3 objects, then its row."""
     video = _own_video(video_id)
     storage = get_storage()
@@ -157,4 +181,3 @@ def delete_video(video_id: str) -> tuple[str, int]:
         raise APIError(503, "storage_unavailable", "The video could not be deleted; try again shortly.") from exc
     db.session.delete(video)
     db.session.commit()
-    return "", 204

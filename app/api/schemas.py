@@ -1,0 +1,141 @@
+"""Request and answer schemas: they validate what comes in and generate the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import marshmallow as ma
+from flask_smorest.fields import Upload
+from marshmallow import validate
+from werkzeug.datastructures import FileStorage
+
+MAX_EMAIL = 254  # RFC 5321's longest address
+MIN_PASSWORD, MAX_PASSWORD = 8, 128
+MAX_TITLE = 200
+MAX_PER_PAGE, MAX_PAGE = 100, 100_000
+
+
+def Text(**kwargs: Any) -> ma.fields.String:
+    """A string field that refuses NUL characters (PostgreSQL can't store them; no real input has them)."""
+    checks = [validate.Regexp(r"^[^\x00]*$", error="Must not contain NUL characters.")]
+    extra = kwargs.pop("validate", None)
+    if extra is not None:
+        checks.append(extra)
+    return ma.fields.String(validate=checks, **kwargs)
+
+
+class Strict(ma.Schema):
+    """A request schema: unknown fields are an error."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+
+class SignupSchema(Strict):
+    email = Text(required=True, validate=validate.Length(1, MAX_EMAIL))
+    password = Text(
+        required=True,
+        validate=validate.Length(1, MAX_PASSWORD),
+        metadata={"description": f"{MIN_PASSWORD} to {MAX_PASSWORD} characters, letters and digits"},
+    )
+    password_confirm = Text(required=True, validate=validate.Length(max=MAX_PASSWORD))
+    first_name = Text(allow_none=True, validate=validate.Length(max=100))
+    last_name = Text(allow_none=True, validate=validate.Length(max=100))
+    city = Text(allow_none=True, validate=validate.Length(max=100))
+    country = Text(allow_none=True, validate=validate.Length(max=100))
+
+
+class LoginSchema(Strict):
+    email = Text(required=True, validate=validate.Length(max=MAX_EMAIL))
+    password = Text(required=True, validate=validate.Length(max=MAX_PASSWORD))
+
+
+class File(Upload):
+    """A multipart file part (a text field of the same name is not a file)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> FileStorage:
+        if not isinstance(value, FileStorage):
+            raise ma.ValidationError("Must be a file part, with a file name.")
+        return value
+
+
+class UploadSchema(Strict):
+    title = Text(required=True, validate=validate.Length(1, MAX_TITLE))
+    video_file = File(required=True, metadata={"description": "The clip: mp4 or mov by content, not by name"})
+
+
+class ListArgsSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    page = ma.fields.Integer(load_default=1, validate=validate.Range(1, MAX_PAGE))
+    per_page = ma.fields.Integer(load_default=20, validate=validate.Range(1, MAX_PER_PAGE))
+
+
+class ErrorBodySchema(ma.Schema):
+    code = ma.fields.String(required=True, metadata={"description": "Stable, machine-readable: `rate_limited`, …"})
+    message = ma.fields.String(required=True, metadata={"description": "For people; never a path or FFmpeg's output"})
+    fields = ma.fields.Dict(metadata={"description": "Per-field problems of an `invalid_request`"})
+
+
+class ErrorSchema(ma.Schema):
+    """Every error: ``{"error": {"code", "message"}}``, sometimes with more top-level fields."""
+
+    error = ma.fields.Nested(ErrorBodySchema, required=True)
+
+
+class AccountSchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    email = ma.fields.String(required=True)
+    message = ma.fields.String(required=True)
+
+
+class TokenSchema(ma.Schema):
+    access_token = ma.fields.String(required=True)
+    token_type = ma.fields.String(required=True, metadata={"example": "bearer"})
+    expires_in = ma.fields.Integer(required=True, metadata={"description": "seconds"})
+
+
+class VideoErrorSchema(ma.Schema):
+    code = ma.fields.String(required=True)
+    message = ma.fields.String(required=True)
+
+
+class VideoSchema(ma.Schema):
+    id = ma.fields.String(required=True)
+    title = ma.fields.String(required=True)
+    status = ma.fields.String(
+        required=True, validate=validate.OneOf(["uploaded", "queued", "processing", "processed", "failed"])
+    )
+    progress = ma.fields.Integer(required=True, validate=validate.Range(0, 100))
+    task_id = ma.fields.String(required=True)
+    created_at = ma.fields.String(required=True, allow_none=True)
+    processed_at = ma.fields.String(required=True, allow_none=True)
+    original_url = ma.fields.String(required=True, allow_none=True)
+    processed_url = ma.fields.String(required=True, allow_none=True)
+    poster_url = ma.fields.String(required=True, allow_none=True)
+    error = ma.fields.Nested(VideoErrorSchema, required=True, allow_none=True)
+
+
+class VideoPageSchema(ma.Schema):
+    items = ma.fields.List(ma.fields.Nested(VideoSchema), required=True)
+    page = ma.fields.Integer(required=True)
+    per_page = ma.fields.Integer(required=True)
+    total = ma.fields.Integer(required=True)
+    pages = ma.fields.Integer(required=True)
+
+
+class UploadAcceptedSchema(ma.Schema):
+    task_id = ma.fields.String(required=True)
+    video_id = ma.fields.String(required=True)
+    status = ma.fields.String(required=True)
+    message = ma.fields.String(required=True)
+
+
+class HealthSchema(ma.Schema):
+    status = ma.fields.String(required=True)
+
+
+class ReadySchema(ma.Schema):
+    status = ma.fields.String(required=True)
+    checks = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String(), required=True)
