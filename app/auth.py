@@ -27,6 +27,20 @@ def issue_token(user: User) -> tuple[str, int]:
     return jwt.encode(claims, current_app.config["SECRET_KEY"], algorithm=ALGORITHM), lifetime
 
 
+def token_subject() -> str | None:
+    """Return the ``sub`` of the request's valid bearer token, or None (for rate-limit keys; no database)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    try:
+        claims = jwt.decode(
+            token, current_app.config["SECRET_KEY"], algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS}
+        )
+    except jwt.InvalidTokenError:
+        return None
+    return str(claims["sub"])
+
+
 def _user_from_request() -> User:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:

@@ -24,6 +24,14 @@ def account_key() -> str:
     return "account:" + hashlib.sha256(email.encode("utf-8", "replace")).hexdigest()[:32]
 
 
+def user_key() -> str:
+    """Return the limit key of the token's user; anonymous requests share their address's key."""
+    from app.auth import token_subject
+
+    subject = token_subject()
+    return f"user:{subject}" if subject else f"anonymous:{get_remote_address()}"
+
+
 def setting(name: str) -> Callable[[], str]:
     """Return a callable that reads the limit string ``name`` from the app's settings."""
     return lambda: current_app.config[name]
@@ -42,3 +50,8 @@ def per_address(name: str) -> Any:
 def per_account(name: str) -> Any:
     """Limit a route's refused attempts per account named in the body, by the setting ``name``."""
     return limiter.limit(setting(name), key_func=account_key, deduct_when=failed, scope=f"{name}:account")
+
+
+def per_user(name: str) -> Any:
+    """Limit every attempt at a route per signed-in user, by the setting ``name``."""
+    return limiter.limit(setting(name), key_func=user_key, scope=f"{name}:user")

@@ -95,6 +95,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     # moto accepts any credentials; real AWS takes them from the instance role.
     fake_credential = "testing" if endpoint else None
 
+    if production:
+        _required(env, "TRUSTED_PROXIES")  # see below
     s: dict[str, Any] = {
         "APP_ENV": app_env,
         "SECRET_KEY": _required(env, "SECRET_KEY") if production else env_str(env, "SECRET_KEY") or _dev_secret_key(),
@@ -119,6 +121,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "LOGIN_LIMIT_PER_ACCOUNT": env_str(env, "LOGIN_LIMIT_PER_ACCOUNT", "10 per 15 minutes"),
         "SIGNUP_LIMIT_PER_ADDRESS": env_str(env, "SIGNUP_LIMIT_PER_ADDRESS", "10 per hour"),
         "SIGNUP_LIMIT_PER_ACCOUNT": env_str(env, "SIGNUP_LIMIT_PER_ACCOUNT", "5 per hour"),
+        # Every upload attempt counts, refused or not: each costs a probe.
+        "UPLOAD_LIMIT_PER_USER": env_str(env, "UPLOAD_LIMIT_PER_USER", "10 per minute;100 per hour"),
+        # Uploads one client address may have in flight through nginx (deploy/nginx.conf.template).
+        "UPLOADS_PER_ADDRESS": env_int(env, "UPLOADS_PER_ADDRESS", 4),
         # AWS
         "AWS_REGION": env_str(env, "AWS_REGION", env_str(env, "AWS_DEFAULT_REGION", "us-east-1")),
         "AWS_ENDPOINT_URL": endpoint,
@@ -147,6 +153,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Text fields are parsed in memory; werkzeug reads in 64 KiB chunks, so this must be larger.
         "MAX_FORM_MEMORY_SIZE": env_int(env, "MAX_FORM_MEMORY_SIZE", 256 * 1024),
         # Proxies in front of gunicorn whose X-Forwarded-For is trusted (nginx: 1; ALB and nginx: 2).
+        # Required in production: guessing it wrong either lets clients forge their address or gives all one address.
         "TRUSTED_PROXIES": env_int(env, "TRUSTED_PROXIES", 0),
         "UPLOAD_TMP_DIR": env_str(env, "UPLOAD_TMP_DIR"),
         "VIDEO_ALLOWED_FORMATS": env_list(env, "VIDEO_ALLOWED_FORMATS", "mp4,mov"),

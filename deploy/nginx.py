@@ -1,7 +1,8 @@
 """Render nginx's configuration from the settings, and run nginx in the foreground.
 
 Usage: python -m deploy.nginx [--listen 127.0.0.1:8000] [--upstream unix:instance/gunicorn.sock]
-                              [--prefix instance/nginx] [--workers 1] [--user NAME] [--render-only]
+                              [--prefix instance/nginx] [--workers 1] [--user NAME]
+                              [--trusted-proxy CIDR ...] [--render-only]
 """
 
 from __future__ import annotations
@@ -25,15 +26,27 @@ class _Template(string.Template):
 
 
 def render(
-    listen: str, upstream: str, prefix: Path, workers: str = "1", user: str | None = None, settings: dict | None = None
+    listen: str,
+    upstream: str,
+    prefix: Path,
+    workers: str = "1",
+    user: str | None = None,
+    trusted: list[str] | None = None,
+    settings: dict | None = None,
 ) -> str:
     """Return nginx.conf for these addresses, with the body limits of ``settings``.
 
-    ``user`` is who nginx's workers run as when the master starts as root.
+    ``user`` is who nginx's workers run as when the master starts as root; ``trusted``
+    are the load balancers' networks, whose X-Forwarded-For names the client.
     """
     s = settings or load_settings()
+    real_ip = "".join(f"    set_real_ip_from {cidr};\n" for cidr in trusted or [])
+    if real_ip:
+        real_ip += "    real_ip_header X-Forwarded-For;\n    real_ip_recursive on;\n"
     return _Template(TEMPLATE.read_text()).substitute(
         user=f"user {user};" if user else "",
+        real_ip=real_ip,
+        uploads_per_address=s["UPLOADS_PER_ADDRESS"],
         listen=listen,
         upstream=upstream,
         prefix=str(prefix),
@@ -63,13 +76,16 @@ def main(argv: list[str] | None = None) -> None:
         default=pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None,
         help="workers' user when started as root (default: root's own stack runs as root; use www-data on servers)",
     )
+    parser.add_argument(
+        "--trusted-proxy", action="append", default=[], metavar="CIDR", help="a load balancer's network (repeatable)"
+    )
     parser.add_argument("--render-only", action="store_true", help="print the configuration and exit")
     args = parser.parse_args(argv)
     prefix = args.prefix.resolve()
     upstream = args.upstream
     if upstream.startswith("unix:"):
         upstream = f"unix:{Path(upstream[len('unix:') :]).resolve()}"
-    conf = render(args.listen, upstream, prefix, args.workers, args.user)
+    conf = render(args.listen, upstream, prefix, args.workers, args.user, args.trusted_proxy)
     if args.render_only:
         print(conf)
         return

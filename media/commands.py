@@ -44,10 +44,18 @@ def _compile(out: Any) -> list[str]:
     return out.global_args(*GLOBAL_ARGS).overwrite_output().compile()
 
 
-def encode_command(src: str, dst: str, p: Profile, input_options: dict[str, Any] | None = None) -> list[str]:
+def encode_command(
+    src: str,
+    dst: str,
+    p: Profile,
+    input_options: dict[str, Any] | None = None,
+    output_options: dict[str, Any] | None = None,
+    global_args: list[str] | None = None,
+) -> list[str]:
     """Return argv that trims, fits, watermarks and encodes the user's clip in one pass.
 
-    ``input_options`` (the sandbox's) restrict how FFmpeg reads the user's file.
+    ``input_options`` (the sandbox's) restrict how FFmpeg reads the user's file; ``output_options``
+    and ``global_args`` bound the encoder's and the filters' threads.
     """
     video = _fit(ffmpeg.input(src, t=p.max_duration, **(input_options or {})).video, p)
     if p.watermark_image:
@@ -55,7 +63,8 @@ def encode_command(src: str, dst: str, p: Profile, input_options: dict[str, Any]
         margin = max(p.height // 40, 8)
         video = ffmpeg.overlay(video, logo, x=f"W-w-{margin}", y=f"H-h-{margin}")
     video = video.filter("format", "yuv420p")
-    return _compile(ffmpeg.output(video, dst, movflags="+faststart", **_encoder_args(p)))
+    out = ffmpeg.output(video, dst, movflags="+faststart", **_encoder_args(p), **(output_options or {}))
+    return _compile(out.global_args(*(global_args or [])))
 
 
 def bumper_command(image: str, dst: str, seconds: float, p: Profile) -> list[str]:

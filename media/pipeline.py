@@ -11,7 +11,7 @@ from pathlib import Path
 from media import commands, runner
 from media.probe import MediaInfo, probe
 from media.profile import Profile
-from media.sandbox import Sandbox
+from media.sandbox import Limits, Sandbox
 
 # Shares of the pipeline's progress taken by each step.
 ENCODE_SHARE, JOIN_SHARE = 0.85, 0.10
@@ -21,6 +21,17 @@ MIN_DECODED_SHARE = 0.9
 
 class TruncatedInput(Exception):
     """The input's streams end well before its header says (a cut-off upload)."""
+
+
+class OwnStepFailed(RuntimeError):
+    """FFmpeg failed on the pipeline's own files (bumpers, join, poster): not the user's fault."""
+
+
+def _own(argv: list[str], limits: Limits) -> None:
+    try:
+        runner.run(argv, limits=limits)
+    except runner.FFmpegError as exc:
+        raise OwnStepFailed(f"{argv[0]} failed on our own files: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -58,8 +69,7 @@ class Pipeline:
             fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=self.cache_dir)
             os.close(fd)
             try:
-                limits = self.sandbox.encode_limits(seconds)
-                runner.run(commands.bumper_command(image, tmp, seconds, self.profile), limits=limits)
+                _own(commands.bumper_command(image, tmp, seconds, self.profile), self.sandbox.encode_limits(seconds))
                 os.replace(tmp, path)  # atomic: concurrent workers never see half a file
             finally:
                 if os.path.exists(tmp):
@@ -85,7 +95,14 @@ class Pipeline:
         final = workdir / "video.mp4"
         body = workdir / "body.mp4" if intro or outro else final
         runner.run(
-            commands.encode_command(str(src), str(body), self.profile, self.sandbox.input_options(info.container)),
+            commands.encode_command(
+                str(src),
+                str(body),
+                self.profile,
+                self.sandbox.input_options(info.container),
+                self.sandbox.output_options(),
+                self.sandbox.global_options(),
+            ),
             on_progress=lambda done: report(ENCODE_SHARE * min(done / content, 1.0)),
             limits=limits,
         )
@@ -96,13 +113,10 @@ class Pipeline:
             pieces = [str(path) for path in (intro, body, outro) if path]
             listing = workdir / "pieces.txt"
             listing.write_text(commands.concat_list(pieces))
-            runner.run(commands.concat_command(str(listing), str(final)), limits=limits)
+            _own(commands.concat_command(str(listing), str(final)), limits)
         report(ENCODE_SHARE + JOIN_SHARE)
         poster = workdir / "poster.jpg"
         intro_length = self.profile.intro_seconds if intro else 0.0
-        runner.run(
-            commands.poster_command(str(final), str(poster), intro_length + min(1.0, content / 2)),
-            limits=limits,
-        )
+        _own(commands.poster_command(str(final), str(poster), intro_length + min(1.0, content / 2)), limits)
         report(1.0)
         return Outputs(video=final, poster=poster, duration=content)

@@ -41,10 +41,15 @@ class FFmpegError(Exception):
         super().__init__(f"{reason}: {tail[0]}" if reason else tail[0])
 
 
+# Resolved here, in the parent: the child between fork and exec must not load anything (other threads may hold locks).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
 def _preexec(limits: Limits) -> Callable[[], None]:
     def setup() -> None:  # pragma: no cover - runs in the child between fork and exec
         # The kernel kills the child if the process that started it dies (even by kill -9).
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if _prctl is not None:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if limits.memory_bytes:
             resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
         if limits.cpu_seconds:
@@ -129,7 +134,8 @@ def run(
                 proc.kill()
                 proc.wait()
             errors.join(timeout=5)
-    if proc.returncode != 0:
+    # A picture over the limit fails the run even if FFmpeg got to exit 0 before it was killed.
+    if proc.returncode != 0 or errors.reason == "resolution":
         raise FFmpegError(argv, proc.returncode, errors.text(), _reason(proc.returncode, timed_out.is_set(), errors))
     return output.decode("utf-8", "replace")
 

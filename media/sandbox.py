@@ -19,10 +19,7 @@ MiB = 1024**2
 DEMUXERS = {
     "mp4": "mov",
     "mov": "mov",
-    "m4v": "mov",
-    "3gp": "mov",
     "mkv": "matroska",
-    "webm": "matroska",
     "avi": "avi",
     "ts": "mpegts",
     "flv": "flv",
@@ -117,6 +114,14 @@ class Sandbox:
             options["enable_drefs"] = 0
         options.update(max_pixels=self.max_pixels, threads=self.threads)
         return options
+
+    def output_options(self) -> dict[str, Any]:
+        """Return the encoder's thread bound: x264's own default (1.5 per core) taken from ``threads``, not the host."""
+        return {"threads": max(1, self.threads * 3 // 2)}
+
+    def global_options(self) -> list[str]:
+        """Return global FFmpeg arguments: filter graphs get ``threads`` threads, not one per host core."""
+        return ["-filter_threads", str(self.threads), "-filter_complex_threads", str(self.threads)]
 
     def probe_limits(self) -> Limits:
         """Return the limits of an ffprobe child."""

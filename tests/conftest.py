@@ -102,6 +102,7 @@ def base_env(
     """Environment variables shared by the test process and the worker processes."""
     scratch = tmp_path_factory.mktemp("scratch")
     limits = [f"{route}_LIMIT_PER_{key}" for route in ("LOGIN", "SIGNUP") for key in ("ADDRESS", "ACCOUNT")]
+    limits.append("UPLOAD_LIMIT_PER_USER")
     return {
         "RATELIMIT_STORAGE_URI": redis_url,
         "RATELIMIT_KEY_PREFIX": f"videoproc-test-{uuid.uuid4().hex[:8]}",

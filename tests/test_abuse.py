@@ -199,6 +199,17 @@ class TestRateLimits:
         body = {"email": "owner@example.com", "password": PASSWORD}
         assert [web.post("/api/auth/login", json=body).status_code for _ in range(5)] == [200] * 5
 
+    def test_every_upload_attempt_counts(self, make_app: Callable, app: Flask, tmp_path: Path) -> None:
+        flask_app = make_app({"SQS_QUEUE_NAME": "api-tests", "UPLOAD_LIMIT_PER_USER": "2 per minute"})
+        client = flask_app.test_client()
+        headers = signup_and_login(client, unique_email())
+        junk = tmp_path / "junk.mp4"
+        junk.write_bytes(b"junk" * 100)
+        answers = [post_upload(client, headers, junk).status_code for _ in range(3)]
+        assert answers == [415, 415, 429], "refused uploads cost a probe: they count too"
+        other = signup_and_login(client, unique_email())
+        assert post_upload(client, other, junk).status_code == 415, "another user has their own budget"
+
     def test_one_address_is_limited_on_sign_up(self, limited: Flask) -> None:
         client = limited.test_client()
         answers = []

@@ -16,6 +16,7 @@ PRODUCTION = {
     "SECRET_KEY": "Xq3-vN9_tL0bWc7Rz2pK5mHs8dJf1gYa4eUo6iTn",
     "DATABASE_URL": "postgres://u@db/videos",
     "RATELIMIT_STORAGE_URI": "redis://cache:6379/0",
+    "TRUSTED_PROXIES": "2",
 }
 
 
@@ -35,7 +36,9 @@ def test_production_uses_the_instance_role_and_real_endpoints() -> None:
     assert s["SQLALCHEMY_DATABASE_URI"] == "postgresql://u@db/videos"
 
 
-@pytest.mark.parametrize("missing", ["SECRET_KEY", "DATABASE_URL", "S3_BUCKET", "RATELIMIT_STORAGE_URI"])
+@pytest.mark.parametrize(
+    "missing", ["SECRET_KEY", "DATABASE_URL", "S3_BUCKET", "RATELIMIT_STORAGE_URI", "TRUSTED_PROXIES"]
+)
 def test_production_has_no_default_secrets(missing: str) -> None:
     env = {**PRODUCTION, "S3_BUCKET": "videos"}
     del env[missing]

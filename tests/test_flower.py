@@ -75,6 +75,7 @@ PRODUCTION = {
     "APP_ENV": "production",
     "SECRET_KEY": "Xq3-vN9_tL0bWc7Rz2pK5mHs8dJf1gYa4eUo6iTn",
     "SQS_QUEUE_NAME": "e2e",
+    "TRUSTED_PROXIES": "1",
 }
 
 

@@ -15,7 +15,7 @@ from media.validate import MediaRejected, check, rejection
 
 class TestOptions:
     def test_containers_map_to_demuxers_once(self) -> None:
-        assert demuxers(["mp4", "mov", "mkv", "webm"]) == ("mov", "matroska")
+        assert demuxers(["mp4", "mov", "mkv", "avi"]) == ("mov", "matroska", "avi")
         with pytest.raises(UnknownContainer, match="hls"):
             demuxers(["mp4", "hls"])
 

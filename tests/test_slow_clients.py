@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import json
 import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import encode_multipart
 
-from tests.conftest import get
+from tests.conftest import PASSWORD, get, unique_email
 
 pytestmark = pytest.mark.e2e
 SLOW_CLIENTS = 16
@@ -61,3 +67,37 @@ def test_a_slow_upload_is_buffered_by_nginx_and_refusals_are_json(web_tier: str)
         assert exc.code == 413 and b'"body_too_large"' in exc.read()
     else:
         raise AssertionError("nginx accepted a 200 KB JSON body")
+
+
+def test_nginx_asks_for_the_token_before_it_takes_an_upload_body(web_tier: str, clip: Callable[[str], Path]) -> None:
+    port = int(web_tier.rsplit(":", 1)[1])
+    # A gigabyte announced without a token: refused at once, before one byte of the body is read or stored.
+    conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+    head = "POST /api/videos/upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    conn.sendall(f"{head}Content-Length: 1000000000\r\n\r\n".encode())
+    answer = conn.recv(4096)
+    conn.close()
+    assert answer.startswith(b"HTTP/1.1 401") and b'"unauthorized"' in answer
+    # With a token, the same route takes the upload.
+    email = unique_email()
+    signup = {"email": email, "password": PASSWORD, "password_confirm": PASSWORD}
+    request = urllib.request.Request(
+        f"{web_tier}/api/auth/signup", json.dumps(signup).encode(), {"Content-Type": "application/json"}
+    )
+    urllib.request.urlopen(request, timeout=10).read()
+    login = urllib.request.Request(
+        f"{web_tier}/api/auth/login",
+        json.dumps({"email": email, "password": PASSWORD}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    token = json.loads(urllib.request.urlopen(login, timeout=10).read())["access_token"]
+    boundary, body = encode_multipart(
+        {"title": "t", "video_file": FileStorage(io.BytesIO(clip("small.mp4").read_bytes()), filename="s.mp4")}
+    )
+    upload = urllib.request.Request(
+        f"{web_tier}/api/videos/upload",
+        body,
+        {"Content-Type": f"multipart/form-data; boundary={boundary}", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(upload, timeout=30) as response:
+        assert response.status == 202 and json.loads(response.read())["status"] == "queued"

@@ -10,10 +10,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash
 
-from app.api import bp, error_answers
+from app.api import BEARER, bp, error_answers
 from app.api.errors import APIError
 from app.api.schemas import MAX_PASSWORD, MIN_PASSWORD, AccountSchema, LoginSchema, SignupSchema, TokenSchema
-from app.auth import issue_token
+from app.auth import issue_token, login_required
 from app.extensions import db
 from app.models import User
 from app.ratelimit import per_account, per_address
@@ -92,3 +92,16 @@ def login(body: dict[str, Any]) -> dict[str, Any]:
         raise APIError(401, "invalid_credentials", "Wrong email or password.")
     token, lifetime = issue_token(user)
     return {"access_token": token, "token_type": "bearer", "expires_in": lifetime}
+
+
+@bp.route("/auth/check", methods=["GET"])
+@bp.doc(security=BEARER)
+@bp.response(204)
+@error_answers(401)
+@login_required
+def check_token() -> None:
+    """Answer 204 for a valid token, 401 otherwise.
+
+    nginx asks this before it accepts an upload's body (``auth_request``), so nobody
+    without an account can make it store a gigabyte.
+    """

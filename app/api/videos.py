@@ -25,6 +25,7 @@ from app.auth import login_required
 from app.extensions import db
 from app.models import Status, Video
 from app.queue import EnqueueError
+from app.ratelimit import per_user
 from app.storage import get_storage, video_prefixes
 from app.sweeper import requeue
 from app.uploads import accept_upload
@@ -83,6 +84,7 @@ def _before_the_body(view: Any) -> Any:
 @bp.doc(security=BEARER)
 @bp.response(202, UploadAcceptedSchema)
 @error_answers(400, 401, 413, 415, 422, 429, 503)
+@per_user("UPLOAD_LIMIT_PER_USER")
 @login_required
 @_before_the_body
 @bp.arguments(UploadSchema, location="multipart")
