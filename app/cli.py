@@ -8,7 +8,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from app import dlq
+from app import dlq, metrics
 from app.aws import ensure_bucket, ensure_queues
 from app.models import Status
 from app.queue import EnqueueError
@@ -48,9 +48,33 @@ def dlq_redrive() -> None:
     click.echo(f"{moved} message(s) moved back")
 
 
+def _publish_metrics() -> None:
+    try:
+        backlog = metrics.publish(current_app.config)
+    except Exception as exc:  # a missed reading is not fatal: the next one comes in a minute
+        click.echo(f"metrics not published: {type(exc).__name__}: {exc}", err=True)
+        return
+    click.echo(
+        f"backlog {backlog.visible} visible, {backlog.in_flight} in flight, {backlog.dead} dead-lettered; "
+        f"{backlog.instances} worker(s): {backlog.per_instance:g} per instance; oldest waits {backlog.oldest_age:.0f}s"
+    )
+
+
+@aws.command("metrics")
+@click.option("--every", type=float, default=0, help="Repeat every N seconds (0: once).")
+def aws_metrics(every: float) -> None:
+    """Put BacklogPerInstance, the oldest waiting video's age and the DLQ depth into CloudWatch."""
+    while True:
+        _publish_metrics()
+        if not every:
+            return
+        time.sleep(every)
+
+
 @videos.command("sweep")
 @click.option("--every", type=float, default=0, help="Repeat every N seconds (0: once).")
-def videos_sweep(every: float) -> None:
+@click.option("--metrics/--no-metrics", "with_metrics", default=False, help="Also publish the backlog metrics.")
+def videos_sweep(every: float, with_metrics: bool) -> None:
     """Re-enqueue uploads that never reached the queue and jobs whose worker died."""
     while True:
         report = sweep(current_app.config)
@@ -58,6 +82,8 @@ def videos_sweep(every: float) -> None:
             f"requeued {len(report.requeued)}, failed {len(report.failed)}"
             + (" (SQS unreachable: the rest waits)" if report.unreachable else "")
         )
+        if with_metrics:
+            _publish_metrics()
         if not every:
             return
         time.sleep(every)

@@ -203,6 +203,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MAX_ATTEMPTS": env_int(env, "MAX_ATTEMPTS", 3),
         "SHUTDOWN_GRACE_SECONDS": env_float(env, "SHUTDOWN_GRACE_SECONDS", 60),
         "SWEEP_AFTER_SECONDS": env_int(env, "SWEEP_AFTER_SECONDS", 60),
+        # The backlog metric the worker group scales on (app/metrics.py)
+        "METRICS_NAMESPACE": env_str(env, "METRICS_NAMESPACE", "videoproc"),
+        "WORKER_ASG_NAME": env_str(env, "WORKER_ASG_NAME"),
     }
     if production and (problem := secret_problem(s["SECRET_KEY"])):
         raise ConfigError(f"SECRET_KEY is too weak: {problem}")

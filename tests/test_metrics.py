@@ -1,0 +1,95 @@
+"""The backlog metric the worker group scales on: measured from SQS, the group and the database, put into CloudWatch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from flask import Flask
+
+from app.aws import ensure_queues, queue_url
+from app.extensions import db
+from app.metrics import Backlog, metric_data
+from app.models import User, Video, utcnow
+from app.storage import aws_client
+
+
+def test_backlog_per_instance_counts_an_empty_group_as_one() -> None:
+    assert Backlog(12, 0, 0, 0, instances=4, oldest_age=0).per_instance == 3
+    assert Backlog(5, 0, 0, 0, instances=0, oldest_age=0).per_instance == 5, "a group at zero still sees its backlog"
+
+
+def test_metric_data_names_and_units() -> None:
+    settings = {"SQS_QUEUE_PREFIX": "", "SQS_QUEUE_NAME": "videos"}
+    data = {d["MetricName"]: d for d in metric_data(settings, Backlog(8, 1, 2, 3, 2, 42.5))}
+    assert data["BacklogPerInstance"]["Value"] == 4 and data["DeadLetterMessages"]["Value"] == 3
+    assert data["OldestWaitingVideoAge"] == {
+        "MetricName": "OldestWaitingVideoAge",
+        "Dimensions": [{"Name": "QueueName", "Value": "videos"}],
+        "Value": 42.5,
+        "Unit": "Seconds",
+    }
+
+
+@pytest.fixture
+def worker_group(app: Flask) -> str:
+    """An autoscaling group of two in-service instances in moto server."""
+    ec2 = aws_client("ec2", app.config)
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    name = f"workers-{datetime.now(UTC):%H%M%S%f}"
+    ec2.create_launch_template(
+        LaunchTemplateName=name, LaunchTemplateData={"ImageId": image, "InstanceType": "c7g.large"}
+    )
+    aws_client("autoscaling", app.config).create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        LaunchTemplate={"LaunchTemplateName": name, "Version": "$Latest"},
+        MinSize=0,
+        MaxSize=4,
+        DesiredCapacity=2,
+        VPCZoneIdentifier=subnet,
+    )
+    return name
+
+
+def test_publish_puts_the_backlog_into_cloudwatch(
+    make_app: Callable[..., Flask], app: Flask, worker_group: str
+) -> None:
+    flask_app = make_app(
+        {"SQS_QUEUE_NAME": "metrics-test", "WORKER_ASG_NAME": worker_group, "METRICS_NAMESPACE": "vp-test"}
+    )
+    config = flask_app.config
+    with flask_app.app_context():
+        ensure_queues(config)
+        sqs = aws_client("sqs", config)
+        url = queue_url(config, sqs)
+        sqs.purge_queue(QueueUrl=url)
+        for n in range(6):
+            sqs.send_message(QueueUrl=url, MessageBody=f"job {n}")
+        user = User(email="metrics@example.com", password_hash="x")
+        waited = utcnow() - timedelta(seconds=90)
+        db.session.add(Video(owner=user, title="t", original_key="k", status="queued", updated_at=waited))
+        db.session.commit()
+    result = flask_app.test_cli_runner().invoke(args=["aws", "metrics"])
+    assert "6 visible" in result.output and "2 worker(s): 3 per instance" in result.output, result.output
+
+    cloudwatch = aws_client("cloudwatch", config)
+    dimensions = [{"Name": "QueueName", "Value": "metrics-test"}]
+
+    def latest(name: str) -> float:
+        points = cloudwatch.get_metric_statistics(
+            Namespace="vp-test",
+            MetricName=name,
+            Dimensions=dimensions,
+            StartTime=utcnow() - timedelta(minutes=5),
+            EndTime=utcnow() + timedelta(minutes=1),
+            Period=60,
+            Statistics=["Maximum"],
+        )["Datapoints"]
+        return max(p["Maximum"] for p in points)
+
+    assert latest("BacklogPerInstance") == 3
+    assert latest("VisibleMessages") == 6 and latest("InServiceWorkers") == 2
+    assert latest("DeadLetterMessages") == 0
+    assert 90 <= latest("OldestWaitingVideoAge") < 600
