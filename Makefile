@@ -26,9 +26,10 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 system: ## FFmpeg and nginx (apt-get when root)
 	@deploy/install_system.sh
 
-lint: install ## Lint and check formatting
+lint: install ## Lint, check formatting, check the CloudFormation template
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/cfn-lint deploy/cloudformation.yaml
 
 format: install
 	$(BIN)/ruff check --fix .
