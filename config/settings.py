@@ -206,6 +206,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # The backlog metric the worker group scales on (app/metrics.py)
         "METRICS_NAMESPACE": env_str(env, "METRICS_NAMESPACE", "videoproc"),
         "WORKER_ASG_NAME": env_str(env, "WORKER_ASG_NAME"),
+        # Leaving the group without losing a job (tasks/instance.py)
+        "WORKER_LIFECYCLE_HOOK": env_str(env, "WORKER_LIFECYCLE_HOOK", "drain-worker"),
+        "EC2_METADATA_URL": env_str(env, "EC2_METADATA_URL", "http://169.254.169.254"),
+        "INSTANCE_CHECK_SECONDS": env_float(env, "INSTANCE_CHECK_SECONDS", 5),
     }
     if production and (problem := secret_problem(s["SECRET_KEY"])):
         raise ConfigError(f"SECRET_KEY is too weak: {problem}")

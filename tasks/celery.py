@@ -8,13 +8,13 @@ from celery.signals import setup_logging, worker_init, worker_process_init
 
 from app import create_app, logs
 from app.extensions import db
-from tasks import monitoring
-from tasks.heartbeat import make_step
+from tasks import heartbeat, instance, monitoring
 from tasks.scratch import remove_orphans
 
 flask_app = create_app()
 app = celery_app = flask_app.extensions["celery"]
-celery_app.steps["consumer"].add(make_step(flask_app.config))
+celery_app.steps["consumer"].add(heartbeat.make_step(flask_app.config))
+celery_app.steps["consumer"].add(instance.make_step(flask_app.config))
 monitoring.install()
 
 
