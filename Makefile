@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install system lint format bench assets clean
+.PHONY: run test install system lint format bench assets clean release deploy deploy-local
 
 run: install ## Start moto (local AWS), the API, a worker and Flower; Ctrl-C stops all
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
@@ -26,10 +26,22 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 system: ## FFmpeg and nginx (apt-get when root)
 	@deploy/install_system.sh
 
-lint: install ## Lint, check formatting, check the CloudFormation template
+lint: install ## Lint, check formatting, check the CloudFormation template (as written and as deployed)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/cfn-lint deploy/cloudformation.yaml
+	bash -n deploy/bootstrap.sh
+	$(BIN)/python -m deploy.stack render --out build/cloudformation.yaml
+	$(BIN)/cfn-lint deploy/cloudformation.yaml build/cloudformation.yaml
+
+release: install ## Build dist/videoproc-<version>.tar.gz: the wheel and the pinned requirements
+	$(BIN)/python -m deploy.release
+
+deploy: install ## Create or update stack STACK= on AWS (PARAMETERS=file.json), roll out the release, wait
+	@test -n "$(STACK)" || { echo "usage: make deploy STACK=name [PARAMETERS=parameters.json]" >&2; exit 1; }
+	$(BIN)/python -m deploy.stack deploy --stack $(STACK) $(if $(PARAMETERS),--parameters $(PARAMETERS))
+
+deploy-local: install ## The same into moto server, no account needed (STACK=videoproc-local)
+	$(BIN)/python -m deploy.stack deploy-local --stack $(or $(STACK),videoproc-local)
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -1,6 +1,7 @@
 import logging
 from logging.config import fileConfig
 
+import sqlalchemy as sa
 from alembic import context
 from flask import current_app
 
@@ -85,6 +86,12 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # Several web instances start at once (deploy/systemd/videoproc-migrate.service): one
+            # migrates, the others wait here and then find the schema at head. A session lock
+            # outlives the commit that ends the transaction taking it.
+            connection.execute(sa.text("SELECT pg_advisory_lock(727274)"))
+            connection.commit()
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
         with context.begin_transaction():

@@ -9,45 +9,21 @@ import uuid
 from typing import Any
 
 import pytest
-from cfnlint.decode import cfn_yaml
 from flask import Flask
 
 from app.storage import aws_client
+from deploy import stack as stack_tool
+from deploy.stack import UNMODELLED_TYPES, for_moto
 from tests.conftest import ROOT
 
 TEMPLATE = ROOT / "deploy" / "cloudformation.yaml"
-# What moto's CloudFormation can't model (it skips these types with a warning) and the attributes of modelled
-# resources it can't resolve. The test replaces those attributes with a placeholder and checks the skipped
-# resources in the template itself.
-UNMODELLED_TYPES = {
-    "AWS::S3::BucketPolicy",
-    "AWS::SecretsManager::Secret",
-    "AWS::ElastiCache::SubnetGroup",
-    "AWS::ElastiCache::CacheCluster",
-    "AWS::AutoScaling::ScalingPolicy",
-    "AWS::CloudWatch::Alarm",
-    "AWS::Logs::MetricFilter",
-}
-UNMODELLED_ATTRIBUTES = ("Database.Endpoint", "Database.MasterUserSecret", "RateLimitCache")
+# What moto can't model is listed in deploy/stack.py (UNMODELLED_TYPES); the test checks it in the template itself.
 # Modelled types whose properties moto ignores: AWS::S3::Bucket (lifecycle, encryption, public access block).
 
 
 def template() -> dict[str, Any]:
-    return json.loads(json.dumps(cfn_yaml.load(str(TEMPLATE)), default=str))
-
-
-def for_moto(node: Any) -> Any:
-    """Replace references to what moto can't resolve with a placeholder."""
-    if isinstance(node, dict):
-        if "Fn::GetAtt" in node and ".".join(node["Fn::GetAtt"]).startswith(UNMODELLED_ATTRIBUTES):
-            return "unmodelled"
-        sub = node.get("Fn::Sub")
-        if isinstance(sub, str) and any("${" + name in sub for name in UNMODELLED_ATTRIBUTES):
-            return "unmodelled"
-        return {key: for_moto(value) for key, value in node.items()}
-    if isinstance(node, list):
-        return [for_moto(value) for value in node]
-    return node
+    """The template as deployed: the bootstrap in its user data."""
+    return stack_tool.parse(stack_tool.render())
 
 
 def role_actions(iam: Any, role: str, policy: str) -> set[str]:
@@ -84,8 +60,9 @@ def test_what_moto_cannot_model_is_in_the_template() -> None:
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     secret = resources["SecretKey"]["Properties"]["GenerateSecretString"]
     assert secret["PasswordLength"] >= 48, "generated, never typed into user data"
-    user_data = json.dumps([resources[n]["Properties"] for n in ("WebLaunchTemplate", "WorkerLaunchTemplate")])
-    assert "SecretKey" not in user_data and "Password" not in user_data
+    launch = ("WebLaunchTemplate", "WorkerLaunchTemplate", "OpsLaunchTemplate")
+    user_data = json.dumps([resources[n]["Properties"]["LaunchTemplateData"]["UserData"] for n in launch])
+    assert "SecretKey" not in user_data and "FlowerPassword" not in user_data
 
 
 @pytest.fixture
@@ -99,6 +76,8 @@ def stack(app: Flask) -> dict[str, str]:
         "PublicSubnetIds": subnets,
         "PrivateSubnetIds": subnets,
         "WorkerMaxSize": "4",
+        "ReleaseBucket": "videoproc-releases",
+        "ReleaseKey": "releases/videoproc-0.1.0-test.tar.gz",
     }
     cloudformation = aws_client("cloudformation", app.config)
     name = f"vp{uuid.uuid4().hex[:6]}"

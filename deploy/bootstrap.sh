@@ -1,0 +1,78 @@
+#!/bin/bash
+# videoproc instance bootstrap: the user data of every launch template (deploy/cloudformation.yaml).
+# `python -m deploy.stack render` embeds this file after a header the template fills in:
+#   VIDEOPROC_ROLE   web | worker | ops
+#   AWS_REGION       the stack's region
+#   RELEASE_BUCKET, RELEASE_KEY   where `make deploy` put the release (deploy/release.py)
+#   INSTANCE_CONFIG  the SSM parameter with the stack's resource names (deploy/envfile.py)
+# It installs FFmpeg (and nginx on web instances), the release into a virtualenv, writes the
+# environment from the stack's parameter and secrets, and enables the role's systemd units.
+# For tests: BOOTSTRAP_ROOT (a scratch root for every path), BOOTSTRAP_DIRECT=1 (start the units'
+# commands without systemd), AWS_ENDPOINT_URL (local AWS), BOOTSTRAP_PYTHON (the python to use).
+set -euo pipefail
+
+ROOT=${BOOTSTRAP_ROOT:-}
+APP=$ROOT/opt/videoproc
+ETC=$ROOT/etc/videoproc
+PYTHON=${BOOTSTRAP_PYTHON:-python3}
+: "${VIDEOPROC_ROLE:?}" "${AWS_REGION:?}" "${RELEASE_BUCKET:?}" "${RELEASE_KEY:?}" "${INSTANCE_CONFIG:?}"
+export AWS_REGION AWS_DEFAULT_REGION=$AWS_REGION
+
+step() { echo "bootstrap[$VIDEOPROC_ROLE]: $*"; }
+
+# 1. System packages: FFmpeg everywhere (ffprobe validates uploads on the web too), nginx on the web.
+packages=()
+command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || packages+=(ffmpeg)
+if [ "$VIDEOPROC_ROLE" = web ] && ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    packages+=(nginx-light)
+fi
+"$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
+if [ ${#packages[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bootstrap: missing ${packages[*]} and not root to install them" >&2
+        exit 1
+    fi
+    step "installing ${packages[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${packages[@]}"
+fi
+
+# 2. The service user (not in a scratch root: there everything runs as the caller).
+if [ -z "$ROOT" ] && ! id videoproc >/dev/null 2>&1; then
+    useradd --system --home-dir /opt/videoproc --shell /usr/sbin/nologin videoproc
+fi
+
+# 3. The release into a fresh virtualenv: boto3 first, to fetch the release with the instance role.
+step "installing $RELEASE_KEY from $RELEASE_BUCKET"
+mkdir -p "$APP/release" "$ETC"
+cd "$APP"  # the release's modules, never a checkout's
+"$PYTHON" -m venv "$APP/venv"
+"$APP/venv/bin/pip" install --quiet --disable-pip-version-check boto3
+"$APP/venv/bin/python" - "$APP/release" <<'PY'
+import io, os, sys, tarfile, boto3
+s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+body = s3.get_object(Bucket=os.environ["RELEASE_BUCKET"], Key=os.environ["RELEASE_KEY"])["Body"].read()
+with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+    tar.extractall(sys.argv[1], filter="data")
+PY
+"$APP/venv/bin/pip" install --quiet --disable-pip-version-check -r "$APP/release/requirements.lock"
+"$APP/venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "$APP"/release/videoproc-*.whl
+# Flower reads flowerconfig.py from its working directory.
+ln -sf "$("$APP/venv/bin/python" -c 'import flowerconfig; print(flowerconfig.__file__)')" "$APP/flowerconfig.py"
+
+# 4. The environment: the stack's resource names and its secrets (never in this user data).
+step "writing $ETC/env from $INSTANCE_CONFIG"
+"$APP/venv/bin/python" -m deploy.envfile --role "$VIDEOPROC_ROLE" --parameter "$INSTANCE_CONFIG" --out "$ETC/env"
+mkdir -p "$ROOT/var/lib/videoproc/scratch"  # WORKER_TMP_DIR of the worker unit
+if [ -z "$ROOT" ]; then
+    chown -R videoproc: "$APP" /var/lib/videoproc
+fi
+
+# 5. The role's units.
+step "starting the $VIDEOPROC_ROLE units"
+args=(install "$VIDEOPROC_ROLE")
+[ -n "$ROOT" ] && args+=(--root "$ROOT")
+[ "${BOOTSTRAP_DIRECT:-0}" = 1 ] && args+=(--direct)
+"$APP/venv/bin/python" -m deploy.units "${args[@]}"
+step done

@@ -1,0 +1,211 @@
+"""The instance bootstrap, run as EC2 would run it, in a scratch root against moto server.
+
+``make release`` builds the release; ``deploy/bootstrap.sh`` (the launch templates' user data)
+installs it into a virtualenv, writes the environment from the stack's configuration parameter
+and secrets, and starts the units of ``deploy/systemd/`` (``BOOTSTRAP_DIRECT=1`` stands in for
+systemd). Then a real upload through the installed web tier is processed by the installed worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+from sqlalchemy.engine import make_url
+
+from app.aws import ensure_bucket, ensure_queues
+from app.storage import aws_client
+from deploy import release, stack, units
+from tests.conftest import PASSWORD, ROOT, free_port, unique_email, wait_for
+from tests.test_e2e import row
+
+pytestmark = pytest.mark.e2e
+PREFIX = "bootstrap-"
+
+
+def test_render_puts_the_bootstrap_into_every_launch_template() -> None:
+    rendered = stack.parse(stack.render())
+    templates = {k: r for k, r in rendered["Resources"].items() if r["Type"] == "AWS::EC2::LaunchTemplate"}
+    assert set(templates) == {"WebLaunchTemplate", "WorkerLaunchTemplate", "OpsLaunchTemplate"}
+    for name, resource in templates.items():
+        header, variables = resource["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+        assert variables["Bootstrap"] == (ROOT / "deploy" / "bootstrap.sh").read_text(), name
+        assert header.splitlines()[-1] == "${Bootstrap}"
+        role = name.removesuffix("LaunchTemplate").lower()
+        assert f"VIDEOPROC_ROLE={role} " in header
+        assert "Secret" not in header and "Password" not in header, "secrets are read at boot, never in user data"
+
+
+def test_units_relocate_and_parse(tmp_path: Path) -> None:
+    written = units.install("web", tmp_path)
+    assert [p.name for p in written] == list(units.ROLES["web"])
+    web = units.parse(written[1].read_text(), written[1].name)
+    assert web.command[0] == f"{tmp_path}/opt/videoproc/venv/bin/gunicorn"
+    assert f"unix:{tmp_path}/run/videoproc/gunicorn.sock" in web.command
+    assert web.environment_files == [tmp_path / "etc/videoproc/env"] and web.environment["WEB_WORKERS"] == "3"
+    timer = units.install("ops", tmp_path)
+    assert {p.name for p in timer} == {
+        "videoproc-flower.service",
+        "videoproc-sweeper.timer",
+        "videoproc-sweeper.service",
+    }
+    assert units.parse(timer[1].read_text(), timer[1].name).every == 60
+
+
+@pytest.fixture
+def scratch_root(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "root"
+    root.mkdir()
+    yield root
+    units.stop_direct(root)
+
+
+def instance_config(app: Flask, database_url: str, redis_url: str, ports: dict[str, int]) -> dict[str, str]:
+    """What the stack's InstanceConfig parameter holds, with secrets made in moto's Secrets Manager."""
+    manager = aws_client("secretsmanager", app.config)
+
+    def secret(name: str, value: str) -> str:
+        return manager.create_secret(Name=f"{name}-{secrets.token_hex(4)}", SecretString=value)["ARN"]
+
+    config = {
+        "S3_BUCKET": app.config["S3_BUCKET"],
+        "SQS_QUEUE_PREFIX": PREFIX,
+        "SQS_QUEUE_NAME": "videos",
+        "SQS_DLQ_NAME": "videos-dlq",
+        "RATELIMIT_STORAGE_URI": redis_url,
+        "TRUSTED_PROXIES": "2",
+        "LOAD_BALANCER_NETWORK": "127.0.0.0/8",
+        "SECRET_KEY_ARN": secret("secret-key", secrets.token_urlsafe(48)),
+        "FLOWER_PASSWORD_ARN": secret("flower", "flower-password-for-ops"),
+        "SQS_WAIT_TIME_SECONDS": "1",
+        "WEB_PORT": str(ports["web"]),
+        "FLOWER_PORT": str(ports["flower"]),
+        "WORKER_CONCURRENCY": "1",
+    }
+    url = make_url(database_url)
+    if url.drivername.startswith("postgresql"):  # RDS's managed secret and endpoint, as the template gives them
+        login = json.dumps({"username": url.username, "password": url.password or ""})
+        config |= {"DATABASE_SECRET_ARN": secret("database", login), "DATABASE_HOST": url.host}
+        config |= {"DATABASE_PORT": str(url.port or 5432), "DATABASE_NAME": url.database}
+    else:  # an existing database URL (no PostgreSQL on this machine)
+        config["DATABASE_URL"] = database_url
+    return config
+
+
+def bootstrap(role: str, root: Path, env: dict[str, str]) -> str:
+    """Run the user data script for ``role``; return its output."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "bootstrap.sh")],
+        env={**os.environ, **env, "VIDEOPROC_ROLE": role},
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_bootstrapped_instances_process_a_real_upload(
+    make_app: Callable[..., Flask],
+    base_env: dict[str, str],
+    database_url: str,
+    redis_url: str,
+    scratch_root: Path,
+    tmp_path: Path,
+    clip: Callable[[str], Path],
+) -> None:
+    app = make_app({"SQS_QUEUE_PREFIX": PREFIX, "SQS_QUEUE_NAME": "videos", "SQS_DLQ_NAME": "videos-dlq"})
+    with app.app_context():
+        ensure_bucket(app.config)  # the stack's bucket and queues (production never creates them)
+        ensure_queues(app.config)
+    s3 = aws_client("s3", app.config)
+    s3.create_bucket(Bucket="videoproc-releases")
+    built = release.build(tmp_path / "dist")
+    s3.upload_file(str(built), "videoproc-releases", f"releases/{built.name}")
+    ports = {"web": free_port(), "flower": free_port()}
+    config = instance_config(app, database_url, redis_url, ports)
+    aws_client("ssm", app.config).put_parameter(
+        Name="/bootstrap/instance-config", Value=json.dumps(config), Type="String"
+    )
+    env = {
+        "AWS_REGION": "us-east-1",
+        "RELEASE_BUCKET": "videoproc-releases",
+        "RELEASE_KEY": f"releases/{built.name}",
+        "INSTANCE_CONFIG": "/bootstrap/instance-config",
+        "BOOTSTRAP_ROOT": str(scratch_root),
+        "BOOTSTRAP_DIRECT": "1",
+        "BOOTSTRAP_PYTHON": sys.executable,
+        "AWS_ENDPOINT_URL": base_env["AWS_ENDPOINT_URL"],
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    for name in ("APP_ENV", "DATABASE_URL", "SECRET_KEY", "S3_BUCKET"):  # only what the bootstrap writes counts
+        env[name] = ""
+
+    out = bootstrap("worker", scratch_root, env)
+    assert "started videoproc-worker.service" in out
+    venv = scratch_root / "opt/videoproc/venv"
+    installed = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import app, celery; print(app.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=scratch_root,
+    )
+    assert installed.stdout.startswith(str(venv)), "the release is installed in the instance's virtualenv"
+    env_file = scratch_root / "etc/videoproc/env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    written = units.read_environment_file(env_file)
+    assert written["APP_ENV"] == "production" and len(written["SECRET_KEY"]) >= 64
+    assert written["DATABASE_URL"].startswith(("postgresql://", "sqlite:")) and "FLOWER_BASIC_AUTH" not in written
+    bootstrap("web", scratch_root, env)
+    bootstrap("ops", scratch_root, env)
+    logs = scratch_root / "var/log/videoproc"
+    worker_log = logs / "videoproc-worker.service.log"
+    wait_for(lambda: "ready." in worker_log.read_text(errors="replace"), timeout=120)
+
+    api = f"http://127.0.0.1:{ports['web']}"
+    try:
+        wait_for(lambda: _status(f"{api}/readyz") == 200, timeout=120)
+    except AssertionError:
+        answer = requests.get(f"{api}/readyz", timeout=5)
+        raise AssertionError(f"{answer.status_code} {answer.text[:500]}") from None
+    email = unique_email()
+    signup = {"email": email, "password": PASSWORD, "password_confirm": PASSWORD}
+    assert requests.post(f"{api}/api/auth/signup", json=signup).status_code == 201
+    login = requests.post(f"{api}/api/auth/login", json={"email": email, "password": PASSWORD}).json()
+    headers = {"Authorization": f"Bearer {login['access_token']}"}
+    with clip("small.mp4").open("rb") as f:
+        answer = requests.post(
+            f"{api}/api/videos/upload",
+            headers=headers,
+            files={"video_file": ("clip.mp4", f, "video/mp4")},
+            data={"title": "t"},
+        )
+    assert answer.status_code == 202, answer.text
+    video_id = answer.json()["video_id"]
+    done = wait_for(lambda: (r := row(app, video_id)) and r.status in ("processed", "failed") and r, timeout=240)
+    assert done.status == "processed", (done.error_code, worker_log.read_text()[-3000:])
+    assert s3.head_object(Bucket=app.config["S3_BUCKET"], Key=done.processed_key)["ContentLength"] > 0
+    assert video_id in worker_log.read_text(), "the installed worker did the job"
+
+    flower = f"http://127.0.0.1:{ports['flower']}"
+    wait_for(lambda: _status(f"{flower}/healthcheck") == 200, timeout=60)
+    assert _status(f"{flower}/workers") == 401, "Flower asks for the ops password"
+    assert requests.get(f"{flower}/workers", auth=("ops", "flower-password-for-ops"), timeout=10).status_code == 200
+
+
+def _status(url: str, **kwargs: Any) -> int:
+    try:
+        return requests.get(url, timeout=5, **kwargs).status_code
+    except requests.RequestException:
+        return 0
