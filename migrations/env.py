@@ -86,15 +86,14 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            # Several web instances start at once (deploy/systemd/videoproc-migrate.service): one
-            # migrates, the others wait here and then find the schema at head. A session lock
-            # outlives the commit that ends the transaction taking it.
-            connection.execute(sa.text("SELECT pg_advisory_lock(727274)"))
-            connection.commit()
         context.configure(connection=connection, target_metadata=get_metadata(), **conf_args)
 
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Several web instances start at once (deploy/systemd/videoproc-migrate.service): one
+                # migrates, the others wait here until its transaction commits, then find the schema
+                # at head. The lock ends with the transaction, so no pooled connection keeps it.
+                connection.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
             context.run_migrations()
 
 
