@@ -7,12 +7,15 @@ import logging
 import re
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import watchtower
 from flask import Flask, Response, g, request
+
+from app.storage import aws_client
 
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("log_context", default={})  # noqa: B039 (never mutated)
 CONTEXT_KEYS = ("video_id", "task_id", "user_id", "request_id")
@@ -62,12 +65,46 @@ class KeyValueFormatter(logging.Formatter):
         return " ".join(f"{key}={_quote(value)}" for key, value in fields.items())
 
 
-def configure(level: str = "INFO") -> None:
-    """Send every logger's records to stderr as key=value lines."""
+class CloudWatchHandler(watchtower.CloudWatchLogHandler):
+    """watchtower's batching handler, with a client of its own in every forked process.
+
+    A boto3 client's connection pool is not to be shared across fork (a pool process would
+    write into its parent's socket); each process also gets its own stream.
+    """
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = settings
+        super().__init__(
+            log_group_name=settings["LOG_GROUP"],
+            log_stream_name="{machine_name}/{program_name}-{process_id}",
+            send_interval=10,
+            create_log_group=False,  # the stack creates it, with its retention and metric filter
+            boto3_client=self._client(),
+        )
+        self.setFormatter(KeyValueFormatter())
+
+    def _client(self) -> Any:
+        return aws_client("logs", self.settings)
+
+    def _at_fork_reinit(self) -> None:
+        super()._at_fork_reinit()
+        self.cwl_client = self._client()
+
+
+_shipper: CloudWatchHandler | None = None
+
+
+def configure(level: str = "INFO", settings: Mapping[str, Any] | None = None) -> None:
+    """Send every logger's records to stderr as key=value lines, and to CloudWatch Logs when ``LOG_GROUP`` is set."""
+    global _shipper
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    if settings and settings.get("LOG_GROUP"):
+        if _shipper is None:  # one per process, however often logging is configured
+            _shipper = CloudWatchHandler(settings)
+        root.handlers.append(_shipper)
     root.setLevel(level.upper())
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -78,7 +115,7 @@ def init_app(app: Flask) -> None:
 
     The id is the proxy's ``X-Request-ID`` when it is well formed, else a new one.
     """
-    configure(app.config["LOG_LEVEL"])
+    configure(app.config["LOG_LEVEL"], app.config)
 
     @app.before_request
     def _start() -> None:

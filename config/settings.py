@@ -105,6 +105,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # hide_parameters: a failed statement's log line never carries its values (password hashes).
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True, "hide_parameters": True},
         "LOG_LEVEL": env_str(env, "LOG_LEVEL", "INFO"),
+        "LOG_GROUP": env_str(env, "LOG_GROUP", ""),
         # Accounts and abuse
         "CORS_ORIGINS": env_list(env, "CORS_ORIGINS", "", lower=False),
         "RATELIMIT_STORAGE_URI": _required(env, "RATELIMIT_STORAGE_URI")

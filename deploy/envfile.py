@@ -13,6 +13,8 @@ boot, so no secret is ever in user data or in the template:
 - ``FLOWER_PASSWORD_ARN``: Flower's basic auth as user ``ops`` (the ops role only: the
   others may not read it).
 
+``LOG_GROUP_PREFIX`` becomes the role's own ``LOG_GROUP`` (``/<stack>/worker``).
+
 Every other key is written as it is. AWS_REGION and, for local runs, AWS_ENDPOINT_URL
 and the AWS credentials come from this process's environment.
 """
@@ -29,6 +31,7 @@ from urllib.parse import quote
 import boto3
 
 SECRET_KEYS = ("SECRET_KEY_ARN", "DATABASE_SECRET_ARN", "FLOWER_PASSWORD_ARN")
+COMPOSED = ("LOG_GROUP_PREFIX",)
 DATABASE_PARTS = ("DATABASE_HOST", "DATABASE_PORT", "DATABASE_NAME")
 PASSED_THROUGH = ("AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
@@ -39,7 +42,9 @@ def environment(
     """Return a ``role`` instance's environment: the configuration, its secrets resolved, ``APP_ENV=production``."""
     env = {"APP_ENV": "production"}
     env |= {k: passed[k] for k in PASSED_THROUGH if passed.get(k)}
-    env |= {k: str(v) for k, v in config.items() if k not in SECRET_KEYS + DATABASE_PARTS}
+    env |= {k: str(v) for k, v in config.items() if k not in SECRET_KEYS + DATABASE_PARTS + COMPOSED}
+    if prefix := config.get("LOG_GROUP_PREFIX"):
+        env["LOG_GROUP"] = f"{prefix}{role}"
     if arn := config.get("SECRET_KEY_ARN"):
         env["SECRET_KEY"] = secret(arn)
     if (arn := config.get("DATABASE_SECRET_ARN")) and not config.get("DATABASE_URL"):

@@ -21,7 +21,7 @@ monitoring.install()
 @setup_logging.connect
 def _logging(loglevel: str | int | None = None, **_: Any) -> None:
     """Log worker and task records as key=value lines too (instead of Celery's own format)."""
-    logs.configure(flask_app.config["LOG_LEVEL"])
+    logs.configure(flask_app.config["LOG_LEVEL"], flask_app.config)
 
 
 @worker_init.connect

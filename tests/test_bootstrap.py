@@ -90,7 +90,11 @@ def instance_config(app: Flask, database_url: str, redis_url: str, ports: dict[s
         "WEB_PORT": str(ports["web"]),
         "FLOWER_PORT": str(ports["flower"]),
         "WORKER_CONCURRENCY": "1",
+        "LOG_GROUP_PREFIX": f"/bootstrap-{secrets.token_hex(4)}/",
     }
+    logs = aws_client("logs", app.config)
+    for role in ("web", "worker", "ops"):  # the stack's log groups
+        logs.create_log_group(logGroupName=f"{config['LOG_GROUP_PREFIX']}{role}")
     url = make_url(database_url)
     if url.drivername.startswith("postgresql"):  # RDS's managed secret and endpoint, as the template gives them
         login = json.dumps({"username": url.username, "password": url.password or ""})
@@ -197,6 +201,15 @@ def test_bootstrapped_instances_process_a_real_upload(
     assert done.status == "processed", (done.error_code, worker_log.read_text()[-3000:])
     assert s3.head_object(Bucket=app.config["S3_BUCKET"], Key=done.processed_key)["ContentLength"] > 0
     assert video_id in worker_log.read_text(), "the installed worker did the job"
+    assert written["LOG_GROUP"] == f"{config['LOG_GROUP_PREFIX']}worker"
+
+    def shipped() -> list[str]:  # the worker's records reach its log group (where the error alarm reads them)
+        found = aws_client("logs", app.config).filter_log_events(
+            logGroupName=written["LOG_GROUP"], filterPattern=f'"{video_id}"'
+        )
+        return [e["message"] for e in found["events"] if "msg=processed" in e["message"]]
+
+    assert wait_for(shipped, timeout=60)
 
     flower = f"http://127.0.0.1:{ports['flower']}"
     wait_for(lambda: _status(f"{flower}/healthcheck") == 200, timeout=60)
