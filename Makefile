@@ -47,8 +47,9 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install ## Measure the pipeline; writes docs/benchmarks.md
+bench: install ## Measure the pipeline and the whole job on a local stack; writes docs/benchmarks.md
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.job
 
 assets: ## Re-render the logo and bumper cards
 	assets/make_assets.sh

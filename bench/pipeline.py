@@ -99,7 +99,7 @@ def main() -> int:
         sys.stderr.write("\n")
 
     lines = [
-        "# Benchmarks",
+        "## The pipeline",
         "",
         "Written by `make bench` (`python -m bench.pipeline`). Medians of "
         f"{RUNS} interleaved runs on {platform.machine()}, {platform.python_version()}; "
@@ -122,11 +122,22 @@ def main() -> int:
             f"| {output / a:.1f}x realtime |"
         )
     lines += ["", "Absolute times depend on the machine and its load; compare the ratios.", ""]
-    target = ROOT / "docs" / "benchmarks.md"
-    target.parent.mkdir(exist_ok=True)
-    target.write_text("\n".join(lines))
+    write_section("pipeline", "\n".join(lines))
     print("\n".join(lines))
     return 0
+
+
+def write_section(name: str, text: str, target: Path = ROOT / "docs" / "benchmarks.md") -> None:
+    """Replace section ``name`` of docs/benchmarks.md (appended when new); leave the others as they are."""
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    page = target.read_text() if target.exists() else "# Benchmarks\n\n"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in page and end in page:
+        head, rest = page.split(begin, 1)
+        page = head + block + rest.split(end, 1)[1]
+    else:
+        page = page.rstrip() + "\n\n" + block + "\n"
+    target.write_text(page)
 
 
 if __name__ == "__main__":

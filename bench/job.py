@@ -1,0 +1,192 @@
+"""Measure the whole worker job on a local stack: what a clip costs in worker time.
+
+Starts moto server, a database, and a real ``celery -A tasks worker`` at the production
+unit's concurrency, then uploads through the API: one clip on an idle worker (upload's 202
+to ``processed``, next to ``Pipeline.run`` alone on the same clip), and a backlog of clips
+drained by the one worker host (instance-seconds and CPU-seconds per clip, the CPUs' use).
+Writes its section of docs/benchmarks.md; docs/deploy-aws.md prices these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import flask_migrate
+from moto.server import ThreadedMotoServer
+from sqlalchemy import select
+
+from app import create_app
+from app.aws import ensure_bucket, ensure_queues
+from app.extensions import db
+from app.models import Video
+from bench.pipeline import PROFILE, SANDBOX, bar, timed, write_section
+from media.pipeline import Pipeline
+from media.probe import probe
+from tests.clips import make_clip
+from tests.conftest import GENEROUS, ROOT, Worker, free_port, post_upload, signup_and_login
+
+CLIP = (1080, 1920, 35)  # a portrait phone clip; the profile keeps 30 s of it
+CONCURRENCY = 2  # deploy/systemd/videoproc-worker.service
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """Return the CPU seconds used by ``pid`` and all its descendants, living or reaped."""
+    total = 0.0
+    for child in [pid, *_descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        # utime, stime, cutime, cstime: a reaped process's time lands in its parent's c* fields
+        total += sum(int(f) for f in fields[11:15]) / TICKS
+    return total
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return []
+    return [d for c in map(int, children) for d in (c, *_descendants(c))]
+
+
+def environment(work: Path, aws: str) -> dict[str, str]:
+    """The worker's and the API's environment: local AWS, a SQLite database, generous quotas."""
+    env = {
+        "APP_ENV": "testing",
+        "SECRET_KEY": "bench-secret-key-of-at-least-32-bytes",
+        "DATABASE_URL": f"sqlite:///{work / 'bench.db'}",
+        "AWS_ENDPOINT_URL": aws,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "S3_BUCKET": "videoproc-bench",
+        "SQS_QUEUE_NAME": "bench-job",
+        "SQS_WAIT_TIME_SECONDS": "1",
+        "WORKER_TMP_DIR": str(work / "scratch"),
+        "UPLOAD_TMP_DIR": str(work / "scratch"),
+        "USER_MAX_ACTIVE_VIDEOS": "1000",
+        "USER_MAX_UPLOADS_PER_DAY": "1000",
+        "USER_MAX_BYTES_PER_DAY": str(1 << 40),
+        "LOG_LEVEL": "INFO",  # the worker's "ready." line
+    }
+    env |= {f"{r}_LIMIT_PER_{k}": GENEROUS for r in ("LOGIN", "SIGNUP") for k in ("ADDRESS", "ACCOUNT")}
+    return env | {"UPLOAD_LIMIT_PER_USER": GENEROUS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one clip on an idle worker, then a backlog of ``--clips``; write the section."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clips", type=int, default=6, help="backlog size (default 6)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="videoproc-bench-job-") as tmp:
+        work = Path(tmp)
+        (work / "scratch").mkdir()
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        env = environment(work, f"http://127.0.0.1:{port}")
+        os.environ.update(env)  # the API in this process reads the same settings
+        try:
+            result = measure(work, env, args.clips)
+        finally:
+            server.stop()
+    w, h, seconds = CLIP
+    lines = [
+        "## The whole job on a worker host",
+        "",
+        f"Written by `python -m bench.job --clips {args.clips}` (in `make bench`): moto server, SQLite, one "
+        f"`celery -A tasks worker --concurrency {CONCURRENCY}` (the unit's) on {os.cpu_count()} CPUs "
+        f"({platform.machine()}), {w}x{h} {seconds} s clips (FFmpeg's testsrc2 with a tone) uploaded through "
+        "the API; the profile as above.",
+        "",
+        "| What | Value |",
+        "|---|---|",
+        f"| `Pipeline.run` alone on the clip (warm, bumpers cached) | {result['pipeline']:.2f} s |",
+        f"| one clip on an idle worker: upload's 202 → `processed` | {result['publish']:.2f} s "
+        f"({result['publish'] / result['pipeline']:.2f}x the pipeline) |",
+        f"| backlog of {args.clips} drained (first 202 → last `processed`) | {result['drain']:.1f} s |",
+        f"| instance-seconds per clip (drain ÷ clips, one host) | **{result['drain'] / args.clips:.2f} s** |",
+        f"| worker CPU-seconds per clip (worker, pool and FFmpeg processes) | {result['cpu'] / args.clips:.2f} s |",
+        f"| CPUs busy during the drain | {result['cpu'] / result['drain'] / (os.cpu_count() or 1):.0%} |",
+        f"| throughput | {3600 * args.clips / result['drain']:.0f} clips per hour per host |",
+        "",
+    ]
+    write_section("job", "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+def measure(work: Path, env: dict[str, str], clips: int) -> dict[str, float]:
+    """Return the pipeline's, one published clip's and the drained backlog's times."""
+    steps = 4 + clips
+    bar(0, steps, "making the clip")
+    src = make_clip(work / "clip.mp4", *CLIP)
+    pipeline = Pipeline(PROFILE, work / "bumpers", SANDBOX)
+    pipeline.bumpers()
+    info = probe(str(src))
+    bar(1, steps, "pipeline alone")
+    runs = []
+    for n in range(2):
+        (job := work / f"pipeline-{n}").mkdir()
+        runs.append(timed(lambda j=job: pipeline.run(src, info, j)))
+    app = create_app()
+    with app.app_context():
+        flask_migrate.upgrade(directory=str(ROOT / "migrations"))
+        ensure_bucket(app.config)
+        ensure_queues(app.config)
+    for name in ("", "werkzeug"):  # this process's API and moto server (alembic's logging config): quiet
+        logging.getLogger(name).setLevel(logging.WARNING)
+    bar(2, steps, "starting the worker")
+    worker = Worker(env, work / "worker.log", "bench", concurrency=CONCURRENCY)
+    try:
+        worker.wait_ready()
+        client = app.test_client()
+        headers = signup_and_login(client, "bench@example.com")
+
+        def upload() -> str:
+            answer = post_upload(client, headers, src)
+            assert answer.status_code == 202, answer.json
+            return answer.json["video_id"]
+
+        def wait(ids: list[str]) -> None:
+            with app.app_context():
+                while True:
+                    statuses = dict(db.session.execute(select(Video.id, Video.status).where(Video.id.in_(ids))).all())
+                    assert "failed" not in statuses.values(), worker.text()[-2000:]
+                    if all(statuses.get(i) == "processed" for i in ids):
+                        return
+                    db.session.rollback()
+                    time.sleep(0.1)
+
+        bar(3, steps, "one clip, idle worker")
+        started = time.monotonic()
+        wait([upload()])
+        publish = time.monotonic() - started
+        cpu_before = tree_cpu_seconds(worker.proc.pid)
+        started = time.monotonic()
+        ids = []
+        for n in range(clips):
+            bar(4 + n, steps, f"backlog: upload {n + 1}")
+            ids.append(upload())
+        wait(ids)
+        drain = time.monotonic() - started
+        cpu = tree_cpu_seconds(worker.proc.pid) - cpu_before
+        bar(steps, steps, "done")
+        sys.stderr.write("\n")
+    finally:
+        worker.stop()
+    return {"pipeline": statistics.median(runs), "publish": publish, "drain": drain, "cpu": cpu}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
