@@ -26,12 +26,13 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 system: ## FFmpeg and nginx (apt-get when root)
 	@deploy/install_system.sh
 
-lint: install ## Lint, check formatting, check the CloudFormation template (as written and as deployed)
+lint: install ## Lint, check formatting, check the CloudFormation template (as written and as deployed) and its reference in docs/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	bash -n deploy/bootstrap.sh
 	$(BIN)/python -m deploy.stack render --out build/cloudformation.yaml
 	$(BIN)/cfn-lint deploy/cloudformation.yaml build/cloudformation.yaml
+	$(BIN)/python -m deploy.docs --check
 
 release: install ## Build dist/videoproc-<version>.tar.gz: the wheel and the pinned requirements
 	$(BIN)/python -m deploy.release

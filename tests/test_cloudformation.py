@@ -12,6 +12,7 @@ import pytest
 from flask import Flask
 
 from app.storage import aws_client
+from deploy import docs
 from deploy import stack as stack_tool
 from deploy.stack import UNMODELLED_TYPES, for_moto
 from tests.conftest import ROOT
@@ -121,3 +122,12 @@ def test_stack_in_moto(app: Flask, stack: dict[str, str]) -> None:
     elb = aws_client("elbv2", config)
     target_groups = elb.describe_target_groups()["TargetGroups"]
     assert any(t["HealthCheckPath"] == "/readyz" and t["Port"] == 8000 for t in target_groups)
+
+
+def test_the_reference_in_the_docs_follows_the_template() -> None:
+    page, template = docs.PAGE.read_text(), stack_tool.TEMPLATE.read_text()
+    assert docs.updated(page, docs.reference(template)) == page, "run python -m deploy.docs"
+    changed = docs.reference(template.replace("The VPC everything runs in.", "Another VPC."))
+    assert "| `VpcId` | AWS::EC2::VPC::Id | required | Another VPC. |" in changed
+    assert "| Logs | `logs:CreateLogStream`, `logs:PutLogEvents` | `WorkerLogs.Arn` |" in changed
+    assert docs.updated(page, changed) != page
