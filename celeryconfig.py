@@ -9,9 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# Delivery: a message is deleted from SQS only after its task returns, and a job whose
-# worker process dies is left for SQS to deliver again once its visibility timeout ends.
+# Delivery: a message is deleted from SQS only after its task returns. A job whose pool
+# process dies while the worker lives (the OOM killer's usual victim) is retried at once by
+# the worker's main process, which knows that run is over: the retry's delivery takes the
+# row over (app/jobs.py). Should that send fail, the message is rejected back to the queue;
+# a worker that dies whole leaves its message for SQS to deliver again after the visibility
+# timeout, when its heartbeat is stale.
 task_acks_late = True
+task_retry_on_worker_lost = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
-from sqlalchemy import ForeignKey, String, and_, or_, update
+from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -25,11 +24,12 @@ def new_id() -> str:
 
 
 class Status(enum.StrEnum):
-    """Where a video is in its life."""
+    """Where a video is in its life; app/jobs.py owns every change."""
 
     UPLOADED = "uploaded"  # in S3 and the database, not yet on the queue
     QUEUED = "queued"
     PROCESSING = "processing"
+    RETRYING = "retrying"  # a passing fault: SQS holds the retry's message until retry_at
     PROCESSED = "processed"
     FAILED = "failed"
 
@@ -88,97 +88,7 @@ class Video(db.Model):
     created_at: Mapped[datetime] = mapped_column(db.DateTime(timezone=True), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(db.DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     heartbeat_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))
+    retry_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))
     processed_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))
 
     owner: Mapped[User] = relationship(back_populates="videos")
-
-    @staticmethod
-    def transition(
-        video_id: str, sources: tuple[Status, ...], target: Status, claimed_by: str | None = None, **values: Any
-    ) -> bool:
-        """Move the row from one of ``sources`` to ``target`` if it is still there; commit.
-
-        The conditional UPDATE is what makes two deliveries of one message safe: only
-        one of them sees its WHERE clause match. ``claimed_by`` further requires that
-        the caller still holds the row.
-        """
-        stmt = update(Video).where(Video.id == video_id, Video.status.in_([s.value for s in sources]))
-        if claimed_by is not None:
-            stmt = stmt.where(Video.claimed_by == claimed_by)
-        values = {"status": target.value, "updated_at": utcnow(), **values}
-        changed = db.session.execute(stmt.values(**values)).rowcount == 1
-        db.session.commit()
-        return changed
-
-    @staticmethod
-    def claim(video_id: str, token: str, previous_token: str | None, stale_after: int) -> bool:
-        """Take the row for processing under ``token``; commit; return whether it was taken.
-
-        A row can be taken when it waits (uploaded, queued), when its processing
-        heartbeat is older than ``stale_after`` seconds (its worker died), or when
-        ``previous_token`` holds it: the earlier try of this same task, now retrying.
-        """
-        now = utcnow()
-        processing = Video.status == Status.PROCESSING.value
-        takeable = [
-            Video.status.in_([Status.UPLOADED.value, Status.QUEUED.value]),
-            and_(processing, Video.heartbeat_at < now - timedelta(seconds=stale_after)),
-        ]
-        if previous_token:
-            takeable.append(and_(processing, Video.claimed_by == previous_token))
-        # A retry continues an attempt; a fresh delivery (first, or after a worker died) starts one.
-        attempts = Video.attempts if previous_token else Video.attempts + 1
-        stmt = (
-            update(Video)
-            .where(Video.id == video_id, or_(*takeable))
-            .values(
-                status=Status.PROCESSING.value,
-                claimed_by=token,
-                progress=0,
-                attempts=attempts,
-                heartbeat_at=now,
-                updated_at=now,
-                error_code=None,
-                error_message=None,
-            )
-        )
-        changed = db.session.execute(stmt).rowcount == 1
-        db.session.commit()
-        return changed
-
-    @staticmethod
-    def beat(video_id: str, token: str, progress: int | None = None) -> None:
-        """Record that the job holding the row is alive, and its progress when given."""
-        values: dict[str, Any] = {"heartbeat_at": utcnow()}
-        if progress is not None:
-            values["progress"] = progress
-        stmt = (
-            update(Video)
-            .where(Video.id == video_id, Video.status == Status.PROCESSING.value, Video.claimed_by == token)
-            .values(**values)
-        )
-        db.session.execute(stmt)
-        db.session.commit()
-
-    @staticmethod
-    def give_up_if_exhausted(video_id: str, stale_after: int, max_attempts: int) -> bool:
-        """Fail a row whose worker died ``max_attempts`` times (a job that kills its worker); commit."""
-        stmt = (
-            update(Video)
-            .where(
-                Video.id == video_id,
-                Video.status == Status.PROCESSING.value,
-                Video.heartbeat_at < utcnow() - timedelta(seconds=stale_after),
-                Video.attempts >= max_attempts,
-            )
-            .values(
-                status=Status.FAILED.value,
-                error_code="worker_lost",
-                error_message=f"The worker processing this video died {max_attempts} times; giving up.",
-                heartbeat_at=None,
-                updated_at=utcnow(),
-            )
-        )
-        changed = db.session.execute(stmt).rowcount == 1
-        db.session.commit()
-        return changed

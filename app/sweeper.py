@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select
 
+from app import jobs
 from app.extensions import db
-from app.models import Status, Video, new_id, utcnow
+from app.models import Status, Video, utcnow
 from app.queue import EnqueueError, enqueue_video
 
 logger = logging.getLogger(__name__)
@@ -39,45 +40,39 @@ def requeue(
 ) -> bool:
     """Take the row (if still in ``sources``), give it a new task id and enqueue it; return success.
 
-    The row is set to ``uploaded`` first, so a failed enqueue leaves it for the next sweep.
+    The row stays ``uploaded`` until the message is sent, so a failed enqueue leaves it for the next sweep.
     """
-    now = utcnow()
-    task_id = new_id()
-    stmt = update(Video).where(Video.id == video_id, Video.status.in_([s.value for s in sources]))
-    if lease_older_than is not None:
-        stmt = stmt.where(Video.updated_at < now - lease_older_than)
-    values: dict[str, Any] = {"status": Status.UPLOADED.value, "task_id": task_id, "updated_at": now}
-    values |= {"claimed_by": None, "heartbeat_at": None, "progress": 0}
-    if reset_attempts:
-        values |= {"attempts": 0, "error_code": None, "error_message": None}
-    if db.session.execute(stmt.values(**values)).rowcount != 1:
-        db.session.commit()
+    task_id = jobs.renew(video_id, sources, lease_older_than, reset_attempts)
+    if task_id is None:
         return False
-    db.session.commit()
     enqueue_video(video_id, task_id)  # raises EnqueueError: the row stays uploaded
-    Video.transition(video_id, (Status.UPLOADED,), Status.QUEUED)
+    jobs.enqueued(video_id)
     return True
 
 
 def sweep(settings: Mapping[str, Any]) -> SweepReport:
-    """Re-enqueue uploads older than ``SWEEP_AFTER_SECONDS`` and stale ``processing`` rows."""
+    """Re-enqueue uploads older than ``SWEEP_AFTER_SECONDS``, stale ``processing`` rows and overdue retries.
+
+    What it reads is only a list of candidates: each change re-checks its reason (a stale
+    heartbeat, an overdue retry, an old ``updated_at``) in its own UPDATE, so a delivery
+    that claimed a row since this sweep read it keeps it.
+    """
     report = SweepReport()
     now = utcnow()
+    stale_after = settings["STALE_AFTER_SECONDS"]
     grace = timedelta(seconds=settings["SWEEP_AFTER_SECONDS"])
-    stale = now - timedelta(seconds=settings["STALE_AFTER_SECONDS"])
-    for video_id in db.session.scalars(
-        select(Video.id).where(Video.status == Status.PROCESSING.value, Video.heartbeat_at < stale)
-    ).all():
-        if Video.give_up_if_exhausted(video_id, settings["STALE_AFTER_SECONDS"], settings["MAX_ATTEMPTS"]):
+    stale = now - timedelta(seconds=stale_after)
+    lost = select(Video.id).where(
+        or_(
+            and_(Video.status == Status.PROCESSING.value, Video.heartbeat_at < stale),
+            and_(Video.status == Status.RETRYING.value, Video.retry_at < stale),
+        )
+    )
+    for video_id in db.session.scalars(lost).all():
+        if jobs.give_up(video_id, stale_after, settings["MAX_ATTEMPTS"]):
             report.failed.append(video_id)
-        else:  # the heartbeat is the lease here: whoever resets the row first wins
-            Video.transition(
-                video_id,
-                (Status.PROCESSING,),
-                Status.UPLOADED,
-                heartbeat_at=None,
-                updated_at=now - grace - timedelta(seconds=1),
-            )
+        else:  # backdated past the grace, so the loop below enqueues it now
+            jobs.reset(video_id, stale_after, backdate=grace + timedelta(seconds=1))
     waiting = db.session.scalars(
         select(Video.id).where(Video.status == Status.UPLOADED.value, Video.updated_at < now - grace)
     ).all()

@@ -9,7 +9,7 @@ from typing import Any
 from flask import current_app
 from werkzeug.datastructures import FileStorage
 
-from app import quotas
+from app import jobs, quotas
 from app.api.errors import APIError
 from app.extensions import db
 from app.models import Status, User, Video, new_id
@@ -97,6 +97,6 @@ def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, boo
     except EnqueueError:
         return video, False
     # Conditional: a fast worker may already have moved the row on to processing.
-    Video.transition(video.id, (Status.UPLOADED,), Status.QUEUED)
+    jobs.enqueued(video.id)
     db.session.refresh(video)
     return video, True

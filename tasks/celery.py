@@ -37,4 +37,10 @@ def _fresh_engine(**_: Any) -> None:
         db.engine.dispose(close=False)
 
 
+@worker_process_init.connect
+def _clean_after_lost_process(**_: Any) -> None:
+    """Remove the job directory of the pool process this one replaces, when it was killed alone."""
+    remove_orphans(flask_app.config["WORKER_TMP_DIR"])
+
+
 import tasks.process  # noqa: E402,F401  (registers the task)

@@ -6,6 +6,7 @@ import functools
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from celery import Task, shared_task
@@ -13,9 +14,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from flask import Flask, current_app
 
+from app import jobs
 from app.extensions import db
 from app.logs import log_context
-from app.models import Status, Video, utcnow
+from app.models import Status, Video
 from app.storage import get_storage, poster_key, processed_video_key
 from celeryconfig import PROCESS_TASK
 from media.pipeline import Pipeline, TruncatedInput
@@ -65,7 +67,7 @@ class Heartbeat:
         while not self._stop.wait(self.every):
             try:
                 with self.app.app_context():
-                    Video.beat(self.video_id, self.token)
+                    jobs.beat(self.video_id, self.token)
             except Exception as exc:  # a missed beat is not fatal; enough of them make the row stale
                 logger.warning("heartbeat failed", extra={"video_id": self.video_id, "error": repr(exc)})
 
@@ -89,7 +91,7 @@ class VideoJob:
         """Record progress, at most once a second."""
         now = time.monotonic()
         if percent != self._last_progress and (now - self._last_beat >= PROGRESS_SECONDS or percent >= 100):
-            Video.beat(self.video_id, self.token, percent)
+            jobs.beat(self.video_id, self.token, percent)
             self._last_beat, self._last_progress = now, percent
 
     def run(self) -> str:
@@ -130,18 +132,8 @@ class VideoJob:
             video_key, image_key = processed_video_key(self.video_id), poster_key(self.video_id)
             storage.upload_file(outputs.video, video_key, "video/mp4")
             storage.upload_file(outputs.poster, image_key, "image/jpeg")
-        done = Video.transition(
-            self.video_id,
-            (Status.PROCESSING,),
-            Status.PROCESSED,
-            claimed_by=self.token,
-            progress=100,
-            processed_key=video_key,
-            poster_key=image_key,
-            processed_at=utcnow(),
-            heartbeat_at=None,
-        )
-        if not done:  # deleted (or taken over) while we worked: leave nothing behind for a deleted video
+        # Not recorded when the row was deleted (or taken over) while we worked: leave nothing of a deleted video.
+        if not jobs.finish(self.video_id, self.token, video_key, image_key):
             if db.session.get(Video, self.video_id) is None:
                 storage.delete_prefix(f"processed/{self.video_id}/")
             logger.warning("row changed during processing; result not recorded")
@@ -152,22 +144,14 @@ class VideoJob:
 
 def _fail(video_id: str, token: str, code: str, message: str) -> None:
     db.session.rollback()
-    Video.transition(
-        video_id,
-        (Status.PROCESSING,),
-        Status.FAILED,
-        claimed_by=token,
-        error_code=code,
-        error_message=message[:2000],
-        heartbeat_at=None,
-    )
+    jobs.fail(video_id, token, code, message)
     logger.error("failed", extra={"state": Status.FAILED.value, "code": code, "reason": message[:500]})
 
 
 def _release(video_id: str, token: str) -> None:
     """Hand the row back to the queue (this delivery stops; another one will take it)."""
     db.session.rollback()
-    Video.transition(video_id, (Status.PROCESSING,), Status.QUEUED, claimed_by=token, heartbeat_at=None)
+    jobs.release(video_id, token)
 
 
 def _skip_reason(video_id: str) -> str:
@@ -175,18 +159,45 @@ def _skip_reason(video_id: str) -> str:
     return "deleted" if video is None else video.status
 
 
-@shared_task(name=PROCESS_TASK, bind=True)
-def process_video(self: Task, video_id: str) -> str | None:
-    """Process one video by id; a delivery for a video that is not waiting is acknowledged and skipped."""
+def _held_by(video_id: str, token: str) -> float | None:
+    """Return the seconds until the row can be judged stale, when ``token`` (this very delivery) holds it."""
+    video = db.session.get(Video, video_id)
+    db.session.commit()
+    if video is None or video.status != Status.PROCESSING.value or video.claimed_by != token:
+        return None
+    stale_after = current_app.config["STALE_AFTER_SECONDS"]
+    beat = video.heartbeat_at
+    if beat is None:
+        return 0.0
+    if beat.tzinfo is None:  # SQLite keeps no time zone
+        beat = beat.replace(tzinfo=UTC)
+    return max(0.0, stale_after - (datetime.now(UTC) - beat).total_seconds())
+
+
+@shared_task(name=PROCESS_TASK, bind=True, max_retries=None, default_retry_delay=0)
+def process_video(self: Task, video_id: str, recheck: bool = False) -> str | None:
+    """Process one video by id; a delivery for a video that is not waiting is acknowledged and skipped.
+
+    ``recheck``: this delivery follows one that found the row held by itself (SQS
+    redelivered a message whose run had not ended): take the row only once it is stale.
+    """
     request = self.request
     token = f"{request.id}:{request.retries}"
     previous = f"{request.id}:{request.retries - 1}" if request.retries else None
     config = current_app.config
+    stale_after = config["STALE_AFTER_SECONDS"]
     with log_context(video_id=video_id, task_id=request.id):
-        if Video.give_up_if_exhausted(video_id, config["STALE_AFTER_SECONDS"], config["MAX_ATTEMPTS"]):
+        # The worker's main process retries a job whose pool process died (task_retry_on_worker_lost):
+        # then `previous` still holds the row, and its try is known to be over.
+        dead = None if recheck else previous
+        if jobs.give_up(video_id, stale_after, config["MAX_ATTEMPTS"], dead=dead):
             logger.error("failed", extra={"state": Status.FAILED.value, "code": "worker_lost"})
             return None
-        if not Video.claim(video_id, token, previous, config["STALE_AFTER_SECONDS"]):
+        if not jobs.claim(video_id, token, previous, stale_after, takeover=not recheck):
+            wait = _held_by(video_id, token)
+            if wait is not None:  # never acknowledged away: look again once it can be stale
+                logger.warning("held by an earlier run of this delivery; checking again", extra={"delay": wait})
+                raise self.retry(args=[video_id], kwargs={"recheck": True}, countdown=0, delay_seconds=int(wait) + 1)
             logger.info("nothing to do", extra={"reason": _skip_reason(video_id), "retries": request.retries})
             return None
         logger.info("claimed", extra={"state": Status.PROCESSING.value, "retries": request.retries})
@@ -213,6 +224,8 @@ def process_video(self: Task, video_id: str) -> str | None:
                 return None
             delay = backoff(request.retries, config["TASK_RETRY_BACKOFF_MAX"])
             logger.warning("transient error; will retry", extra={"error": repr(exc), "delay": delay})
-            # SQS holds the retry for `delay` seconds (DelaySeconds): no worker keeps it meanwhile.
-            raise self.retry(exc=exc, countdown=0, delay_seconds=delay, max_retries=None) from exc
+            # The row waits as `retrying` (the sweeper leaves it until the retry is overdue); SQS holds
+            # the retry's message for `delay` seconds (DelaySeconds): no worker keeps it meanwhile.
+            jobs.wait_retry(video_id, token, delay)
+            raise self.retry(exc=exc, countdown=0, delay_seconds=delay) from exc
         return None

@@ -256,3 +256,34 @@ def test_sigterm_mid_encode_hands_the_job_over(
     assert a.lines("interrupted; row handed back", video_id) and a.lines("message released")
     assert done.attempts == 2 and len(claim) == 1
     assert not ffmpeg_running(video_id) and scratch_left(base_env, video_id) == []
+
+
+def pool_processes(worker: Worker) -> list[int]:
+    """Return the pids of the worker's pool processes (the main process's children)."""
+    children = Path(f"/proc/{worker.proc.pid}/task/{worker.proc.pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def test_a_pool_process_killed_alone_is_taken_over_before_the_row_goes_stale(
+    stack: Callable, start_worker: Callable[..., Worker], clip: Callable, base_env: dict
+) -> None:
+    # Production's proportions (a 10 s heartbeat, stale after 60 s, 120 s visibility), halved;
+    # no sweeper runs. Done before the row could go stale proves the main process's takeover.
+    s = stack({"SQS_VISIBILITY_TIMEOUT": "60", "HEARTBEAT_SECONDS": "5", "STALE_AFTER_SECONDS": "30"})
+    a = start_worker("a", s.env)
+    video_id = s.upload(clip("portrait.mp4")).json["video_id"]
+    wait_encoding(s, video_id)
+    [pool] = pool_processes(a)
+    os.kill(pool, signal.SIGKILL)  # the OOM killer's choice: the pool process, not the worker
+    killed_at = time.time()
+    done = s.wait_status(video_id, "processed", timeout=60)
+    finished = a.lines("msg=processed", video_id)
+    recovery = log_time(finished[0]) - killed_at
+    print(f"\npool process killed: processed {recovery:.1f}s after the kill (stale after 30 s, visibility 60 s)")
+    assert a.proc.poll() is None, "the worker itself lives"
+    assert a.lines("WorkerLostError") and len(finished) == 1
+    claims = a.lines("claimed", video_id)
+    assert len(claims) == 2 and "retries=1" in claims[1], claims
+    assert recovery < int(s.env["STALE_AFTER_SECONDS"]), "taken over at once, not after the row went stale"
+    assert done.attempts == 2 and done.progress == 100
+    assert not ffmpeg_running(video_id) and scratch_left(base_env, video_id) == []

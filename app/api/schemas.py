@@ -9,6 +9,8 @@ from flask_smorest.fields import Upload
 from marshmallow import validate
 from werkzeug.datastructures import FileStorage
 
+from app.models import Status
+
 MAX_EMAIL = 254  # RFC 5321's longest address
 MIN_PASSWORD, MAX_PASSWORD = 8, 128
 MAX_TITLE = 200
@@ -104,9 +106,7 @@ class VideoErrorSchema(ma.Schema):
 class VideoSchema(ma.Schema):
     id = ma.fields.String(required=True)
     title = ma.fields.String(required=True)
-    status = ma.fields.String(
-        required=True, validate=validate.OneOf(["uploaded", "queued", "processing", "processed", "failed"])
-    )
+    status = ma.fields.String(required=True, validate=validate.OneOf([s.value for s in Status]))
     progress = ma.fields.Integer(required=True, validate=validate.Range(0, 100))
     task_id = ma.fields.String(required=True)
     created_at = ma.fields.String(required=True, allow_none=True)
