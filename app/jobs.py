@@ -21,6 +21,7 @@ wait_retry   processing                                 retrying    held by the 
 give_up      processing                                 failed      too many attempts, worker dead
 reset        processing, retrying                       uploaded    stale heartbeat; retry overdue
 renew        uploaded, failed                           uploaded    lease on ``updated_at`` (sweeper)
+cancel       uploaded, queued, processing, retrying     cancelled   (the owner, or a revoke)
 ===========  =========================================  ==========  ==================================
 
 Tokens: a delivery holds the row as ``<task id>:<retries>``. A delivery may take over its
@@ -34,7 +35,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, or_, update
+from sqlalchemy import ColumnElement, and_, case, or_, select, update
 
 from app.extensions import db
 from app.models import Status, Video, new_id, utcnow
@@ -52,6 +53,7 @@ TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
     "give_up": (frozenset({S.PROCESSING}), S.FAILED),
     "reset": (frozenset({S.PROCESSING, S.RETRYING}), S.UPLOADED),
     "renew": (frozenset({S.UPLOADED, S.FAILED}), S.UPLOADED),
+    "cancel": (frozenset({S.UPLOADED, S.QUEUED, S.PROCESSING, S.RETRYING}), S.CANCELLED),
 }
 # What no longer holds a worker: the row's lease is over.
 LEASE_OVER = {"claimed_by": None, "heartbeat_at": None, "retry_at": None}
@@ -104,6 +106,7 @@ def claim(video_id: str, token: str, previous: str | None, stale_after: float, t
         attempts=case((retrying, Video.attempts), else_=Video.attempts + 1),
         heartbeat_at=now,
         retry_at=None,
+        started_at=case((retrying, Video.started_at), else_=now),
         updated_at=now,
         error_code=None,
         error_message=None,
@@ -207,3 +210,16 @@ def renew(
     if reset_attempts:
         values |= {"attempts": 0, "error_code": None, "error_message": None}
     return task_id if _move("renew", video_id, *guards, **values) else None
+
+
+def cancel(video_id: str) -> bool:
+    """Cancel a video that has not ended: a waiting one is never started, a running job stops (``holds``)."""
+    return _move("cancel", video_id, **LEASE_OVER)
+
+
+def holds(video_id: str, token: str) -> bool:
+    """Return whether ``token`` still holds the row ``processing`` (not cancelled, deleted or taken over)."""
+    held = select(Video.id).where(Video.id == video_id, Video.status == S.PROCESSING.value, Video.claimed_by == token)
+    found = db.session.execute(held).first() is not None
+    db.session.commit()
+    return found

@@ -32,6 +32,7 @@ class Status(enum.StrEnum):
     RETRYING = "retrying"  # a passing fault: SQS holds the retry's message until retry_at
     PROCESSED = "processed"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by its owner (or an operator's revoke): never started, or stopped
 
 
 class User(db.Model):
@@ -89,6 +90,7 @@ class Video(db.Model):
     updated_at: Mapped[datetime] = mapped_column(db.DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     heartbeat_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))
     retry_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))  # this attempt's claim
     processed_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))
 
     owner: Mapped[User] = relationship(back_populates="videos")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from celery.signals import setup_logging, worker_init, worker_process_init
+from celery.signals import setup_logging, task_revoked, worker_init, worker_process_init
 
-from app import create_app, logs
+from app import create_app, jobs, logs
 from app.extensions import db
+from celeryconfig import PROCESS_TASK
 from tasks import heartbeat, instance, monitoring
 from tasks.scratch import remove_orphans
 
@@ -41,6 +43,22 @@ def _fresh_engine(**_: Any) -> None:
 def _clean_after_lost_process(**_: Any) -> None:
     """Remove the job directory of the pool process this one replaces, when it was killed alone."""
     remove_orphans(flask_app.config["WORKER_TMP_DIR"])
+
+
+@task_revoked.connect
+def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """Cancel the video of a revoked task (Flower's revoke and terminate, ``celery control revoke``).
+
+    Celery skips a revoked message itself, and terminates a running one on request; the
+    row must end ``cancelled`` too, or it would wait as queued (or processing) for ever.
+    """
+    if getattr(sender, "name", None) != PROCESS_TASK or request is None:
+        return
+    video_id = (request.args or [None])[0] or (request.kwargs or {}).get("video_id")
+    if video_id:
+        with flask_app.app_context():
+            jobs.cancel(video_id)
+        logging.getLogger(__name__).info("revoked: cancelled", extra={"video_id": video_id, "task_id": request.id})
 
 
 import tasks.process  # noqa: E402,F401  (registers the task)

@@ -33,6 +33,12 @@ logger = get_task_logger(__name__)
 # Progress: the download takes the first 10%, the pipeline up to 90%, the upload the rest.
 DOWNLOADED, ENCODED = 10, 90
 PROGRESS_SECONDS = 1.0
+# How often a running job looks whether its row is still its own (a cancel stops it within this, plus FFmpeg's exit).
+HOLD_CHECK_SECONDS = 1.0
+
+
+class JobLost(Exception):
+    """The row is no longer this delivery's: cancelled, deleted, or taken over. Stop, record nothing."""
 
 
 @functools.cache
@@ -56,18 +62,29 @@ def _ffmpeg_failure(exc: FFmpegError) -> PermanentError:
 
 
 class Heartbeat:
-    """Beat the row from a thread while the job runs, even through long downloads and uploads."""
+    """Beat the row from a thread while the job runs, even through long downloads and uploads.
+
+    Every ``HOLD_CHECK_SECONDS`` it also reads whether the row is still held; when it is
+    not (cancelled, deleted), ``lost`` is set and the job stops at its next progress report.
+    """
 
     def __init__(self, app: Flask, video_id: str, token: str, every: float) -> None:
         self.app, self.video_id, self.token, self.every = app, video_id, token, every
+        self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{video_id}", daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every):
+        last_beat = time.monotonic()
+        while not self._stop.wait(min(self.every, HOLD_CHECK_SECONDS)):
             try:
                 with self.app.app_context():
-                    jobs.beat(self.video_id, self.token)
+                    if time.monotonic() - last_beat >= self.every:
+                        jobs.beat(self.video_id, self.token)
+                        last_beat = time.monotonic()
+                    if not jobs.holds(self.video_id, self.token):
+                        self.lost.set()
+                        return
             except Exception as exc:  # a missed beat is not fatal; enough of them make the row stale
                 logger.warning("heartbeat failed", extra={"video_id": self.video_id, "error": repr(exc)})
 
@@ -83,12 +100,14 @@ class Heartbeat:
 class VideoJob:
     """One delivery of one video's processing, holding the row under ``token``."""
 
-    def __init__(self, video_id: str, token: str) -> None:
-        self.video_id, self.token = video_id, token
+    def __init__(self, video_id: str, token: str, lost: threading.Event) -> None:
+        self.video_id, self.token, self.lost = video_id, token, lost
         self._last_beat, self._last_progress = 0.0, -1
 
     def progress(self, percent: int) -> None:
-        """Record progress, at most once a second."""
+        """Record progress, at most once a second; stop (raise JobLost) once the row is no longer ours."""
+        if self.lost.is_set():
+            raise JobLost()
         now = time.monotonic()
         if percent != self._last_progress and (now - self._last_beat >= PROGRESS_SECONDS or percent >= 100):
             jobs.beat(self.video_id, self.token, percent)
@@ -129,12 +148,14 @@ class VideoJob:
                 raise _ffmpeg_failure(exc) from exc
             except TruncatedInput as exc:
                 raise PermanentError("undecodable", f"The video is cut off: {exc}.") from exc
+            self.progress(ENCODED)
             video_key, image_key = processed_video_key(self.video_id), poster_key(self.video_id)
             storage.upload_file(outputs.video, video_key, "video/mp4")
             storage.upload_file(outputs.poster, image_key, "image/jpeg")
-        # Not recorded when the row was deleted (or taken over) while we worked: leave nothing of a deleted video.
+        # Not recorded when the row was deleted, cancelled or taken over while we worked: leave nothing
+        # behind for a deleted or cancelled video.
         if not jobs.finish(self.video_id, self.token, video_key, image_key):
-            if db.session.get(Video, self.video_id) is None:
+            if (video := db.session.get(Video, self.video_id)) is None or video.status == Status.CANCELLED.value:
                 storage.delete_prefix(f"processed/{self.video_id}/")
             logger.warning("row changed during processing; result not recorded")
         else:
@@ -202,8 +223,11 @@ def process_video(self: Task, video_id: str, recheck: bool = False) -> str | Non
             return None
         logger.info("claimed", extra={"state": Status.PROCESSING.value, "retries": request.retries})
         try:
-            with Heartbeat(current_app._get_current_object(), video_id, token, config["HEARTBEAT_SECONDS"]):
-                return VideoJob(video_id, token).run()
+            with Heartbeat(current_app._get_current_object(), video_id, token, config["HEARTBEAT_SECONDS"]) as beat:
+                return VideoJob(video_id, token, beat.lost).run()
+        except JobLost:  # FFmpeg is stopped and the scratch directory removed on the way out
+            db.session.rollback()
+            logger.warning("stopped: the video is no longer this job's", extra={"reason": _skip_reason(video_id)})
         except SystemExit:  # billiard's answer to SIGTERM in a pool process: the job is being stopped
             _release(video_id, token)
             logger.warning("interrupted; row handed back", extra={"state": Status.QUEUED.value})

@@ -18,6 +18,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from app import jobs
 from app.aws import queue_url
 from app.extensions import db
 from app.models import Status, User, Video, utcnow
@@ -77,8 +78,9 @@ def test_status_of_a_fresh_upload(client: FlaskClient, auth: dict, clip: Callabl
     video_id = upload(client, auth, source).json["video_id"]
     body = client.get(f"/api/videos/{video_id}", headers=auth).json
     expected = {"id", "title", "status", "progress", "created_at", "processed_at", "original_url"}
-    assert expected | {"processed_url", "poster_url", "error", "task_id"} == set(body)
+    assert expected | {"processed_url", "poster_url", "error", "task_id", "queue_position", "seconds_left"} == set(body)
     assert (body["title"], body["status"], body["progress"], body["error"]) == ("My clip", "queued", 0, None)
+    assert (body["queue_position"], body["seconds_left"]) == (1, None)
     assert body["processed_url"] is None and body["processed_at"] is None
     with urllib.request.urlopen(body["original_url"]) as presigned:  # a real presigned GET against moto
         assert presigned.read() == source.read_bytes()
@@ -321,3 +323,33 @@ def test_concurrent_sweepers_send_one_message_per_video(app: Flask, base_env: di
         rows = [db.session.get(Video, v) for v in ids]
     assert requeued == 20 and len(sent) == 20, outputs
     assert sorted(sent) == sorted(r.task_id for r in rows) and {r.status for r in rows} == {"queued"}
+
+
+def test_queue_position_and_time_left(app: Flask, client: FlaskClient, auth: dict) -> None:
+    with app.app_context():
+        owner = db.session.query(User).one()
+        start = utcnow() - timedelta(minutes=10)
+        waiting = [add_video(owner.id, status="queued", created_at=start + timedelta(seconds=n)).id for n in range(3)]
+        running = add_video(
+            owner.id, status="processing", progress=25, started_at=utcnow() - timedelta(seconds=30), created_at=start
+        ).id
+    positions = [client.get(f"/api/videos/{v}", headers=auth).json["queue_position"] for v in waiting]
+    assert positions == [1, 2, 3], "the processing video is not in the queue"
+    busy = client.get(f"/api/videos/{running}", headers=auth).json
+    assert busy["queue_position"] is None and busy["seconds_left"] == pytest.approx(90, abs=3)  # 30 s for 25 %
+
+
+def test_cancel_a_waiting_video(app: Flask, client: FlaskClient, auth: dict) -> None:
+    with app.app_context():
+        owner = db.session.query(User).one()
+        waiting = add_video(owner.id, status="queued").id
+        done = add_video(owner.id, status="processed").id
+    answer = client.post(f"/api/videos/{waiting}/cancel", headers=auth)
+    assert answer.status_code == 200 and answer.json["status"] == "cancelled"
+    with app.app_context():
+        assert not jobs.claim(waiting, "task:0", None, 60), "a cancelled video is never started"
+    again = client.post(f"/api/videos/{waiting}/cancel", headers=auth)
+    assert again.status_code == 409 and again.json["error"]["code"] == "not_cancellable"
+    assert client.post(f"/api/videos/{done}/cancel", headers=auth).status_code == 409
+    other = signup_and_login(client, unique_email())
+    assert client.post(f"/api/videos/{waiting}/cancel", headers=other).status_code == 404

@@ -115,6 +115,14 @@ class VideoSchema(ma.Schema):
     processed_url = ma.fields.String(required=True, allow_none=True)
     poster_url = ma.fields.String(required=True, allow_none=True)
     error = ma.fields.Nested(VideoErrorSchema, required=True, allow_none=True)
+    queue_position = ma.fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "approximate place in the queue while waiting (1 = next)"},
+    )
+    seconds_left = ma.fields.Float(
+        required=True, allow_none=True, metadata={"description": "estimated processing time left while processing"}
+    )
 
 
 class VideoPageSchema(ma.Schema):

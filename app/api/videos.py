@@ -10,7 +10,7 @@ from typing import Any
 from flask import current_app, g, request
 from sqlalchemy import select
 
-from app import quotas
+from app import estimates, jobs, quotas
 from app.api import BEARER, bp, error_answers
 from app.api.errors import APIError
 from app.api.schemas import (
@@ -53,6 +53,8 @@ def video_json(video: Video) -> dict[str, Any]:
         "processed_url": storage.url(video.processed_key),
         "poster_url": storage.url(video.poster_key),
         "error": error,
+        "queue_position": estimates.queue_position(video),
+        "seconds_left": estimates.seconds_left(video),
     }
 
 
@@ -162,6 +164,23 @@ def retry_video(video_id: str) -> dict[str, Any]:
     if not queued:
         db.session.refresh(video)
         raise APIError(409, "not_failed", f"Only failed videos can be retried; this one is {video.status}.")
+    db.session.refresh(video)
+    return video_json(video)
+
+
+@bp.route("/videos/<video_id>/cancel", methods=["POST"])
+@bp.doc(security=BEARER)
+@bp.response(200, VideoSchema)
+@error_answers(401, 404, 409)
+@login_required
+def cancel_video(video_id: str) -> dict[str, Any]:
+    """Cancel a video that has not ended: a waiting one is never started, a running one stops within seconds."""
+    video = _own_video(video_id)
+    if not jobs.cancel(video.id):
+        db.session.refresh(video)
+        raise APIError(
+            409, "not_cancellable", f"Only waiting or processing videos can be cancelled; this one is {video.status}."
+        )
     db.session.refresh(video)
     return video_json(video)
 

@@ -1,0 +1,39 @@
+"""What a video's owner is told while waiting: its place in the queue, the time its processing has left."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from app.extensions import db
+from app.models import Status, Video, utcnow
+
+WAITING = (Status.UPLOADED.value, Status.QUEUED.value)
+
+
+def queue_position(video: Video) -> int | None:
+    """Return the video's place among the waiting videos (1 = next), or None when it isn't waiting.
+
+    Approximate: the number of waiting videos uploaded before it, plus one. A standard SQS
+    queue is only roughly first in, first out, and several workers take videos at once.
+    """
+    if video.status not in WAITING:
+        return None
+    ahead = select(func.count()).where(Video.status.in_(WAITING), Video.created_at < video.created_at)
+    return int(db.session.scalar(ahead) or 0) + 1
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite keeps no time zone
+
+
+def seconds_left(video: Video, now: datetime | None = None) -> float | None:
+    """Return the processing time left, from the pace so far (None when not processing or too early to say).
+
+    Progress is linear in output time, so time left = time taken * (100 - progress) / progress.
+    """
+    if video.status != Status.PROCESSING.value or not video.started_at or not 0 < video.progress < 100:
+        return None
+    taken = ((now or utcnow()) - _aware(video.started_at)).total_seconds()
+    return round(max(0.0, taken * (100 - video.progress) / video.progress), 1)

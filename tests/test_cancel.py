@@ -1,0 +1,46 @@
+"""Cancel with a real worker: the owner's POST /cancel stops a running encode within seconds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Worker, wait_for
+from tests.test_reliability import (
+    Stack,
+    ffmpeg_running,
+    scratch_left,
+    stack,  # noqa: F401  (a fixture)
+    wait_encoding,
+)
+
+pytestmark = pytest.mark.e2e
+SETTINGS = {"SQS_VISIBILITY_TIMEOUT": "30", "HEARTBEAT_SECONDS": "2", "STALE_AFTER_SECONDS": "10"}
+
+
+def test_cancel_stops_a_running_encode_and_leaves_nothing(
+    stack: Callable[..., Stack],  # noqa: F811
+    start_worker: Callable[..., Worker],
+    clip: Callable,
+    base_env: dict,
+) -> None:
+    s = stack(SETTINGS)
+    a = start_worker("a", s.env)
+    video_id = s.upload(clip("portrait.mp4")).json["video_id"]
+    wait_encoding(s, video_id)
+    assert ffmpeg_running(video_id)
+    answer = s.client.post(f"/api/videos/{video_id}/cancel", headers=s.headers)
+    cancelled_at = time.monotonic()
+    assert answer.status_code == 200 and answer.json["status"] == "cancelled"
+    wait_for(lambda: not ffmpeg_running(video_id), timeout=10, interval=0.05)
+    stopped = time.monotonic() - cancelled_at
+    wait_for(lambda: a.lines("stopped: the video is no longer", video_id, "reason=cancelled"), timeout=10)
+    print(f"\ncancel: FFmpeg stopped {stopped:.2f}s after the answer")
+    assert stopped < 2 + 1, "stopped within the 2 s promised (plus this poll's own latency)"
+    assert scratch_left(base_env, video_id) == []
+    row = s.row(video_id)
+    assert (row.status, row.processed_key, row.claimed_by) == ("cancelled", None, None)
+    assert s.keys(video_id) == [f"originals/{video_id}/portrait.mp4"], "no processed outputs"
+    assert a.lines("msg=processed", video_id) == []
