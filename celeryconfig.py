@@ -59,10 +59,8 @@ def transport_options(s: Mapping[str, Any]) -> dict[str, Any]:
         # A long poll holds the socket open for `wait` seconds: reads must outlast it.
         "client-config": {"connect_timeout": 5, "read_timeout": wait + 10, "retries": {"max_attempts": 3}},
     }
-    if s.get("SQS_QUEUE_URL"):
-        # Predefined queue: the worker never needs permission to list or create queues.
-        name = s["SQS_QUEUE_PREFIX"] + s["SQS_QUEUE_NAME"]
-        options["predefined_queues"] = {name: {"url": s["SQS_QUEUE_URL"]}}
+    # No `predefined_queues`, even with SQS_QUEUE_URL: kombu then refuses every other queue,
+    # and remote control and Flower need queues of their own (tasks/sqs.py lists them).
     return options
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import setup_logging, task_revoked, worker_init, worker_process_init
+from celery.signals import setup_logging, task_revoked, worker_init, worker_process_init, worker_shutdown
 
 from app import create_app, jobs, logs
 from app.extensions import db
 from celeryconfig import PROCESS_TASK
-from tasks import heartbeat, instance, monitoring
+from tasks import heartbeat, instance, monitoring, sqs
 from tasks.scratch import remove_orphans
 
 flask_app = create_app()
@@ -43,6 +43,13 @@ def _fresh_engine(**_: Any) -> None:
 def _clean_after_lost_process(**_: Any) -> None:
     """Remove the job directory of the pool process this one replaces, when it was killed alone."""
     remove_orphans(flask_app.config["WORKER_TMP_DIR"])
+
+
+@worker_shutdown.connect(dispatch_uid="videoproc-delete-mailbox")
+def _delete_mailbox(sender: Any = None, **_: Any) -> None:
+    """Leave no mailbox queue (nor its SNS subscription) behind on SQS for a worker that is gone."""
+    if sender is not None and getattr(sender, "hostname", None):
+        sqs.delete_mailbox(celery_app, sender.hostname)
 
 
 @task_revoked.connect

@@ -1,21 +1,59 @@
-"""kombu's SQS transport, able to serve a consumer that has no event loop.
+"""kombu's SQS transport, made to carry Celery's monitoring and remote control.
 
-Flower (and ``celery events``) receive events synchronously, from a thread without
-kombu's hub. For no-ack queues, like an event queue, the stock channel deletes each
-received message through its asynchronous (pycurl) client, which needs that hub, and
-the receiver fails with ``'NoneType' object has no attribute 'on_close'``. Here such a
-channel deletes through its boto3 client instead; everything else is kombu's.
+Everything this project changes in kombu and Celery is listed here, and pinned by
+``tests/test_upstream.py``, which fails when an upgrade moves what these rely on:
+
+1. **Remote control (fanout).** ``Transport.implements`` adds ``fanout`` to ``direct``:
+   kombu's SQS transport does fan out, through SNS (``supports_fanout``), but doesn't say
+   so, and Celery's ``Control`` bootstep only starts a worker's mailbox when the transport
+   declares fanout. Each worker's mailbox queue is then subscribed to the SNS topic of
+   ``celery.pidbox``; a broadcast (``celery inspect``, Flower, ``revoke``) is one SNS publish.
+2. **Remote control (replies).** ``Channel._lookup`` routes a reply (direct exchange
+   ``reply.celery.pidbox``, routing key = the asker's id) to the asker's reply queue,
+   ``<id>.reply.celery.pidbox`` (kombu's ``Mailbox.get_reply_queue``). The SQS transport
+   keeps exchange bindings in each process's memory, so a worker never knows the binding
+   the asker made and would drop the reply as undeliverable.
+3. **Consumers without an event loop.** Flower (and ``celery events``) receive
+   synchronously, from a thread without kombu's hub. For no-ack queues (event queues,
+   reply queues) the stock channel deletes each received message through its
+   asynchronous (pycurl) client, which needs that hub, and the receiver fails with
+   ``'NoneType' object has no attribute 'on_close'``. ``Channel._delete_message`` deletes
+   through the boto3 client instead when there is no hub.
+4. **Events (fanout).** ``tasks/monitoring.py`` declares Celery's ``celeryev`` exchange
+   as fanout on SQS, so events reach Flower in another process through SNS.
+
+Queues and topics this makes on an account (names carry ``SQS_QUEUE_PREFIX``): the SNS
+topics ``<prefix>celery-pidbox`` and ``<prefix>celeryev``; one mailbox queue per worker,
+``<prefix><hostname>-celery-pidbox``, subscribed to the first topic and deleted (with its
+subscription) when the worker shuts down cleanly (``delete_mailbox``); one reply queue per
+broadcast that waits for replies, deleted by kombu once the replies are collected; one event
+queue per Flower process (``tasks/monitoring.py``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from kombu.pidbox import Mailbox
 from kombu.transport import SQS
+
+logger = logging.getLogger(__name__)
+REPLY_EXCHANGE = Mailbox.reply_exchange_fmt  # 'reply.%s.pidbox'
+
+
+def _is_reply_exchange(exchange: str) -> bool:
+    head, _, tail = REPLY_EXCHANGE.partition("%s")
+    return exchange.startswith(head) and exchange.endswith(tail)
 
 
 class Channel(SQS.Channel):
-    """An SQS channel that falls back to the synchronous client without a hub."""
+    """An SQS channel that delivers mailbox replies across processes and works without a hub."""
+
+    def _lookup(self, exchange: str, routing_key: str, default: str | None = None) -> list[str]:
+        if exchange and _is_reply_exchange(exchange) and not self.state.exchanges.get(exchange, {}).get("table"):
+            return [f"{routing_key}.{exchange}"]  # kombu's Mailbox.get_reply_queue names it so
+        return super()._lookup(exchange, routing_key, default)
 
     def _delete_message(self, queue_name: str, message: dict[str, Any]) -> None:
         if self.hub is not None:
@@ -27,6 +65,24 @@ class Channel(SQS.Channel):
 
 
 class Transport(SQS.Transport):
-    """kombu's SQS transport with ``Channel`` above."""
+    """kombu's SQS transport with ``Channel`` above; it fans out (through SNS)."""
 
     Channel = Channel
+    implements = SQS.Transport.implements.extend(exchange_type=frozenset(["direct", "fanout"]))
+
+
+def delete_mailbox(app: Any, hostname: str) -> None:
+    """Delete a worker's mailbox queue and its SNS subscription (at the worker's clean shutdown)."""
+    mailbox = app.control.mailbox
+    name = mailbox.get_queue(hostname).name
+    try:
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            channel.exchange_declare(exchange=mailbox.exchange.name, type="fanout")  # known here as fanout
+            channel._delete(name, exchange=mailbox.exchange.name)
+            # This channel never subscribed the queue, so it holds no subscription ARN to remove:
+            # remove the topic's subscriptions whose queue is gone instead (this one, and any left).
+            channel.remove_stale_sns_subscriptions(mailbox.exchange.name)
+        logger.info("mailbox deleted", extra={"queue": name})
+    except Exception as exc:
+        logger.warning("mailbox not deleted", extra={"queue": name, "error": repr(exc)})

@@ -27,13 +27,24 @@ def template() -> dict[str, Any]:
     return stack_tool.parse(stack_tool.render())
 
 
-def role_actions(iam: Any, role: str, policy: str) -> set[str]:
-    """Return every action a role's inline policy allows."""
+def role_grants(iam: Any, role: str, policy: str) -> dict[str, list[str]]:
+    """Return each action a role's inline policy allows, with the resources it allows it on."""
     document = iam.get_role_policy(RoleName=role, PolicyName=policy)["PolicyDocument"]
     if isinstance(document, str):  # moto's CloudFormation stores the policy as Python's repr of the dict
         document = ast.literal_eval(document)
-    statements = [s for s in document["Statement"] if s["Effect"] == "Allow"]
-    return {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    grants: dict[str, list[str]] = {}
+    for s in document["Statement"]:
+        if s["Effect"] == "Allow":
+            for action in [s["Action"]] if isinstance(s["Action"], str) else s["Action"]:
+                grants.setdefault(action, []).extend(
+                    [s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"]
+                )
+    return grants
+
+
+def role_actions(iam: Any, role: str, policy: str) -> set[str]:
+    """Return every action a role's inline policy allows."""
+    return set(role_grants(iam, role, policy))
 
 
 def test_cfn_lint_is_clean() -> None:
@@ -109,7 +120,9 @@ def test_stack_in_moto(app: Flask, stack: dict[str, str]) -> None:
     physical = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources["StackResourceSummaries"]}
     actions = role_actions(iam, physical["WorkerRole"], "videoproc-worker")
     assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= actions
-    assert "sqs:CreateQueue" not in actions and not any(a.endswith("*") for a in actions), "least privilege"
+    assert not any(a.endswith("*") for a in actions), "least privilege"
+    created = role_grants(iam, physical["WorkerRole"], "videoproc-worker")["sqs:CreateQueue"]
+    assert [r.rsplit(":", 1)[1] for r in created] == [f"{stack['StackName']}-*-celery-pidbox"], "its mailbox only"
     web_actions = role_actions(iam, physical["WebRole"], "videoproc-web")
     assert "sqs:ReceiveMessage" not in web_actions and "sqs:SendMessage" in web_actions
 

@@ -1,0 +1,106 @@
+"""Remote control on SQS, across processes: inspect, Flower's data, revoke and terminate, clean-up.
+
+Each test has a queue prefix of its own, so its SNS topic ``<prefix>celery-pidbox`` reaches
+only its own workers (the session's other workers have theirs).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from app.storage import aws_client
+from tests.conftest import ROOT, Worker, wait_for
+from tests.test_reliability import (
+    Stack,
+    ffmpeg_running,
+    scratch_left,
+    stack,  # noqa: F401  (a fixture)
+    wait_encoding,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def settings() -> dict[str, str]:
+    prefix = f"rc{uuid.uuid4().hex[:6]}-"
+    return {
+        "SQS_QUEUE_PREFIX": prefix,
+        "SQS_VISIBILITY_TIMEOUT": "30",
+        "HEARTBEAT_SECONDS": "2",
+        "STALE_AFTER_SECONDS": "10",
+    }
+
+
+def queues(s: Stack) -> list[str]:
+    sqs = aws_client("sqs", s.app.config)
+    urls = sqs.list_queues(QueueNamePrefix=s.env["SQS_QUEUE_PREFIX"]).get("QueueUrls", [])
+    return sorted(u.rsplit("/", 1)[1] for u in urls)
+
+
+def subscriptions(s: Stack) -> list[str]:
+    found = aws_client("sns", s.app.config).list_subscriptions()["Subscriptions"]
+    return [x["Endpoint"].rsplit(":", 1)[1] for x in found if s.env["SQS_QUEUE_PREFIX"] in x["Endpoint"]]
+
+
+def test_inspect_reaches_every_worker_and_their_mailboxes_go_with_them(
+    stack: Callable[..., Stack],  # noqa: F811
+    start_worker: Callable[..., Worker],
+    clip: Callable,
+    base_env: dict,
+) -> None:
+    s = stack(settings())
+    a, b = start_worker("rc-a", s.env), start_worker("rc-b", s.env)
+    ping = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks", "inspect", "ping", "--timeout", "10"],
+        env={**os.environ, **base_env, **s.env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert "rc-a@" in ping.stdout and "rc-b@" in ping.stdout and "2 nodes online" in ping.stdout, ping.stdout
+
+    video_id = s.upload(clip("portrait.mp4")).json["video_id"]
+    wait_encoding(s, video_id)
+    inspect = s.app.extensions["celery"].control.inspect(timeout=5)
+    active = {node: tasks for node, tasks in (inspect.active() or {}).items() if tasks}
+    stats = inspect.stats() or {}
+    assert len(active) == 1 and video_id in str(next(iter(active.values()))[0]["args"]), active
+    assert {n.split("@")[0] for n in stats} == {"rc-a", "rc-b"}
+    assert all(v["pool"]["max-concurrency"] == 1 for v in stats.values()), stats
+    assert {t for node in (inspect.registered() or {}).values() for t in node} == {"tasks.process_video"}
+    s.wait_status(video_id, "processed")
+
+    prefix = s.env["SQS_QUEUE_PREFIX"]
+    mailboxes = [q for q in queues(s) if q.endswith("-celery-pidbox")]
+    assert sorted(m.removeprefix(prefix).split("_")[0] for m in mailboxes) == ["rc-a", "rc-b"], mailboxes
+    assert not [q for q in queues(s) if "reply" in q], "each broadcast's reply queue is deleted once it is read"
+    a.stop()
+    b.stop()
+    assert [q for q in queues(s) if q.endswith("-celery-pidbox")] == [], "a worker deletes its mailbox"
+    assert subscriptions(s) == [], "and its SNS subscription"
+
+
+def test_an_operators_terminate_cancels_the_video(
+    stack: Callable[..., Stack],  # noqa: F811
+    start_worker: Callable[..., Worker],
+    clip: Callable,
+    base_env: dict,
+) -> None:
+    s = stack(settings())
+    a = start_worker("a", s.env)
+    video_id = s.upload(clip("portrait.mp4")).json["video_id"]
+    wait_encoding(s, video_id)
+    task_id = s.row(video_id).task_id
+    s.app.extensions["celery"].control.revoke(task_id, terminate=True)  # Flower's "terminate" button
+    done = s.wait_status(video_id, "cancelled", timeout=30)
+    wait_for(lambda: not ffmpeg_running(video_id), timeout=10)
+    assert a.lines("revoked: cancelled", video_id) and done.processed_key is None
+    wait_for(lambda: scratch_left(base_env, video_id) == [], timeout=10)

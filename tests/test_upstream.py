@@ -1,0 +1,46 @@
+"""Pins on what this project's changes to kombu and Celery rely on (listed in tasks/sqs.py).
+
+Each assertion names a fact of the installed kombu or Celery that a patch depends on; an
+upgrade that changes it fails here, before the patch silently stops working.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from celery.events import dispatcher, event, receiver
+from celery.worker.consumer.control import Control
+from kombu.pidbox import Mailbox
+from kombu.transport import SQS
+from kombu.transport.virtual import base as virtual
+
+from tasks import monitoring, sqs
+
+
+def test_stock_sqs_does_not_declare_fanout_and_celery_needs_it_for_remote_control() -> None:
+    assert SQS.Transport.implements.exchange_type == frozenset({"direct"}), "upstream declares it now: drop patch 1"
+    assert "supports_exchange_type('fanout')" in inspect.getsource(Control.include_if)
+    assert sqs.Transport.implements.exchange_type == frozenset({"direct", "fanout"})
+
+
+def test_reply_queues_are_named_after_the_asker_and_the_reply_exchange() -> None:
+    mailbox = Mailbox("celery")
+    queue = mailbox.get_reply_queue()
+    assert Mailbox.reply_exchange_fmt == "reply.%s.pidbox"
+    assert (queue.name, queue.routing_key) == (f"{mailbox.oid}.reply.celery.pidbox", mailbox.oid)
+    assert sqs.Channel._lookup is not virtual.Channel._lookup
+    assert list(inspect.signature(virtual.Channel._lookup).parameters) == ["self", "exchange", "routing_key", "default"]
+
+
+def test_the_sqs_channel_hooks_keep_their_shape() -> None:
+    assert list(inspect.signature(SQS.Channel._delete_message).parameters) == ["self", "queue_name", "message"]
+    assert "exchange" in inspect.signature(SQS.Channel._delete).parameters
+    assert hasattr(SQS.Channel, "remove_stale_sns_subscriptions")
+    assert "after_reply_message_received" in vars(virtual.Channel), "kombu deletes reply queues once read"
+
+
+def test_events_exchange_is_built_in_the_places_monitoring_replaces() -> None:
+    assert dispatcher.get_exchange is receiver.get_exchange
+    assert "get_exchange" in vars(event)
+    monitoring.install()
+    assert dispatcher.get_exchange is monitoring.get_exchange and receiver.get_exchange is monitoring.get_exchange
