@@ -10,6 +10,7 @@ run: install ## Start moto (local AWS), the API, a worker and Flower; Ctrl-C sto
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 
 test: install ## Run the whole test suite (unit and end-to-end)
+	@deploy/install_system.sh --browser
 	$(BIN)/python -m pytest
 
 install: $(STAMP) system

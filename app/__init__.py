@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from app import api, cli, logs, security, spool, storage
+from app import api, cli, logs, prometheus, security, spool, storage
 from app.api import errors
 from app.extensions import celery_init_app, db, migrate
 from app.ratelimit import limiter
@@ -23,6 +23,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.json = SafeJSONProvider(app)
 
     logs.init_app(app)
+    prometheus.init_app(app)
     security.init_app(app)
     spool.init_app(app)
     limiter.init_app(app)

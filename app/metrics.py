@@ -62,16 +62,22 @@ def oldest_waiting_age() -> float:
     return max((utcnow() - oldest).total_seconds(), 0.0)
 
 
+def dead_letter_depth(settings: Mapping[str, Any], sqs: Any = None) -> int:
+    """Return the number of messages in the dead-letter queue."""
+    sqs = sqs or aws_client("sqs", settings, retries={"max_attempts": 1})
+    dead = sqs.get_queue_attributes(QueueUrl=dlq_url(settings, sqs), AttributeNames=COUNTS[:1])["Attributes"]
+    return int(dead.get(COUNTS[0], 0))
+
+
 def measure(settings: Mapping[str, Any], sqs: Any = None, autoscaling: Any = None) -> Backlog:
     """Read the backlog: SQS's approximate counts, the group's size, the database's oldest waiting video."""
     sqs = sqs or aws_client("sqs", settings)
     work = sqs.get_queue_attributes(QueueUrl=queue_url(settings, sqs), AttributeNames=COUNTS)["Attributes"]
-    dead = sqs.get_queue_attributes(QueueUrl=dlq_url(settings, sqs), AttributeNames=COUNTS[:1])["Attributes"]
     return Backlog(
         visible=int(work.get(COUNTS[0], 0)),
         in_flight=int(work.get(COUNTS[1], 0)),
         delayed=int(work.get(COUNTS[2], 0)),
-        dead=int(dead.get(COUNTS[0], 0)),
+        dead=dead_letter_depth(settings, sqs),
         instances=in_service_instances(settings, autoscaling),
         oldest_age=oldest_waiting_age(),
     )

@@ -106,6 +106,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True, "hide_parameters": True},
         "LOG_LEVEL": env_str(env, "LOG_LEVEL", "INFO"),
         "LOG_GROUP": env_str(env, "LOG_GROUP", ""),
+        "METRICS_TOKEN": env_str(env, "METRICS_TOKEN", ""),
+        "WORKER_METRICS_PORT": env_int(env, "WORKER_METRICS_PORT", 0),
         # Accounts and abuse
         "CORS_ORIGINS": env_list(env, "CORS_ORIGINS", "", lower=False),
         "RATELIMIT_STORAGE_URI": _required(env, "RATELIMIT_STORAGE_URI")

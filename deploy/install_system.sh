@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Make sure the system programs the stack runs are on PATH: ffmpeg and ffprobe (the pipeline)
-# and nginx (the buffering proxy in front of gunicorn). Install Debian's packages when root,
-# else say how.
+# and nginx (the buffering proxy in front of gunicorn); with --browser also Chromium and its
+# driver (the page tests). Install Debian's packages when root, else say how.
 set -euo pipefail
 missing=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing+=(ffmpeg)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ "${1:-}" = --browser ]; then
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing ${missing[*]} with apt-get" >&2
@@ -23,6 +27,6 @@ cat >&2 <<MSG
 These programs are required but not installed, and this user cannot install them: ${missing[*]}
 Install them, then run the command again:
     sudo apt-get install -y ${missing[*]}      # Debian, Ubuntu
-    brew install ffmpeg nginx                  # macOS
+    brew install ffmpeg nginx chromium         # macOS
 MSG
 exit 1

@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from typing import Any
 
-from celery.signals import setup_logging, task_revoked, worker_init, worker_process_init, worker_shutdown
+from prometheus_client import values
 
-from app import create_app, jobs, logs
+# The pool's processes write their samples to files that the main process's metrics port adds
+# up (app/prometheus.py): a fresh directory per start. prometheus_client picks its storage when
+# it is imported, and Celery's command line may have imported it already (Flower's plugin), so
+# the multi-process storage is set here, before any metric exists (pinned in test_upstream.py).
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="videoproc-metrics-")
+values.ValueClass = values.MultiProcessValue()
+
+from celery.signals import (
+    setup_logging,
+    task_revoked,
+    worker_init,
+    worker_process_init,
+    worker_shutdown,
+)
+
+from app import create_app, jobs, logs, prometheus
 from app.extensions import db
 from celeryconfig import PROCESS_TASK
 from tasks import heartbeat, instance, monitoring, sqs
@@ -30,6 +48,14 @@ def _logging(loglevel: str | int | None = None, **_: Any) -> None:
 def _clean_scratch(**_: Any) -> None:
     """Remove job directories left by pool processes that were killed (kill -9, OOM)."""
     remove_orphans(flask_app.config["WORKER_TMP_DIR"])
+
+
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    """Serve the host's worker metrics on ``WORKER_METRICS_PORT`` (0: none)."""
+    if port := flask_app.config["WORKER_METRICS_PORT"]:
+        prometheus.serve_worker(flask_app, port)
+        logging.getLogger(__name__).info("metrics served", extra={"port": port})
 
 
 @worker_process_init.connect
@@ -68,4 +94,4 @@ def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         logging.getLogger(__name__).info("revoked: cancelled", extra={"video_id": video_id, "task_id": request.id})
 
 
-import tasks.process  # noqa: E402,F401  (registers the task)
+import tasks.process  # noqa: F401  (registers the task)

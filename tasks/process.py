@@ -18,6 +18,7 @@ from app import jobs
 from app.extensions import db
 from app.logs import log_context
 from app.models import Status, Video
+from app.prometheus import JOBS, PROCESSING_SECONDS, PROCESSING_SPEED, RETRIES
 from app.storage import get_storage, poster_key, processed_video_key
 from celeryconfig import PROCESS_TASK
 from media.pipeline import Pipeline, TruncatedInput
@@ -115,6 +116,7 @@ class VideoJob:
 
     def run(self) -> str:
         """Process the claimed video; return the processed key."""
+        started = time.monotonic()
         video = db.session.get(Video, self.video_id)
         assert video is not None
         original = video.original_key
@@ -159,6 +161,10 @@ class VideoJob:
                 storage.delete_prefix(f"processed/{self.video_id}/")
             logger.warning("row changed during processing; result not recorded")
         else:
+            wall = time.monotonic() - started
+            PROCESSING_SECONDS.observe(wall)
+            PROCESSING_SPEED.observe(outputs.duration / wall if wall > 0 else 0)
+            JOBS.labels("processed").inc()
             logger.info("processed", extra={"state": Status.PROCESSED.value, "duration": outputs.duration})
         return video_key
 
@@ -166,6 +172,7 @@ class VideoJob:
 def _fail(video_id: str, token: str, code: str, message: str) -> None:
     db.session.rollback()
     jobs.fail(video_id, token, code, message)
+    JOBS.labels("failed").inc()
     logger.error("failed", extra={"state": Status.FAILED.value, "code": code, "reason": message[:500]})
 
 
@@ -227,9 +234,11 @@ def process_video(self: Task, video_id: str, recheck: bool = False) -> str | Non
                 return VideoJob(video_id, token, beat.lost).run()
         except JobLost:  # FFmpeg is stopped and the scratch directory removed on the way out
             db.session.rollback()
+            JOBS.labels("stopped").inc()
             logger.warning("stopped: the video is no longer this job's", extra={"reason": _skip_reason(video_id)})
         except SystemExit:  # billiard's answer to SIGTERM in a pool process: the job is being stopped
             _release(video_id, token)
+            JOBS.labels("handed_back").inc()
             logger.warning("interrupted; row handed back", extra={"state": Status.QUEUED.value})
             raise
         except PermanentError as exc:
@@ -251,5 +260,6 @@ def process_video(self: Task, video_id: str, recheck: bool = False) -> str | Non
             # The row waits as `retrying` (the sweeper leaves it until the retry is overdue); SQS holds
             # the retry's message for `delay` seconds (DelaySeconds): no worker keeps it meanwhile.
             jobs.wait_retry(video_id, token, delay)
+            RETRIES.labels("transient").inc()
             raise self.retry(exc=exc, countdown=0, delay_seconds=delay) from exc
         return None

@@ -21,6 +21,11 @@ Everything this project changes in kombu and Celery is listed here, and pinned b
    through the boto3 client instead when there is no hub.
 4. **Events (fanout).** ``tasks/monitoring.py`` declares Celery's ``celeryev`` exchange
    as fanout on SQS, so events reach Flower in another process through SNS.
+5. **A channel closed mid-poll.** At a worker's shutdown the mailbox's channel closes
+   while its last long poll is in flight; when that poll returns, the stock ``_loop1``
+   reads ``self.connection.polling_interval`` from a channel whose connection is gone and
+   logs ``Error in timer: AttributeError`` (an ERROR line, which the stack's worker-errors
+   alarm counts). ``Channel._loop1`` stops polling instead.
 
 Queues and topics this makes on an account (names carry ``SQS_QUEUE_PREFIX``): the SNS
 topics ``<prefix>celery-pidbox`` and ``<prefix>celeryev``; one mailbox queue per worker,
@@ -54,6 +59,11 @@ class Channel(SQS.Channel):
         if exchange and _is_reply_exchange(exchange) and not self.state.exchanges.get(exchange, {}).get("table"):
             return [f"{routing_key}.{exchange}"]  # kombu's Mailbox.get_reply_queue names it so
         return super()._lookup(exchange, routing_key, default)
+
+    def _loop1(self, queue: str, messages_fetched: Any = None) -> None:
+        if self.connection is None:  # closed while this poll was in flight: nothing more to poll
+            return
+        super()._loop1(queue, messages_fetched)
 
     def _delete_message(self, queue_name: str, message: dict[str, Any]) -> None:
         if self.hub is not None:

@@ -323,7 +323,20 @@ def web_tier(app: Flask, base_env: dict[str, str]) -> Iterator[str]:
     folder.chmod(0o755)  # nginx's workers may run as another user
     sock, port = folder / "gunicorn.sock", free_port()
     env = {**os.environ, **base_env, "SQS_QUEUE_NAME": "api-tests", "TRUSTED_PROXIES": "1"}
-    web = ["--workers", "2", "--threads", "4", "--bind", f"unix:{sock}", "--timeout", "600", "app:create_app()"]
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(folder / "metrics")
+    web = [
+        "--config",
+        "python:deploy.gunicorn_conf",
+        "--workers",
+        "2",
+        "--threads",
+        "4",
+        "--bind",
+        f"unix:{sock}",
+        "--timeout",
+        "600",
+        "app:create_app()",
+    ]
     proxy = ["--listen", f"127.0.0.1:{port}", "--upstream", f"unix:{sock}", "--prefix", str(folder / "nginx")]
     gunicorn = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", *web],

@@ -1,10 +1,11 @@
-"""Flower on SQS: it sees the workers and their tasks (events fan out through SNS)."""
+"""Flower on SQS: it sees the workers and their tasks (events through SNS) and their pools (remote control)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -69,6 +70,36 @@ def test_flower_shows_workers_and_tasks(flower: str, e2e_app: Flask, worker: Wor
     info = wait_for(lambda: (t := get(f"{flower}/api/task/info/{task_id}")) and t.get("state") == "SUCCESS" and t)
     assert info["name"] == "tasks.process_video" and info["args"] == repr([video.id])
     assert info["worker"].startswith("e2e@") and info["runtime"] > 0
+
+
+def test_flower_worker_page_shows_pool_stats_over_remote_control(flower: str, worker: Worker, tmp_path: Path) -> None:
+    def inspected() -> dict[str, Any] | None:
+        workers = get(f"{flower}/api/workers?refresh=1") or {}
+        mine = {name: w for name, w in workers.items() if name.startswith("e2e@") and w.get("stats")}
+        return mine or None
+
+    workers = wait_for(inspected, timeout=60)
+    [(name, info)] = workers.items()
+    assert info["stats"]["pool"]["max-concurrency"] == 2 and info["registered"] == ["tasks.process_video"]
+    assert info["active_queues"][0]["name"] == "e2e"
+    page = get(f"{flower}/worker/{name}")
+    assert "Max concurrency" in page and "tasks.process_video" in page, "the pool and registered tabs are filled"
+    # What an operator sees: headless Chromium's picture of the page (VIDEOPROC_SCREENSHOTS=docs keeps it).
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no chromium (make test installs it when root)")
+    shot = tmp_path / "flower-worker.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+    flags += ["--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}"]
+    subprocess.run(
+        [chromium, *flags, "--window-size=1280,1400", f"--screenshot={shot}", f"{flower}/worker/{name}"],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert shot.stat().st_size > 20_000, "a rendered page, not a blank one"
+    if folder := os.environ.get("VIDEOPROC_SCREENSHOTS"):
+        shutil.copy(shot, ROOT / folder / "flower-worker.png")
 
 
 PRODUCTION = {

@@ -33,6 +33,8 @@ def test_reply_queues_are_named_after_the_asker_and_the_reply_exchange() -> None
 
 
 def test_the_sqs_channel_hooks_keep_their_shape() -> None:
+    assert list(inspect.signature(SQS.Channel._loop1).parameters) == ["self", "queue", "messages_fetched"]
+    assert "self.connection.polling_interval" in inspect.getsource(SQS.Channel._loop1), "the read patch 5 guards"
     assert list(inspect.signature(SQS.Channel._delete_message).parameters) == ["self", "queue_name", "message"]
     assert "exchange" in inspect.signature(SQS.Channel._delete).parameters
     assert hasattr(SQS.Channel, "remove_stale_sns_subscriptions")
@@ -44,3 +46,10 @@ def test_events_exchange_is_built_in_the_places_monitoring_replaces() -> None:
     assert "get_exchange" in vars(event)
     monitoring.install()
     assert dispatcher.get_exchange is monitoring.get_exchange and receiver.get_exchange is monitoring.get_exchange
+
+
+def test_prometheus_client_storage_can_be_chosen_before_metrics_exist() -> None:
+    from prometheus_client import values
+
+    assert hasattr(values, "ValueClass") and callable(values.MultiProcessValue)
+    assert "values.ValueClass" in inspect.getsource(__import__("prometheus_client.metrics").metrics)

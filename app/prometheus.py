@@ -1,0 +1,138 @@
+"""Prometheus metrics: ``GET /metrics`` on the web, a port of its own on the worker.
+
+Both run several processes (gunicorn's workers, Celery's pool), so both use
+prometheus_client's multi-process mode: with ``PROMETHEUS_MULTIPROC_DIR`` set, every process
+writes its samples to files there and a scrape adds them up. Without it (one process: tests,
+``flask run``) this process's own samples are served. Videos by status and the dead-letter
+queue's depth are read at scrape time, from the database and SQS.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Flask, Response, abort, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import func, select
+
+from app.extensions import db
+from app.metrics import dead_letter_depth
+from app.models import Status, Video
+
+UPLOADS = Counter("videoproc_uploads", "Uploads by outcome: accepted, or the error code answered", ["outcome"])
+REQUEST_SECONDS = Histogram("videoproc_request_seconds", "API request latency by route", ["route", "method", "status"])
+JOBS = Counter("videoproc_jobs", "Processing jobs that ended, by outcome", ["outcome"])
+PROCESSING_SECONDS = Histogram(
+    "videoproc_processing_seconds",
+    "Wall time of a processed job: download, probe, encode, poster, upload",
+    buckets=(2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600),
+)
+PROCESSING_SPEED = Histogram(
+    "videoproc_processing_speed",
+    "Output seconds per wall-clock second of a processed job",
+    buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12),
+)
+RETRIES = Counter("videoproc_retries", "Retries of a job, by reason", ["reason"])
+OWN = (UPLOADS, REQUEST_SECONDS, JOBS, PROCESSING_SECONDS, PROCESSING_SPEED, RETRIES)
+UPLOAD_ENDPOINT = "api.upload"  # app/api/videos.py: upload
+
+
+class StateCollector:
+    """Videos by status (the database) and the dead-letter queue's depth (SQS), read at scrape time."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        videos = GaugeMetricFamily("videoproc_videos", "Videos by status", labels=["status"])
+        with self.app.app_context():
+            counts = dict(db.session.execute(select(Video.status, func.count()).group_by(Video.status)).all())
+            db.session.commit()
+            for status in Status:
+                videos.add_metric([status.value], counts.get(status.value, 0))
+            yield videos
+            try:
+                depth = dead_letter_depth(self.app.config)
+            except Exception:  # SQS unreachable: no sample, rather than a failed scrape
+                return
+        yield GaugeMetricFamily("videoproc_dead_letter_messages", "Messages in the dead-letter queue", value=depth)
+
+
+def registry(app: Flask, state: bool = True) -> CollectorRegistry:
+    """Return a registry of every process's samples (or this one's), and with ``state`` what is read at scrape time."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        for metric in OWN:
+            registry.register(metric)
+    if state:
+        registry.register(StateCollector(app))
+    return registry
+
+
+def serve_worker(app: Flask, port: int) -> None:
+    """Serve the worker host's own metrics (its main process and pool) on ``port``, from a thread."""
+    start_http_server(port, registry=registry(app, state=False))
+
+
+def exposition(app: Flask) -> bytes:
+    """Return the metrics in Prometheus's text format."""
+    return generate_latest(registry(app))
+
+
+def _route() -> str:
+    return request.url_rule.rule if request.url_rule else "unmatched"
+
+
+def _upload_outcome(response: Response) -> str:
+    if response.status_code == 202:
+        return "accepted"
+    body: Any = response.get_json(silent=True) or {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error.get("code")) if isinstance(error, dict) and error.get("code") else str(response.status_code)
+
+
+def init_app(app: Flask) -> None:
+    """Time every request, count uploads by outcome, and serve ``GET /metrics``.
+
+    ``METRICS_TOKEN``, when set, must come as a bearer token (Prometheus's
+    ``authorization`` scrape option); production serves no metrics without one.
+    """
+
+    @app.before_request
+    def _start() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        if "metrics_started" in g:
+            seconds = time.perf_counter() - g.pop("metrics_started")
+            REQUEST_SECONDS.labels(_route(), request.method, str(response.status_code)).observe(seconds)
+        if request.endpoint == UPLOAD_ENDPOINT:
+            UPLOADS.labels(_upload_outcome(response)).inc()
+        return response
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        token = app.config["METRICS_TOKEN"]
+        if token:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                abort(401)
+        elif app.config["APP_ENV"] == "production":
+            abort(404)
+        return Response(exposition(app), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,29 @@
+"""gunicorn's settings hooks for the API: Prometheus's multi-process mode (app/prometheus.py).
+
+Used as ``gunicorn --config python:deploy.gunicorn_conf``. With ``PROMETHEUS_MULTIPROC_DIR``
+set, every gunicorn worker writes its samples to files there: the directory is emptied when
+gunicorn starts (samples of an earlier run would be added in), and a worker's files are
+marked dead when it exits, so its gauges leave the sum.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def on_starting(server: Any) -> None:
+    """Start with an empty metrics directory."""
+    if folder := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(folder, ignore_errors=True)
+        Path(folder).mkdir(parents=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop an exited worker's live gauges from the sum."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

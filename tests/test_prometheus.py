@@ -1,0 +1,92 @@
+"""Prometheus metrics: the API's GET /metrics (also across gunicorn workers) and the worker's own port."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Worker, free_port, post_upload, signup_and_login, unique_email, wait_for
+from tests.test_reliability import (
+    Stack,
+    stack,  # noqa: F401  (a fixture)
+)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Return every sample as {(name, sorted labels): value}."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_the_api_counts_uploads_requests_and_videos(client: FlaskClient, clip: Callable[[str], Path]) -> None:
+    headers = signup_and_login(client, unique_email())
+    before = client.get("/metrics").text
+    assert post_upload(client, headers, clip("small.mp4")).status_code == 202
+    assert post_upload(client, headers, clip("still.png")).status_code == 415
+    client.get("/api/videos", headers=headers)
+    after = client.get("/metrics")
+    assert after.status_code == 200 and after.mimetype == "text/plain"
+    text = after.text
+
+    def delta(name: str, **labels: str) -> float:
+        return value(text, name, **labels) - value(before, name, **labels)
+
+    assert delta("videoproc_uploads_total", outcome="accepted") == 1
+    assert delta("videoproc_uploads_total", outcome="format_not_allowed") == 1
+    route = {"route": "/api/videos", "method": "GET", "status": "200"}
+    assert delta("videoproc_request_seconds_count", **route) == 1
+    assert value(text, "videoproc_videos", status="queued") == 1, "the tests start with empty tables"
+    assert value(text, "videoproc_videos", status="processed") == 0
+    assert ("videoproc_dead_letter_messages", ()) in samples(text)
+
+
+def test_a_metrics_token_is_required_when_set(make_app: Callable[..., Flask]) -> None:
+    client = make_app({"SQS_QUEUE_NAME": "api-tests"}, METRICS_TOKEN="scrape-secret").test_client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer scrape-secret"}).status_code == 200
+
+
+def test_gunicorn_workers_are_added_up(web_tier: str) -> None:
+    healthz = {"route": "/healthz", "method": "GET", "status": "200"}
+    before = value(requests.get(f"{web_tier}/metrics", timeout=10).text, "videoproc_request_seconds_count", **healthz)
+    for _ in range(20):  # spread over both gunicorn workers
+        assert requests.get(f"{web_tier}/healthz", timeout=10).status_code == 200
+    text = requests.get(f"{web_tier}/metrics", timeout=10).text
+    pids = {s.labels.get("pid") for f in text_string_to_metric_families(text) for s in f.samples}
+    assert value(text, "videoproc_request_seconds_count", **healthz) - before == 20
+    assert pids == {None}, "one sum over both gunicorn workers, not a series per process"
+
+
+@pytest.mark.e2e
+def test_the_worker_serves_its_pools_metrics(
+    stack: Callable[..., Stack],  # noqa: F811
+    start_worker: Callable[..., Worker],
+    clip: Callable[[str], Path],
+) -> None:
+    port = free_port()
+    s = stack({"WORKER_METRICS_PORT": str(port)})
+    start_worker("metrics", s.env)
+    video_id = s.upload(clip("small.mp4")).json["video_id"]
+    s.wait_status(video_id, "processed", timeout=120)
+    url = f"http://127.0.0.1:{port}/metrics"
+    text = wait_for(lambda: (t := requests.get(url, timeout=5).text) and "videoproc_jobs_total" in t and t, timeout=30)
+    assert value(text, "videoproc_jobs_total", outcome="processed") == 1, (
+        "counted in the pool, served by the main process"
+    )
+    assert value(text, "videoproc_processing_seconds_count") == 1
+    speed = value(text, "videoproc_processing_speed_sum")
+    assert 0 < speed < 100, speed
