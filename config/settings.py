@@ -147,7 +147,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SQS_MAX_RECEIVE_COUNT": env_int(env, "SQS_MAX_RECEIVE_COUNT", 5),
         "SQS_WAIT_TIME_SECONDS": env_int(env, "SQS_WAIT_TIME_SECONDS", 20),
         "SQS_POLLING_INTERVAL": env_float(env, "SQS_POLLING_INTERVAL", 0),
-        "SQS_CREATE_QUEUES": env_bool(env, "SQS_CREATE_QUEUES", not production),
         # Upload validation
         "MAX_UPLOAD_BYTES": env_int(env, "MAX_UPLOAD_BYTES", 1024**3),
         # Every body but an upload's is small: JSON routes read at most this many bytes.

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from sqlalchemy.exc import OperationalError
 
 import celeryconfig
 from config import ConfigError, load_settings
-from config.settings import broker_url
+from config.settings import ROOT, broker_url
 from tasks.errors import backoff, is_missing, is_transient
 
 PRODUCTION = {
@@ -129,3 +131,23 @@ def test_missing_original_is_permanent() -> None:
 
 def test_backoff_doubles_up_to_the_cap() -> None:
     assert [backoff(n, 30) for n in range(6)] == [2, 4, 8, 16, 30, 30]
+
+
+def test_every_variable_the_settings_read_is_in_the_readme() -> None:
+    source = (ROOT / "config" / "settings.py").read_text()
+    names = dict.fromkeys(re.findall(r'(?:env_\w+|_required)\(env, "([A-Z0-9_]+)"', source))
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration") :]
+    table = table[: table.index("\n## ", 1)]
+    assert len(names) > 50, "the pattern still finds the settings"
+    assert [n for n in names if f"`{n}`" not in table] == [], "add them to the README's configuration table"
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("\n## ", 1)]
+    packages = ("app", "app/api", "tasks", "media", "config", "deploy", "bench")
+    modules = [p for pkg in packages for p in sorted((ROOT / pkg).glob("*.py")) if p.name != "__init__.py"]
+    assert len(modules) > 40
+    assert [str(p.relative_to(ROOT)) for p in modules if p.name not in layout] == []
