@@ -27,9 +27,10 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 system: ## FFmpeg and nginx (apt-get when root)
 	@deploy/install_system.sh
 
-lint: install ## Lint, check formatting, check the CloudFormation template (as written and as deployed) and its reference in docs/
+lint: install ## Lint, check formatting and types, check the CloudFormation template (as written and as deployed) and its reference in docs/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	bash -n deploy/bootstrap.sh
 	$(BIN)/python -m deploy.stack render --out build/cloudformation.yaml
 	$(BIN)/cfn-lint deploy/cloudformation.yaml build/cloudformation.yaml

@@ -35,7 +35,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, case, or_, select, update
 
 from app.extensions import db
 from app.models import Status, Video, new_id, utcnow
@@ -64,7 +64,8 @@ def _move(name: str, video_id: str, *guards: ColumnElement[bool], **values: Any)
     sources, target = TRANSITIONS[name]
     stmt = update(Video).where(Video.id == video_id, Video.status.in_([s.value for s in sources]), *guards)
     values = {"status": target.value, "updated_at": utcnow(), **values}
-    changed = db.session.execute(stmt.values(**values)).rowcount == 1
+    result: CursorResult[Any] = db.session.execute(stmt.values(**values))  # type: ignore[assignment]
+    changed = result.rowcount == 1
     db.session.commit()
     return changed
 
@@ -202,7 +203,7 @@ def renew(
     leaves it for the next sweep.
     """
     assert set(sources) <= TRANSITIONS["renew"][0], sources
-    guards = [Video.status.in_([s.value for s in sources])]
+    guards: list[ColumnElement[bool]] = [Video.status.in_([s.value for s in sources])]
     if lease_older_than is not None:
         guards.append(_stale(Video.updated_at, lease_older_than.total_seconds()))
     task_id = new_id()

@@ -10,7 +10,7 @@ from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from app.extensions import db
+from app.extensions import Model, db
 
 
 def utcnow() -> datetime:
@@ -35,7 +35,7 @@ class Status(enum.StrEnum):
     CANCELLED = "cancelled"  # by its owner (or an operator's revoke): never started, or stopped
 
 
-class User(db.Model):
+class User(Model):
     """Someone who uploads videos."""
 
     __tablename__ = "users"
@@ -60,7 +60,7 @@ class User(db.Model):
         return check_password_hash(self.password_hash, password)
 
 
-class Video(db.Model):
+class Video(Model):
     """One upload and the state of its processing."""
 
     __tablename__ = "videos"

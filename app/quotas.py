@@ -66,7 +66,7 @@ def check_upload(user_id: int, incoming_bytes: int, lock: bool = False) -> None:
             f"You uploaded {count} videos in the last 24 hours; the limit is {config['USER_MAX_UPLOADS_PER_DAY']}.",
             _seconds_until_window_frees(user_id),
         )
-    if total + incoming_bytes > config["USER_MAX_BYTES_PER_DAY"]:
+    if (total or 0) + incoming_bytes > config["USER_MAX_BYTES_PER_DAY"]:
         raise _too_many(
             "daily_bytes_limit",
             f"This upload would take you over {config['USER_MAX_BYTES_PER_DAY']} bytes in 24 hours.",
@@ -89,7 +89,7 @@ def claim_retry(video: Video) -> None:
         update(Video)
         .where(Video.id == video.id, Video.status == Status.FAILED.value, Video.retries < maximum)
         .values(retries=Video.retries + 1)
-    ).rowcount
+    ).rowcount  # type: ignore[attr-defined]  # an UPDATE's CursorResult
     db.session.commit()
     if counted != 1:
         raise _too_many("retry_limit", f"This video has been retried {maximum} times already.", 24 * 3600)

@@ -230,7 +230,8 @@ def process_video(self: Task, video_id: str, recheck: bool = False) -> str | Non
             return None
         logger.info("claimed", extra={"state": Status.PROCESSING.value, "retries": request.retries})
         try:
-            with Heartbeat(current_app._get_current_object(), video_id, token, config["HEARTBEAT_SECONDS"]) as beat:
+            flask_app = current_app._get_current_object()  # type: ignore[attr-defined]  # a proxy's target
+            with Heartbeat(flask_app, video_id, token, config["HEARTBEAT_SECONDS"]) as beat:
                 return VideoJob(video_id, token, beat.lost).run()
         except JobLost:  # FFmpeg is stopped and the scratch directory removed on the way out
             db.session.rollback()

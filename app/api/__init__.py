@@ -60,7 +60,7 @@ class Api(flask_smorest.Api):
 
 
 bp = Blueprint("api", __name__, url_prefix="/api", description="Accounts and videos")
-BEARER = [{"bearerAuth": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 
 def error_answers(*statuses: int) -> Callable[[Any], Any]:
