@@ -6,7 +6,8 @@ that, every quarter of the visibility timeout, walks the active and reserved req
 and calls ``ChangeMessageVisibility`` on each message not yet acknowledged. The queue's
 own timeout can then be short (a dead worker's job returns within it) while a live job of
 any length is never delivered twice. On warm shutdown (SIGTERM) the jobs get a grace
-period; those still running after it are stopped and their messages made visible at once.
+period; those still running after it are stopped, and the worker's main process retries them
+at once (their messages are made visible only if that retry could not be sent).
 """
 
 from __future__ import annotations
@@ -104,6 +105,16 @@ def stop_job(request: Any, timeout: float = 15) -> None:
         time.sleep(0.1)
 
 
+def acknowledged(request: Any, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the request's message to be acknowledged (or rejected)."""
+    deadline = time.monotonic() + timeout
+    while not request.message.acknowledged:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def make_step(settings: Mapping[str, Any]) -> type[bootsteps.StartStopStep]:
     """Return the consumer bootstep bound to these settings."""
 
@@ -146,6 +157,10 @@ def make_step(settings: Mapping[str, Any]) -> type[bootsteps.StartStopStep]:
             for request in held_requests():
                 logger.warning("grace period over; stopping job", extra={"task_id": request.id})
                 stop_job(request)  # first, so the row is handed back before anyone can receive the message
-                self.keeper.release(request)
+                # The main process sees the pool process gone and sends the task's retry at once
+                # (task_retry_on_worker_lost), then acknowledges this message. Releasing it too would
+                # put a second delivery of the same try on the queue; release only if that didn't happen.
+                if not acknowledged(request, timeout=5):
+                    self.keeper.release(request)
 
     return VisibilityHeartbeat

@@ -1,6 +1,6 @@
 """kombu's SQS transport, made to carry Celery's monitoring and remote control.
 
-Everything this project changes in kombu and Celery is listed here, and pinned by
+Everything this project changes in kombu and Celery is listed here (six changes), and pinned by
 ``tests/test_upstream.py``, which fails when an upgrade moves what these rely on:
 
 1. **Remote control (fanout).** ``Transport.implements`` adds ``fanout`` to ``direct``:
@@ -26,6 +26,11 @@ Everything this project changes in kombu and Celery is listed here, and pinned b
    reads ``self.connection.polling_interval`` from a channel whose connection is gone and
    logs ``Error in timer: AttributeError`` (an ERROR line, which the stack's worker-errors
    alarm counts). ``Channel._loop1`` stops polling instead.
+6. **A deleted queue's cached URL.** kombu caches queue URLs under their SQS names but
+   ``_delete`` drops the entry under the AMQP name, so a reply queue re-declared after
+   kombu deleted it (the next broadcast from the same process: same asker id, same name)
+   resolves to the dead URL and fails with ``QueueDoesNotExist``. ``Channel._delete``
+   drops the SQS name's entry too.
 
 Queues and topics this makes on an account (names carry ``SQS_QUEUE_PREFIX``): the SNS
 topics ``<prefix>celery-pidbox`` and ``<prefix>celeryev``; one mailbox queue per worker,
@@ -59,6 +64,10 @@ class Channel(SQS.Channel):
         if exchange and _is_reply_exchange(exchange) and not self.state.exchanges.get(exchange, {}).get("table"):
             return [f"{routing_key}.{exchange}"]  # kombu's Mailbox.get_reply_queue names it so
         return super()._lookup(exchange, routing_key, default)
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        super()._delete(queue, *args, **kwargs)
+        self._queue_cache.pop(self.canonical_queue_name(queue), None)
 
     def _loop1(self, queue: str, messages_fetched: Any = None) -> None:
         if self.connection is None:  # closed while this poll was in flight: nothing more to poll

@@ -28,10 +28,11 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
 from app import create_app
-from app.aws import ensure_bucket, ensure_queues
+from app.aws import ensure_bucket, ensure_queues, queue_url
 from app.extensions import db
+from app.metrics import COUNTS
 from app.models import User, Video
-from app.storage import get_storage
+from app.storage import aws_client, get_storage
 from config import load_settings
 from tests.clips import make_clip, make_image
 
@@ -367,6 +368,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float
             return result
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def queue_empty(flask_app: Flask) -> bool:
+    """Return whether the app's work queue holds no message at all: none waiting, in flight or delayed.
+
+    Once a delivery is acknowledged and nothing is left, no redelivery can come: the check
+    that lets a test assert "never again" without sleeping.
+    """
+    sqs = aws_client("sqs", flask_app.config)
+    found = sqs.get_queue_attributes(QueueUrl=queue_url(flask_app.config, sqs), AttributeNames=COUNTS)["Attributes"]
+    return all(int(found.get(name, 0)) == 0 for name in COUNTS)
 
 
 def unique_email() -> str:

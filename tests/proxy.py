@@ -1,18 +1,24 @@
-"""A TCP proxy that can be cut and restored, to make S3 or SQS unreachable on demand."""
+"""A TCP proxy that can be cut and restored, to make S3 or SQS unreachable on demand, or slow."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 
 
 class TcpProxy:
-    """Forward 127.0.0.1:<port> to a target port; ``cut()`` refuses and drops connections."""
+    """Forward 127.0.0.1:<port> to a target port; ``cut()`` refuses and drops connections.
 
-    def __init__(self, target_port: int, port: int = 0) -> None:
+    ``download_rate`` (bytes per second) throttles what the target sends back, so a download
+    lasts as long as its size says, on any machine: a job made long without a slow encode.
+    """
+
+    def __init__(self, target_port: int, port: int = 0, download_rate: float | None = None) -> None:
         self.target_port = target_port
         self.port = port
+        self.download_rate = download_rate
         self._server: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -56,14 +62,17 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, rate in ((client, upstream, None), (upstream, client, self.download_rate)):
+                threading.Thread(target=self._pipe, args=(a, b, rate), daemon=True).start()
 
     @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(src: socket.socket, dst: socket.socket, rate: float | None = None) -> None:
+        chunk = 65536 if rate is None else max(1024, int(rate / 20))
         try:
-            while data := src.recv(65536):
+            while data := src.recv(chunk):
                 dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
         except OSError:
             pass
         finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from app.models import User, Video
 from app.queue import enqueue_video
 from app.storage import get_storage
 from tests.clips import ffprobe, moov_before_mdat
-from tests.conftest import Worker, post_upload, signup_and_login, unique_email, wait_for
+from tests.conftest import Worker, post_upload, queue_empty, signup_and_login, unique_email, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -127,7 +126,7 @@ def test_undecodable_original_fails_once_with_a_reason(e2e_app: Flask, worker: W
     # The worker applies the upload's rules, with the upload's codes; FFmpeg's words stay in the log.
     assert failed.error_code == "not_a_video" and failed.error_message == "The file is not a readable video."
     assert failed.attempts == 1
-    time.sleep(3)  # a retry would have claimed it again by now
+    wait_for(lambda: queue_empty(e2e_app), timeout=60)  # acknowledged, nothing left to redeliver
     assert row(e2e_app, video.id).attempts == 1
     with e2e_app.app_context():
         assert get_storage().keys(f"processed/{video.id}/") == []

@@ -38,6 +38,8 @@ def test_the_sqs_channel_hooks_keep_their_shape() -> None:
     assert list(inspect.signature(SQS.Channel._delete_message).parameters) == ["self", "queue_name", "message"]
     assert "exchange" in inspect.signature(SQS.Channel._delete).parameters
     assert hasattr(SQS.Channel, "remove_stale_sns_subscriptions")
+    assert "self._queue_cache.pop(queue, None)" in inspect.getsource(SQS.Channel._delete), "patch 6's cache key"
+    assert "self._queue_cache[sqs_qname]" in inspect.getsource(SQS.Channel._new_queue)
     assert "after_reply_message_received" in vars(virtual.Channel), "kombu deletes reply queues once read"
 
 
