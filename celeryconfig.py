@@ -6,8 +6,9 @@ broker, the queue and the time limits.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
+
+from config import Settings
 
 # Delivery: a message is deleted from SQS only after its task returns. A job whose pool
 # process dies while the worker lives (the OOM killer's usual victim) is retried at once by
@@ -43,17 +44,17 @@ broker_transport = "tasks.sqs:Transport"
 PROCESS_TASK = "tasks.process_video"
 
 
-def transport_options(s: Mapping[str, Any]) -> dict[str, Any]:
+def transport_options(s: Settings) -> dict[str, Any]:
     """Return kombu's SQS transport options for these settings."""
-    endpoint = s["SQS_ENDPOINT_URL"]
-    wait = s["SQS_WAIT_TIME_SECONDS"]
+    endpoint = s.SQS_ENDPOINT_URL
+    wait = s.SQS_WAIT_TIME_SECONDS
     options: dict[str, Any] = {
-        "region": s["AWS_REGION"],
+        "region": s.AWS_REGION,
         "is_secure": not endpoint or endpoint.startswith("https"),
-        "queue_name_prefix": s["SQS_QUEUE_PREFIX"],
-        "visibility_timeout": s["SQS_VISIBILITY_TIMEOUT"],
+        "queue_name_prefix": s.SQS_QUEUE_PREFIX,
+        "visibility_timeout": s.SQS_VISIBILITY_TIMEOUT,
         "wait_time_seconds": wait,
-        "polling_interval": s["SQS_POLLING_INTERVAL"],
+        "polling_interval": s.SQS_POLLING_INTERVAL,
         # Fanout exchanges become SNS topics: how events reach Flower.
         "supports_fanout": True,
         # A long poll holds the socket open for `wait` seconds: reads must outlast it.
@@ -64,14 +65,14 @@ def transport_options(s: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def environment_settings(s: Mapping[str, Any]) -> dict[str, Any]:
+def environment_settings(s: Settings) -> dict[str, Any]:
     """Return the Celery settings that depend on the environment."""
-    queue = s["SQS_QUEUE_NAME"]
+    queue = s.SQS_QUEUE_NAME
     return {
-        "broker_url": s["CELERY_BROKER_URL"],
+        "broker_url": s.CELERY_BROKER_URL,
         "broker_transport_options": transport_options(s),
         "task_default_queue": queue,
         "task_routes": {PROCESS_TASK: {"queue": queue}},
-        "task_soft_time_limit": s["TASK_SOFT_TIME_LIMIT"],
-        "task_time_limit": s["TASK_TIME_LIMIT"],
+        "task_soft_time_limit": s.TASK_SOFT_TIME_LIMIT,
+        "task_time_limit": s.TASK_TIME_LIMIT,
     }

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from flask import Flask
 
 from app import api, cli, logs, prometheus, security, spool, storage
@@ -12,14 +9,16 @@ from app.api import errors
 from app.extensions import celery_init_app, db, migrate
 from app.ratelimit import limiter
 from app.safejson import SafeJSONProvider
-from config import load_settings
+from config import Settings, load_settings
 from config.settings import INSTANCE_DIR, ROOT
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the Flask app from the environment's settings, or from ``test_config`` when given."""
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app from the environment's settings, or from ``settings`` when given."""
     app = Flask(__name__, instance_path=str(INSTANCE_DIR))
-    app.config.from_mapping(load_settings() if test_config is None else test_config)
+    settings = load_settings() if settings is None else settings
+    app.config.from_mapping(settings.as_config())
+    app.extensions["settings"] = settings
     app.json = SafeJSONProvider(app)
 
     logs.init_app(app)

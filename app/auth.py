@@ -8,10 +8,10 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import jwt
-from flask import current_app, g, request
+from flask import g, request
 
 from app.api.errors import APIError
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.models import User, utcnow
 
 ALGORITHM = "HS256"
@@ -21,10 +21,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def issue_token(user: User) -> tuple[str, int]:
     """Return a signed access token for ``user`` and its lifetime in seconds."""
-    lifetime = current_app.config["JWT_EXPIRES_SECONDS"]
+    lifetime = get_settings().JWT_EXPIRES_SECONDS
     now = utcnow()
     claims = {"sub": str(user.id), "iat": now, "exp": now + timedelta(seconds=lifetime)}
-    return jwt.encode(claims, current_app.config["SECRET_KEY"], algorithm=ALGORITHM), lifetime
+    return jwt.encode(claims, get_settings().SECRET_KEY, algorithm=ALGORITHM), lifetime
 
 
 def token_subject() -> str | None:
@@ -34,7 +34,7 @@ def token_subject() -> str | None:
         return None
     try:
         claims = jwt.decode(
-            token, current_app.config["SECRET_KEY"], algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS}
+            token, get_settings().SECRET_KEY, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS}
         )
     except jwt.InvalidTokenError:
         return None
@@ -47,7 +47,7 @@ def _user_from_request() -> User:
         raise APIError(401, "unauthorized", "Send 'Authorization: Bearer <token>'.")
     try:
         claims = jwt.decode(
-            token, current_app.config["SECRET_KEY"], algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS}
+            token, get_settings().SECRET_KEY, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS}
         )
         user_id = int(claims["sub"])
     except jwt.ExpiredSignatureError as exc:

@@ -4,59 +4,59 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from app.storage import aws_client
+from config import Settings
 
 logger = logging.getLogger(__name__)
 RETENTION_SECONDS = 14 * 24 * 3600  # SQS's maximum: an outage of days loses nothing
 MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 
 
-def queue_name(s: Mapping[str, Any]) -> str:
+def queue_name(s: Settings) -> str:
     """Return the SQS name of the work queue (prefix included)."""
-    return s["SQS_QUEUE_PREFIX"] + s["SQS_QUEUE_NAME"]
+    return s.SQS_QUEUE_PREFIX + s.SQS_QUEUE_NAME
 
 
-def queue_url(s: Mapping[str, Any], sqs: Any = None) -> str:
+def queue_url(s: Settings, sqs: Any = None) -> str:
     """Return the work queue's URL, from settings or by name."""
-    if s.get("SQS_QUEUE_URL"):
-        return s["SQS_QUEUE_URL"]
+    if s.SQS_QUEUE_URL:
+        return s.SQS_QUEUE_URL
     sqs = sqs or aws_client("sqs", s)
     return sqs.get_queue_url(QueueName=queue_name(s))["QueueUrl"]
 
 
-def dlq_name(s: Mapping[str, Any]) -> str:
+def dlq_name(s: Settings) -> str:
     """Return the SQS name of the dead-letter queue (prefix included)."""
-    return s["SQS_QUEUE_PREFIX"] + s["SQS_DLQ_NAME"]
+    return s.SQS_QUEUE_PREFIX + s.SQS_DLQ_NAME
 
 
-def queue_attributes(s: Mapping[str, Any], dlq_arn: str | None) -> dict[str, str]:
+def queue_attributes(s: Settings, dlq_arn: str | None) -> dict[str, str]:
     """Return the attributes the work queue must have."""
     attributes = {
-        "VisibilityTimeout": str(s["SQS_VISIBILITY_TIMEOUT"]),
-        "ReceiveMessageWaitTimeSeconds": str(s["SQS_WAIT_TIME_SECONDS"]),
+        "VisibilityTimeout": str(s.SQS_VISIBILITY_TIMEOUT),
+        "ReceiveMessageWaitTimeSeconds": str(s.SQS_WAIT_TIME_SECONDS),
         "MessageRetentionPeriod": str(RETENTION_SECONDS),
     }
     if dlq_arn:
-        policy = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": s["SQS_MAX_RECEIVE_COUNT"]}
+        policy = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": s.SQS_MAX_RECEIVE_COUNT}
         attributes["RedrivePolicy"] = json.dumps(policy)
     return attributes
 
 
-def ensure_bucket(s: Mapping[str, Any]) -> None:
+def ensure_bucket(s: Settings) -> None:
     """Create the bucket if missing; abort multipart uploads left incomplete for a day."""
     s3 = aws_client("s3", s)
-    bucket = s["S3_BUCKET"]
+    bucket = s.S3_BUCKET
     try:
         s3.head_bucket(Bucket=bucket)
     except ClientError:
         kwargs: dict[str, Any] = {"Bucket": bucket}
-        if s["AWS_REGION"] != "us-east-1":
-            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": s["AWS_REGION"]}
+        if s.AWS_REGION != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": s.AWS_REGION}
         s3.create_bucket(**kwargs)
         logger.info("bucket created", extra={"bucket": bucket})
     s3.put_bucket_lifecycle_configuration(
@@ -87,21 +87,21 @@ def _ensure(sqs: Any, name: str, attributes: dict[str, str], url: str | None = N
     return sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
 
 
-def dlq_url(s: Mapping[str, Any], sqs: Any = None) -> str:
+def dlq_url(s: Settings, sqs: Any = None) -> str:
     """Return the dead-letter queue's URL."""
     sqs = sqs or aws_client("sqs", s)
     return sqs.get_queue_url(QueueName=dlq_name(s))["QueueUrl"]
 
 
-def ensure_queues(s: Mapping[str, Any]) -> tuple[str, str]:
+def ensure_queues(s: Settings) -> tuple[str, str]:
     """Create the dead-letter queue and the work queue (redriving to it); return both URLs."""
     sqs = aws_client("sqs", s)
     dead = _ensure(sqs, dlq_name(s), {"MessageRetentionPeriod": str(RETENTION_SECONDS)})
     arn = sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    return _ensure(sqs, queue_name(s), queue_attributes(s, arn), s.get("SQS_QUEUE_URL")), dead
+    return _ensure(sqs, queue_name(s), queue_attributes(s, arn), s.SQS_QUEUE_URL), dead
 
 
-def ping_queue(s: Mapping[str, Any]) -> None:
+def ping_queue(s: Settings) -> None:
     """Raise unless the work queue answers."""
     sqs = aws_client("sqs", s, retries={"max_attempts": 1}, read_timeout=5)
     sqs.get_queue_attributes(QueueUrl=queue_url(s, sqs), AttributeNames=["ApproximateNumberOfMessages"])

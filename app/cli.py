@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 
 import click
-from flask import Flask, current_app
+from flask import Flask
 from flask.cli import AppGroup
 
 from app import dlq, metrics
 from app.aws import ensure_bucket, ensure_queues
+from app.extensions import get_settings
 from app.models import Status
 from app.queue import EnqueueError
 from app.sweeper import requeue, sweep
@@ -21,18 +22,18 @@ videos = AppGroup("videos", help="Operate on videos: sweep, retry.")
 @aws.command("init")
 def aws_init() -> None:
     """Create the bucket, the dead-letter queue and the work queue; reconcile their settings (idempotent)."""
-    s = current_app.config
+    s = get_settings()
     ensure_bucket(s)
-    click.echo(f"bucket  {s['S3_BUCKET']}: ready (incomplete multipart uploads aborted after 1 day)")
+    click.echo(f"bucket  {s.S3_BUCKET}: ready (incomplete multipart uploads aborted after 1 day)")
     work, dead = ensure_queues(s)
-    click.echo(f"queue   {work}: ready (visibility {s['SQS_VISIBILITY_TIMEOUT']}s)")
-    click.echo(f"dlq     {dead}: ready (after {s['SQS_MAX_RECEIVE_COUNT']} receives)")
+    click.echo(f"queue   {work}: ready (visibility {s.SQS_VISIBILITY_TIMEOUT}s)")
+    click.echo(f"dlq     {dead}: ready (after {s.SQS_MAX_RECEIVE_COUNT} receives)")
 
 
 @aws.command("dlq-list")
 def dlq_list() -> None:
     """List the dead-lettered messages and the videos they belong to."""
-    rows = dlq.list_dead(current_app.config)
+    rows = dlq.list_dead(get_settings())
     for row in rows:
         click.echo(
             f"{row['message_id']}  video={row['video_id'] or '-'}  task={row['task'] or 'unreadable'}"
@@ -44,13 +45,13 @@ def dlq_list() -> None:
 @aws.command("dlq-redrive")
 def dlq_redrive() -> None:
     """Move every dead-lettered message back to the work queue."""
-    moved = dlq.redrive(current_app.config, lambda row: click.echo(f"moved video={row['video_id'] or '-'}"))
+    moved = dlq.redrive(get_settings(), lambda row: click.echo(f"moved video={row['video_id'] or '-'}"))
     click.echo(f"{moved} message(s) moved back")
 
 
 def _publish_metrics() -> None:
     try:
-        backlog = metrics.publish(current_app.config)
+        backlog = metrics.publish(get_settings())
     except Exception as exc:  # a missed reading is not fatal: the next one comes in a minute
         click.echo(f"metrics not published: {type(exc).__name__}: {exc}", err=True)
         return
@@ -77,7 +78,7 @@ def aws_metrics(every: float) -> None:
 def videos_sweep(every: float, with_metrics: bool) -> None:
     """Re-enqueue uploads that never reached the queue and jobs whose worker died."""
     while True:
-        report = sweep(current_app.config)
+        report = sweep(get_settings())
         click.echo(
             f"requeued {len(report.requeued)}, failed {len(report.failed)}"
             + (" (SQS unreachable: the rest waits)" if report.unreachable else "")

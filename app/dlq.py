@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from app.aws import dlq_url, queue_url
 from app.storage import aws_client
+from config import Settings
 
 
 def describe(body: str) -> dict[str, Any]:
@@ -36,7 +37,7 @@ def _receive(sqs: Any, url: str, visibility: int) -> Iterator[dict[str, Any]]:
         yield from messages
 
 
-def list_dead(s: Mapping[str, Any]) -> list[dict[str, Any]]:
+def list_dead(s: Settings) -> list[dict[str, Any]]:
     """Return every dead-lettered message, described; each stays in the DLQ."""
     sqs = aws_client("sqs", s)
     url = dlq_url(s, sqs)
@@ -57,7 +58,7 @@ def list_dead(s: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def redrive(s: Mapping[str, Any], on_message: Callable[[dict[str, Any]], None] | None = None) -> int:
+def redrive(s: Settings, on_message: Callable[[dict[str, Any]], None] | None = None) -> int:
     """Move every message from the DLQ back to the work queue; return how many."""
     sqs = aws_client("sqs", s)
     source, target = dlq_url(s, sqs), queue_url(s, sqs)

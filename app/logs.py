@@ -7,7 +7,7 @@ import logging
 import re
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +15,9 @@ from typing import Any
 import watchtower
 from flask import Flask, Response, g, request
 
+from app.extensions import get_settings
 from app.storage import aws_client
+from config import Settings
 
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("log_context", default={})  # noqa: B039 (never mutated)
 CONTEXT_KEYS = ("video_id", "task_id", "user_id", "request_id")
@@ -72,10 +74,10 @@ class CloudWatchHandler(watchtower.CloudWatchLogHandler):
     write into its parent's socket); each process also gets its own stream.
     """
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         super().__init__(
-            log_group_name=settings["LOG_GROUP"],
+            log_group_name=settings.LOG_GROUP,
             log_stream_name="{machine_name}/{program_name}-{process_id}",
             send_interval=10,
             create_log_group=False,  # the stack creates it, with its retention and metric filter
@@ -94,14 +96,14 @@ class CloudWatchHandler(watchtower.CloudWatchLogHandler):
 _shipper: CloudWatchHandler | None = None
 
 
-def configure(level: str = "INFO", settings: Mapping[str, Any] | None = None) -> None:
+def configure(level: str = "INFO", settings: Settings | None = None) -> None:
     """Send every logger's records to stderr as key=value lines, and to CloudWatch Logs when ``LOG_GROUP`` is set."""
     global _shipper
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    if settings and settings.get("LOG_GROUP"):
+    if settings and settings.LOG_GROUP:
         if _shipper is None:  # one per process, however often logging is configured
             _shipper = CloudWatchHandler(settings)
         root.handlers.append(_shipper)
@@ -115,7 +117,8 @@ def init_app(app: Flask) -> None:
 
     The id is the proxy's ``X-Request-ID`` when it is well formed, else a new one.
     """
-    configure(app.config["LOG_LEVEL"], app.config)
+    settings = get_settings(app)
+    configure(settings.LOG_LEVEL, settings)
 
     @app.before_request
     def _start() -> None:

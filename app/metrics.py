@@ -9,7 +9,6 @@ instance, so a backlog still reads as a backlog and the group grows from zero.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +18,7 @@ from app.aws import dlq_url, queue_name, queue_url
 from app.extensions import db
 from app.models import Status, Video, utcnow
 from app.storage import aws_client
+from config import Settings
 
 logger = logging.getLogger(__name__)
 COUNTS = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
@@ -41,9 +41,9 @@ class Backlog:
         return self.visible / max(self.instances, 1)
 
 
-def in_service_instances(settings: Mapping[str, Any], autoscaling: Any = None) -> int:
+def in_service_instances(settings: Settings, autoscaling: Any = None) -> int:
     """Return the worker group's in-service instances; 1 without a group (a local worker)."""
-    group = settings["WORKER_ASG_NAME"]
+    group = settings.WORKER_ASG_NAME
     if not group:
         return 1
     autoscaling = autoscaling or aws_client("autoscaling", settings)
@@ -62,14 +62,14 @@ def oldest_waiting_age() -> float:
     return max((utcnow() - oldest).total_seconds(), 0.0)
 
 
-def dead_letter_depth(settings: Mapping[str, Any], sqs: Any = None) -> int:
+def dead_letter_depth(settings: Settings, sqs: Any = None) -> int:
     """Return the number of messages in the dead-letter queue."""
     sqs = sqs or aws_client("sqs", settings, retries={"max_attempts": 1})
     dead = sqs.get_queue_attributes(QueueUrl=dlq_url(settings, sqs), AttributeNames=COUNTS[:1])["Attributes"]
     return int(dead.get(COUNTS[0], 0))
 
 
-def measure(settings: Mapping[str, Any], sqs: Any = None, autoscaling: Any = None) -> Backlog:
+def measure(settings: Settings, sqs: Any = None, autoscaling: Any = None) -> Backlog:
     """Read the backlog: SQS's approximate counts, the group's size, the database's oldest waiting video."""
     sqs = sqs or aws_client("sqs", settings)
     work = sqs.get_queue_attributes(QueueUrl=queue_url(settings, sqs), AttributeNames=COUNTS)["Attributes"]
@@ -83,7 +83,7 @@ def measure(settings: Mapping[str, Any], sqs: Any = None, autoscaling: Any = Non
     )
 
 
-def metric_data(settings: Mapping[str, Any], backlog: Backlog) -> list[dict[str, Any]]:
+def metric_data(settings: Settings, backlog: Backlog) -> list[dict[str, Any]]:
     """Return the CloudWatch datums for one reading, dimensioned by queue name."""
     dimensions = [{"Name": "QueueName", "Value": queue_name(settings)}]
     values = {
@@ -100,11 +100,11 @@ def metric_data(settings: Mapping[str, Any], backlog: Backlog) -> list[dict[str,
     ]
 
 
-def publish(settings: Mapping[str, Any], cloudwatch: Any = None) -> Backlog:
+def publish(settings: Settings, cloudwatch: Any = None) -> Backlog:
     """Measure and put the metrics into ``METRICS_NAMESPACE``; return the reading."""
     backlog = measure(settings)
     cloudwatch = cloudwatch or aws_client("cloudwatch", settings)
-    cloudwatch.put_metric_data(Namespace=settings["METRICS_NAMESPACE"], MetricData=metric_data(settings, backlog))
+    cloudwatch.put_metric_data(Namespace=settings.METRICS_NAMESPACE, MetricData=metric_data(settings, backlog))
     logger.info(
         "backlog published",
         extra={"visible": backlog.visible, "instances": backlog.instances, "per_instance": backlog.per_instance},

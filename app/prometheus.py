@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.metrics import dead_letter_depth
 from app.models import Status, Video
 
@@ -65,7 +65,7 @@ class StateCollector:
                 videos.add_metric([status.value], counts.get(status.value, 0))
             yield videos
             try:
-                depth = dead_letter_depth(self.app.config)
+                depth = dead_letter_depth(get_settings(self.app))
             except Exception:  # SQS unreachable: no sample, rather than a failed scrape
                 return
         yield GaugeMetricFamily("videoproc_dead_letter_messages", "Messages in the dead-letter queue", value=depth)
@@ -128,11 +128,11 @@ def init_app(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        token = app.config["METRICS_TOKEN"]
+        token = get_settings(app).METRICS_TOKEN
         if token:
             given = request.headers.get("Authorization", "").removeprefix("Bearer ")
             if not hmac.compare_digest(given.encode(), token.encode()):
                 abort(401)
-        elif app.config["APP_ENV"] == "production":
+        elif get_settings(app).APP_ENV == "production":
             abort(404)
         return Response(exposition(app), mimetype=CONTENT_TYPE_LATEST)

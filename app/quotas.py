@@ -9,13 +9,11 @@ uploads can't slip past together.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
-from flask import current_app
 from sqlalchemy import func, select, update
 
 from app.api.errors import APIError
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.models import Status, User, Video, utcnow
 
 ACTIVE = (Status.UPLOADED.value, Status.QUEUED.value, Status.PROCESSING.value, Status.RETRYING.value)
@@ -44,14 +42,14 @@ def check_upload(user_id: int, incoming_bytes: int, lock: bool = False) -> None:
     With ``lock`` the user's row is locked (``SELECT … FOR UPDATE``) until the caller's
     transaction ends: call it right before inserting the video, then commit.
     """
-    config: Any = current_app.config
+    config = get_settings()
     if lock:
         db.session.execute(select(User.id).where(User.id == user_id).with_for_update())
-    active = db.session.scalar(select(func.count()).where(Video.user_id == user_id, Video.status.in_(ACTIVE)))
-    if active >= config["USER_MAX_ACTIVE_VIDEOS"]:
+    active = db.session.scalar(select(func.count()).where(Video.user_id == user_id, Video.status.in_(ACTIVE))) or 0
+    if active >= config.USER_MAX_ACTIVE_VIDEOS:
         raise _too_many(
             "too_many_active_videos",
-            f"You have {active} videos waiting or processing; the limit is {config['USER_MAX_ACTIVE_VIDEOS']}.",
+            f"You have {active} videos waiting or processing; the limit is {config.USER_MAX_ACTIVE_VIDEOS}.",
             60,
         )
     since = utcnow() - DAY
@@ -60,23 +58,23 @@ def check_upload(user_id: int, incoming_bytes: int, lock: bool = False) -> None:
             Video.user_id == user_id, Video.created_at > since
         )
     ).one()
-    if count >= config["USER_MAX_UPLOADS_PER_DAY"]:
+    if count >= config.USER_MAX_UPLOADS_PER_DAY:
         raise _too_many(
             "daily_upload_limit",
-            f"You uploaded {count} videos in the last 24 hours; the limit is {config['USER_MAX_UPLOADS_PER_DAY']}.",
+            f"You uploaded {count} videos in the last 24 hours; the limit is {config.USER_MAX_UPLOADS_PER_DAY}.",
             _seconds_until_window_frees(user_id),
         )
-    if (total or 0) + incoming_bytes > config["USER_MAX_BYTES_PER_DAY"]:
+    if (total or 0) + incoming_bytes > config.USER_MAX_BYTES_PER_DAY:
         raise _too_many(
             "daily_bytes_limit",
-            f"This upload would take you over {config['USER_MAX_BYTES_PER_DAY']} bytes in 24 hours.",
+            f"This upload would take you over {config.USER_MAX_BYTES_PER_DAY} bytes in 24 hours.",
             _seconds_until_window_frees(user_id),
         )
 
 
 def claim_retry(video: Video) -> None:
     """Count one retry of a failed ``video`` by its owner, or raise 409/429 when it may not be retried; commit."""
-    config: Any = current_app.config
+    config = get_settings()
     if video.status != Status.FAILED.value:
         raise APIError(409, "not_failed", f"Only failed videos can be retried; this one is {video.status}.")
     if video.error_code not in RETRYABLE:
@@ -84,7 +82,7 @@ def claim_retry(video: Video) -> None:
             409, "not_retryable", f"This video failed with {video.error_code}: the file itself would fail again."
         )
     check_upload(video.user_id, 0, lock=True)
-    maximum = config["VIDEO_MAX_RETRIES"]
+    maximum = config.VIDEO_MAX_RETRIES
     counted = db.session.execute(
         update(Video)
         .where(Video.id == video.id, Video.status == Status.FAILED.value, Video.retries < maximum)

@@ -10,9 +10,11 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from flask import Response, current_app, request
+from flask import Response, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+
+from app.extensions import get_settings
 
 limiter = Limiter(key_func=get_remote_address)
 
@@ -34,7 +36,7 @@ def user_key() -> str:
 
 def setting(name: str) -> Callable[[], str]:
     """Return a callable that reads the limit string ``name`` from the app's settings."""
-    return lambda: current_app.config[name]
+    return lambda: getattr(get_settings(), name)
 
 
 def failed(response: Response) -> bool:

@@ -10,6 +10,8 @@ from flask import Flask, Response, request
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from app.extensions import get_settings
+
 HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -30,13 +32,13 @@ DOCS_CSP = (
 
 def init_app(app: Flask) -> None:
     """Install the proxy fix, CORS for ``/api/*`` and the headers on every answer."""
-    proxies = app.config["TRUSTED_PROXIES"]
+    proxies = get_settings(app).TRUSTED_PROXIES
     if proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
-    if app.config["CORS_ORIGINS"]:
+    if get_settings(app).CORS_ORIGINS:
         CORS(
             app,
-            resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
+            resources={r"/api/*": {"origins": get_settings(app).CORS_ORIGINS}},
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["Retry-After", "X-Request-ID", "ETag"],
             max_age=600,

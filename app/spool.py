@@ -14,7 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
-from flask import Flask, Request, current_app
+from flask import Flask, Request
+
+from app.extensions import get_settings
 
 logger = logging.getLogger(__name__)
 SPOOL_PREFIX = "videoproc-upload-"
@@ -70,11 +72,11 @@ class UploadRequest(Request):
         content_length: int | None = None,
     ) -> IO[bytes]:
         return tempfile.NamedTemporaryFile(
-            "wb+", dir=current_app.config["UPLOAD_TMP_DIR"], prefix=f"{SPOOL_PREFIX}{os.getpid()}-"
+            "wb+", dir=get_settings().UPLOAD_TMP_DIR, prefix=f"{SPOOL_PREFIX}{os.getpid()}-"
         )
 
 
 def init_app(app: Flask) -> None:
     """Spool uploads to disk, and remove what dead web processes left behind."""
     app.request_class = UploadRequest
-    remove_orphans(app.config["UPLOAD_TMP_DIR"], SPOOL_PREFIX)
+    remove_orphans(get_settings(app).UPLOAD_TMP_DIR, SPOOL_PREFIX)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Mapping
 from typing import Any
 
 import boto3
@@ -12,6 +11,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from flask import Flask, current_app
 from werkzeug.utils import secure_filename
+
+from app.extensions import get_settings
+from config import Settings
 
 # Files above 16 MiB go up in 16 MiB parts, four at a time: memory stays bounded.
 MAX_KEY_NAME = 100  # S3 keys are at most 1024 bytes
@@ -39,19 +41,19 @@ def video_prefixes(video_id: str) -> list[str]:
     return [f"originals/{video_id}/", posixpath.dirname(processed_video_key(video_id)) + "/"]
 
 
-def aws_client(service: str, s: Mapping[str, Any], **config: Any) -> Any:
+def aws_client(service: str, s: Settings, **config: Any) -> Any:
     """Return a boto3 client for ``service`` using the endpoint and credentials in settings."""
-    endpoint = s.get(f"{service.upper()}_ENDPOINT_URL") or s["AWS_ENDPOINT_URL"]
+    endpoint = {"s3": s.S3_ENDPOINT_URL, "sqs": s.SQS_ENDPOINT_URL}.get(service) or s.AWS_ENDPOINT_URL
     options: dict[str, Any] = {"retries": {"mode": "standard", "max_attempts": 3}, "connect_timeout": 5}
     if service == "s3" and endpoint:
         options["s3"] = {"addressing_style": "path"}  # the local endpoint has no per-bucket hostnames
     options.update(config)
     return boto3.session.Session().client(
         service,
-        region_name=s["AWS_REGION"],
+        region_name=s.AWS_REGION,
         endpoint_url=endpoint,
-        aws_access_key_id=s["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s["AWS_SECRET_ACCESS_KEY"],
+        aws_access_key_id=s.AWS_ACCESS_KEY_ID,
+        aws_secret_access_key=s.AWS_SECRET_ACCESS_KEY,
         config=Config(signature_version="s3v4" if service == "s3" else None, **options),
     )
 
@@ -104,8 +106,8 @@ def get_storage() -> Storage:
     pid = os.getpid()
     if pid not in cache:
         cache.clear()
-        s = current_app.config
-        cache[pid] = Storage(aws_client("s3", s), s["S3_BUCKET"], s["PRESIGNED_URL_EXPIRES"])
+        s = get_settings()
+        cache[pid] = Storage(aws_client("s3", s), s.S3_BUCKET, s.PRESIGNED_URL_EXPIRES)
     return cache[pid]
 
 

@@ -8,10 +8,8 @@ message too many is harmless, as the task's claim lets only one delivery run.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import and_, or_, select
 
@@ -19,6 +17,7 @@ from app import jobs
 from app.extensions import db
 from app.models import Status, Video, utcnow
 from app.queue import EnqueueError, enqueue_video
+from config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def requeue(
     return True
 
 
-def sweep(settings: Mapping[str, Any]) -> SweepReport:
+def sweep(settings: Settings) -> SweepReport:
     """Re-enqueue uploads older than ``SWEEP_AFTER_SECONDS``, stale ``processing`` rows and overdue retries.
 
     What it reads is only a list of candidates: each change re-checks its reason (a stale
@@ -59,8 +58,8 @@ def sweep(settings: Mapping[str, Any]) -> SweepReport:
     """
     report = SweepReport()
     now = utcnow()
-    stale_after = settings["STALE_AFTER_SECONDS"]
-    grace = timedelta(seconds=settings["SWEEP_AFTER_SECONDS"])
+    stale_after = settings.STALE_AFTER_SECONDS
+    grace = timedelta(seconds=settings.SWEEP_AFTER_SECONDS)
     stale = now - timedelta(seconds=stale_after)
     lost = select(Video.id).where(
         or_(
@@ -69,7 +68,7 @@ def sweep(settings: Mapping[str, Any]) -> SweepReport:
         )
     )
     for video_id in db.session.scalars(lost).all():
-        if jobs.give_up(video_id, stale_after, settings["MAX_ATTEMPTS"]):
+        if jobs.give_up(video_id, stale_after, settings.MAX_ATTEMPTS):
             report.failed.append(video_id)
         else:  # backdated past the grace, so the loop below enqueues it now
             jobs.reset(video_id, stale_after, backdate=grace + timedelta(seconds=1))

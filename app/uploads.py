@@ -6,12 +6,11 @@ import logging
 import os
 from typing import Any
 
-from flask import current_app
 from werkzeug.datastructures import FileStorage
 
 from app import jobs, quotas
 from app.api.errors import APIError
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.models import Status, User, Video, new_id
 from app.queue import EnqueueError, enqueue_video
 from app.storage import get_storage, original_key
@@ -42,11 +41,11 @@ def clean_filename(name: str | None, limit: int = MAX_FILENAME) -> str | None:
 
 def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, bool]:
     """Validate and store an upload; return its row and whether it was enqueued."""
-    config = current_app.config
+    config = get_settings()
     path = _spooled_path(file)
     size = os.path.getsize(path)
-    if size > config["MAX_UPLOAD_BYTES"]:
-        raise APIError(413, "file_too_large", f"The upload exceeds the limit of {config['MAX_UPLOAD_BYTES']} bytes.")
+    if size > config.MAX_UPLOAD_BYTES:
+        raise APIError(413, "file_too_large", f"The upload exceeds the limit of {config.MAX_UPLOAD_BYTES} bytes.")
     if size == 0:
         raise APIError(415, "not_a_video", "The file is empty.")
     limits = Limits.from_settings(config)

@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from app import create_app
 from app.aws import ensure_bucket, ensure_queues
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.models import Video
 from bench.pipeline import PROFILE, SANDBOX, bar, timed, write_section
 from media.pipeline import Pipeline
@@ -142,8 +142,8 @@ def measure(work: Path, env: dict[str, str], clips: int) -> dict[str, float]:
     app = create_app()
     with app.app_context():
         flask_migrate.upgrade(directory=str(ROOT / "migrations"))
-        ensure_bucket(app.config)
-        ensure_queues(app.config)
+        ensure_bucket(get_settings(app))
+        ensure_queues(get_settings(app))
     for name in ("", "werkzeug"):  # this process's API and moto server (alembic's logging config): quiet
         logging.getLogger(name).setLevel(logging.WARNING)
     bar(2, steps, "starting the worker")

@@ -1,5 +1,5 @@
 """Settings per environment, read from the environment (12-factor)."""
 
-from config.settings import ConfigError, load_settings
+from config.settings import ConfigError, Settings, load_settings
 
-__all__ = ["ConfigError", "load_settings"]
+__all__ = ["ConfigError", "Settings", "load_settings"]

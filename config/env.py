@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import overload
 
 
 class ConfigError(RuntimeError):
     """A setting is missing or malformed."""
 
 
+@overload
+def env_str(env: Mapping[str, str], name: str, default: str) -> str: ...
+@overload
+def env_str(env: Mapping[str, str], name: str, default: None = None) -> str | None: ...
 def env_str(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
     """Return the variable, or ``default`` when it is unset or empty."""
     value = env.get(name)
@@ -28,7 +33,7 @@ def env_float(env: Mapping[str, str], name: str, default: float) -> float:
     """Return the variable as a float."""
     raw = env_str(env, name)
     try:
-        return default if raw is None else float(raw)
+        return float(default if raw is None else raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
 
@@ -41,8 +46,7 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def env_list(env: Mapping[str, str], name: str, default: str, lower: bool = True) -> list[str]:
-    """Return a comma-separated variable as a list of items (lowercased unless ``lower`` is false)."""
-    raw = env_str(env, name, default) or ""
-    items = [item.strip() for item in raw.split(",") if item.strip()]
-    return [item.lower() for item in items] if lower else items
+def env_list(env: Mapping[str, str], name: str, default: str, lower: bool = True) -> tuple[str, ...]:
+    """Return a comma-separated variable as a tuple of items (lowercased unless ``lower`` is false)."""
+    items = [item.strip() for item in env_str(env, name, default).split(",") if item.strip()]
+    return tuple(item.lower() for item in items) if lower else tuple(items)

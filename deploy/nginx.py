@@ -15,7 +15,7 @@ import string
 import sys
 from pathlib import Path
 
-from config import load_settings
+from config import Settings, load_settings
 from config.settings import INSTANCE_DIR
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
@@ -32,7 +32,7 @@ def render(
     workers: str = "1",
     user: str | None = None,
     trusted: list[str] | None = None,
-    settings: dict | None = None,
+    settings: Settings | None = None,
 ) -> str:
     """Return nginx.conf for these addresses, with the body limits of ``settings``.
 
@@ -46,14 +46,14 @@ def render(
     return _Template(TEMPLATE.read_text()).substitute(
         user=f"user {user};" if user else "",
         real_ip=real_ip,
-        uploads_per_address=s["UPLOADS_PER_ADDRESS"],
+        uploads_per_address=s.UPLOADS_PER_ADDRESS,
         listen=listen,
         upstream=upstream,
         prefix=str(prefix),
         workers=workers,
-        json_body=f"{-(-s['MAX_JSON_BYTES'] // 1024)}k",
-        upload_body=f"{-(-s['UPLOAD_MAX_CONTENT_LENGTH'] // 1024)}k",
-        max_upload=s["MAX_UPLOAD_BYTES"],
+        json_body=f"{-(-s.MAX_JSON_BYTES // 1024)}k",
+        upload_body=f"{-(-s.UPLOAD_MAX_CONTENT_LENGTH // 1024)}k",
+        max_upload=s.MAX_UPLOAD_BYTES,
     )
 
 

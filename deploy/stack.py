@@ -142,7 +142,7 @@ class Deployer:
     def apply(self, template: dict[str, Any], parameters: Mapping[str, str]) -> None:
         """Create or update the stack from ``template`` (a URL or a body) and wait until it is complete."""
         update = self.exists()
-        given = [{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()]
+        given: list[dict[str, Any]] = [{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()]
         if update:
             previous = self.cloudformation.describe_stacks(StackName=self.stack)["Stacks"][0].get("Parameters", [])
             given += [

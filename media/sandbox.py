@@ -12,7 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from config import Settings
 
 MiB = 1024**2
 # Short container names (what ``media.probe.container_name`` returns) to libavformat demuxers.
@@ -78,18 +81,18 @@ class Sandbox:
     cpu_per_second: float = 20.0
 
     @classmethod
-    def from_settings(cls, s: Mapping[str, Any]) -> Sandbox:
+    def from_settings(cls, s: Settings) -> Sandbox:
         """Build the sandbox from the ``VIDEO_*`` and ``FFMPEG_*`` settings."""
         return cls(
-            formats=tuple(s["VIDEO_ALLOWED_FORMATS"]),
-            max_pixels=s["VIDEO_MAX_WIDTH"] * s["VIDEO_MAX_HEIGHT"],
-            threads=s["FFMPEG_THREADS"],
-            probe_memory=s["FFPROBE_MEMORY_MB"] * MiB,
-            probe_seconds=s["FFPROBE_TIMEOUT"],
-            encode_memory=s["FFMPEG_MEMORY_MB"] * MiB,
-            timeout_base=s["FFMPEG_TIMEOUT_BASE"],
-            timeout_per_second=s["FFMPEG_TIMEOUT_PER_SECOND"],
-            cpu_per_second=s["FFMPEG_CPU_PER_SECOND"],
+            formats=tuple(s.VIDEO_ALLOWED_FORMATS),
+            max_pixels=s.VIDEO_MAX_WIDTH * s.VIDEO_MAX_HEIGHT,
+            threads=s.FFMPEG_THREADS,
+            probe_memory=s.FFPROBE_MEMORY_MB * MiB,
+            probe_seconds=s.FFPROBE_TIMEOUT,
+            encode_memory=s.FFMPEG_MEMORY_MB * MiB,
+            timeout_base=s.FFMPEG_TIMEOUT_BASE,
+            timeout_per_second=s.FFMPEG_TIMEOUT_PER_SECOND,
+            cpu_per_second=s.FFMPEG_CPU_PER_SECOND,
         )
 
     @property

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from media.probe import MediaInfo, ProbeError
+
+if TYPE_CHECKING:
+    from config import Settings
 
 
 class MediaRejected(Exception):
@@ -34,20 +36,20 @@ class Limits:
     max_streams: int = 16
 
     @classmethod
-    def from_settings(cls, s: Mapping[str, Any]) -> Limits:
+    def from_settings(cls, s: Settings) -> Limits:
         """Build the limits from the ``VIDEO_*`` settings."""
         return cls(
-            allowed_formats=tuple(s["VIDEO_ALLOWED_FORMATS"]),
-            min_duration=s["VIDEO_MIN_DURATION"],
-            max_duration=s["VIDEO_MAX_DURATION"],
-            min_width=s["VIDEO_MIN_WIDTH"],
-            min_height=s["VIDEO_MIN_HEIGHT"],
-            max_width=s["VIDEO_MAX_WIDTH"],
-            max_height=s["VIDEO_MAX_HEIGHT"],
-            max_fps=s["VIDEO_MAX_FPS"],
-            max_frames=s["VIDEO_MAX_FRAMES"],
-            max_pixel_rate=s["VIDEO_MAX_PIXEL_RATE"],
-            max_streams=s["VIDEO_MAX_STREAMS"],
+            allowed_formats=tuple(s.VIDEO_ALLOWED_FORMATS),
+            min_duration=s.VIDEO_MIN_DURATION,
+            max_duration=s.VIDEO_MAX_DURATION,
+            min_width=s.VIDEO_MIN_WIDTH,
+            min_height=s.VIDEO_MIN_HEIGHT,
+            max_width=s.VIDEO_MAX_WIDTH,
+            max_height=s.VIDEO_MAX_HEIGHT,
+            max_fps=s.VIDEO_MAX_FPS,
+            max_frames=s.VIDEO_MAX_FRAMES,
+            max_pixel_rate=s.VIDEO_MAX_PIXEL_RATE,
+            max_streams=s.VIDEO_MAX_STREAMS,
         )
 
 

@@ -26,34 +26,35 @@ from celery.signals import (
 )
 
 from app import create_app, jobs, logs, prometheus
-from app.extensions import db
+from app.extensions import db, get_settings
 from celeryconfig import PROCESS_TASK
 from tasks import heartbeat, instance, monitoring, sqs
 from tasks.scratch import remove_orphans
 
 flask_app = create_app()
 app = celery_app = flask_app.extensions["celery"]
-celery_app.steps["consumer"].add(heartbeat.make_step(flask_app.config))
-celery_app.steps["consumer"].add(instance.make_step(flask_app.config))
+settings = get_settings(flask_app)
+celery_app.steps["consumer"].add(heartbeat.make_step(settings))
+celery_app.steps["consumer"].add(instance.make_step(settings))
 monitoring.install()
 
 
 @setup_logging.connect
 def _logging(loglevel: str | int | None = None, **_: Any) -> None:
     """Log worker and task records as key=value lines too (instead of Celery's own format)."""
-    logs.configure(flask_app.config["LOG_LEVEL"], flask_app.config)
+    logs.configure(settings.LOG_LEVEL, settings)
 
 
 @worker_init.connect
 def _clean_scratch(**_: Any) -> None:
     """Remove job directories left by pool processes that were killed (kill -9, OOM)."""
-    remove_orphans(flask_app.config["WORKER_TMP_DIR"])
+    remove_orphans(settings.WORKER_TMP_DIR)
 
 
 @worker_init.connect
 def _serve_metrics(**_: Any) -> None:
     """Serve the host's worker metrics on ``WORKER_METRICS_PORT`` (0: none)."""
-    if port := flask_app.config["WORKER_METRICS_PORT"]:
+    if port := settings.WORKER_METRICS_PORT:
         prometheus.serve_worker(flask_app, port)
         logging.getLogger(__name__).info("metrics served", extra={"port": port})
 
@@ -68,7 +69,7 @@ def _fresh_engine(**_: Any) -> None:
 @worker_process_init.connect
 def _clean_after_lost_process(**_: Any) -> None:
     """Remove the job directory of the pool process this one replaces, when it was killed alone."""
-    remove_orphans(flask_app.config["WORKER_TMP_DIR"])
+    remove_orphans(settings.WORKER_TMP_DIR)
 
 
 @worker_shutdown.connect(dispatch_uid="videoproc-delete-mailbox")

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from celery import bootsteps
@@ -27,6 +27,7 @@ from celery.worker import state
 
 from app.aws import queue_url
 from app.storage import aws_client
+from config import Settings
 from tasks.scratch import alive
 
 logger = logging.getLogger(__name__)
@@ -49,9 +50,9 @@ def held_requests() -> list[Any]:
 class MessageKeeper:
     """Extend, or release, the visibility of the messages behind requests."""
 
-    def __init__(self, settings: Mapping[str, Any], client: Any = None) -> None:
+    def __init__(self, settings: Settings, client: Any = None) -> None:
         self.settings = settings
-        self.visibility = int(settings["SQS_VISIBILITY_TIMEOUT"])
+        self.visibility = int(settings.SQS_VISIBILITY_TIMEOUT)
         self.client = client or aws_client("sqs", settings, retries={"max_attempts": 2}, read_timeout=10)
         self.released: set[str] = set()
         self._url: str | None = None
@@ -115,7 +116,7 @@ def acknowledged(request: Any, timeout: float) -> bool:
     return True
 
 
-def make_step(settings: Mapping[str, Any]) -> type[bootsteps.StartStopStep]:
+def make_step(settings: Settings) -> type[bootsteps.StartStopStep]:
     """Return the consumer bootstep bound to these settings."""
 
     class VisibilityHeartbeat(bootsteps.StartStopStep):
@@ -124,8 +125,8 @@ def make_step(settings: Mapping[str, Any]) -> type[bootsteps.StartStopStep]:
         def __init__(self, parent: Any, **kwargs: Any) -> None:
             super().__init__(parent, **kwargs)
             self.keeper: MessageKeeper | None = None
-            self.grace = float(settings["SHUTDOWN_GRACE_SECONDS"])
-            self.interval = max(1.0, int(settings["SQS_VISIBILITY_TIMEOUT"]) / 4)
+            self.grace = float(settings.SHUTDOWN_GRACE_SECONDS)
+            self.interval = max(1.0, int(settings.SQS_VISIBILITY_TIMEOUT) / 4)
 
         def start(self, parent: Any) -> None:
             if self.keeper is not None:  # the consumer restarts after a connection loss

@@ -28,13 +28,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
 from typing import Any
 
 from celery import bootsteps
 from celery.signals import worker_shutdown
 
 from app.storage import aws_client
+from config import Settings
 from tasks.heartbeat import held_requests
 
 logger = logging.getLogger(__name__)
@@ -71,9 +71,9 @@ class Metadata:
 class InstanceGuard:
     """This instance's place in the worker group: protect it while busy, tell when it must leave."""
 
-    def __init__(self, settings: Mapping[str, Any], metadata: Metadata | None = None, autoscaling: Any = None) -> None:
-        self.group, self.hook = settings["WORKER_ASG_NAME"], settings["WORKER_LIFECYCLE_HOOK"]
-        self.metadata = metadata or Metadata(settings["EC2_METADATA_URL"])
+    def __init__(self, settings: Settings, metadata: Metadata | None = None, autoscaling: Any = None) -> None:
+        self.group, self.hook = settings.WORKER_ASG_NAME, settings.WORKER_LIFECYCLE_HOOK
+        self.metadata = metadata or Metadata(settings.EC2_METADATA_URL)
         self.autoscaling = autoscaling or aws_client("autoscaling", settings, retries={"max_attempts": 2})
         self.protected: bool | None = None
         self._instance_id: str | None = None
@@ -116,7 +116,7 @@ class InstanceGuard:
             logger.info("no lifecycle action to complete", extra={"error": repr(exc)})
 
 
-def make_step(settings: Mapping[str, Any]) -> type[bootsteps.StartStopStep]:
+def make_step(settings: Settings) -> type[bootsteps.StartStopStep]:
     """Return the consumer bootstep that watches this instance (a no-op without ``WORKER_ASG_NAME``)."""
 
     class InstanceWatch(bootsteps.StartStopStep):
@@ -125,16 +125,16 @@ def make_step(settings: Mapping[str, Any]) -> type[bootsteps.StartStopStep]:
         def __init__(self, parent: Any, **kwargs: Any) -> None:
             super().__init__(parent, **kwargs)
             self.guard: InstanceGuard | None = None
-            self.every = float(settings["INSTANCE_CHECK_SECONDS"])
+            self.every = float(settings.INSTANCE_CHECK_SECONDS)
             self.leaving: str | None = None
 
         def start(self, parent: Any) -> None:
-            if self.guard is not None or not settings["WORKER_ASG_NAME"]:
+            if self.guard is not None or not settings.WORKER_ASG_NAME:
                 return
             self.guard = InstanceGuard(settings)
             worker_shutdown.connect(self._on_shutdown, weak=False)
             threading.Thread(target=self._watch, name="instance-watch", daemon=True).start()
-            logger.info("instance watch started", extra={"group": settings["WORKER_ASG_NAME"], "every": self.every})
+            logger.info("instance watch started", extra={"group": settings.WORKER_ASG_NAME, "every": self.every})
 
         def _watch(self) -> None:
             assert self.guard is not None

@@ -15,7 +15,7 @@ from celery.utils.log import get_task_logger
 from flask import Flask, current_app
 
 from app import jobs
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.logs import log_context
 from app.models import Status, Video
 from app.prometheus import JOBS, PROCESSING_SECONDS, PROCESSING_SPEED, RETRIES
@@ -45,8 +45,8 @@ class JobLost(Exception):
 @functools.cache
 def pipeline() -> Pipeline:
     """Return this worker process's pipeline; its bumpers are rendered once and reused."""
-    config = current_app.config
-    cache = Path(config["WORKER_TMP_DIR"] or tempfile.gettempdir()) / "videoproc-bumpers"
+    config = get_settings()
+    cache = Path(config.WORKER_TMP_DIR or tempfile.gettempdir()) / "videoproc-bumpers"
     return Pipeline(Profile.from_settings(config), cache, Sandbox.from_settings(config))
 
 
@@ -122,8 +122,8 @@ class VideoJob:
         original = video.original_key
         db.session.commit()  # hold no transaction open through the long part
         storage = get_storage()
-        config = current_app.config
-        with job_dir(self.video_id, config["WORKER_TMP_DIR"]) as tmp:
+        config = get_settings()
+        with job_dir(self.video_id, config.WORKER_TMP_DIR) as tmp:
             workdir = Path(tmp)
             src = workdir / "original"
             try:
@@ -193,7 +193,7 @@ def _held_by(video_id: str, token: str) -> float | None:
     db.session.commit()
     if video is None or video.status != Status.PROCESSING.value or video.claimed_by != token:
         return None
-    stale_after = current_app.config["STALE_AFTER_SECONDS"]
+    stale_after = get_settings().STALE_AFTER_SECONDS
     beat = video.heartbeat_at
     if beat is None:
         return 0.0
@@ -212,13 +212,13 @@ def process_video(self: Task, video_id: str, recheck: bool = False) -> str | Non
     request = self.request
     token = f"{request.id}:{request.retries}"
     previous = f"{request.id}:{request.retries - 1}" if request.retries else None
-    config = current_app.config
-    stale_after = config["STALE_AFTER_SECONDS"]
+    config = get_settings()
+    stale_after = config.STALE_AFTER_SECONDS
     with log_context(video_id=video_id, task_id=request.id):
         # The worker's main process retries a job whose pool process died (task_retry_on_worker_lost):
         # then `previous` still holds the row, and its try is known to be over.
         dead = None if recheck else previous
-        if jobs.give_up(video_id, stale_after, config["MAX_ATTEMPTS"], dead=dead):
+        if jobs.give_up(video_id, stale_after, config.MAX_ATTEMPTS, dead=dead):
             logger.error("failed", extra={"state": Status.FAILED.value, "code": "worker_lost"})
             return None
         if not jobs.claim(video_id, token, previous, stale_after, takeover=not recheck):
@@ -231,7 +231,7 @@ def process_video(self: Task, video_id: str, recheck: bool = False) -> str | Non
         logger.info("claimed", extra={"state": Status.PROCESSING.value, "retries": request.retries})
         try:
             flask_app = current_app._get_current_object()  # type: ignore[attr-defined]  # a proxy's target
-            with Heartbeat(flask_app, video_id, token, config["HEARTBEAT_SECONDS"]) as beat:
+            with Heartbeat(flask_app, video_id, token, config.HEARTBEAT_SECONDS) as beat:
                 return VideoJob(video_id, token, beat.lost).run()
         except JobLost:  # FFmpeg is stopped and the scratch directory removed on the way out
             db.session.rollback()
@@ -245,18 +245,18 @@ def process_video(self: Task, video_id: str, recheck: bool = False) -> str | Non
         except PermanentError as exc:
             _fail(video_id, token, exc.code, exc.message)
         except SoftTimeLimitExceeded:
-            _fail(video_id, token, "timed_out", f"Processing took longer than {config['TASK_SOFT_TIME_LIMIT']}s.")
+            _fail(video_id, token, "timed_out", f"Processing took longer than {config.TASK_SOFT_TIME_LIMIT}s.")
         except Exception as exc:
             db.session.rollback()
             if not is_transient(exc):
                 logger.exception("internal error")
                 _fail(video_id, token, "internal_error", "An internal error stopped processing; it has been logged.")
                 raise
-            if request.retries >= config["TASK_MAX_RETRIES"]:
+            if request.retries >= config.TASK_MAX_RETRIES:
                 logger.error("giving up", extra={"error": repr(exc)})
                 _fail(video_id, token, "retries_exhausted", "Gave up after repeated passing faults.")
                 return None
-            delay = backoff(request.retries, config["TASK_RETRY_BACKOFF_MAX"])
+            delay = backoff(request.retries, config.TASK_RETRY_BACKOFF_MAX)
             logger.warning("transient error; will retry", extra={"error": repr(exc), "delay": delay})
             # The row waits as `retrying` (the sweeper leaves it until the retry is overdue); SQS holds
             # the retry's message for `delay` seconds (DelaySeconds): no worker keeps it meanwhile.

@@ -29,7 +29,7 @@ from werkzeug.test import encode_multipart
 
 from app import create_app
 from app.aws import ensure_bucket, ensure_queues, queue_url
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.metrics import COUNTS
 from app.models import User, Video
 from app.storage import aws_client, get_storage
@@ -129,8 +129,7 @@ def make_app(base_env: dict[str, str]) -> Iterator[Callable[..., Flask]]:
     apps: list[Flask] = []
 
     def factory(env: dict[str, str] | None = None, **overrides: Any) -> Flask:
-        settings = load_settings({**base_env, **(env or {})})
-        settings.update(overrides)
+        settings = load_settings({**base_env, **(env or {})}).replace(**overrides)
         apps.append(create_app(settings))
         return apps[-1]
 
@@ -146,8 +145,8 @@ def app(make_app: Callable[..., Flask]) -> Flask:
     flask_app = make_app({"SQS_QUEUE_NAME": "api-tests"})
     with flask_app.app_context():
         flask_migrate.upgrade(directory=str(ROOT / "migrations"))
-        ensure_bucket(flask_app.config)
-        ensure_queues(flask_app.config)
+        ensure_bucket(get_settings(flask_app))
+        ensure_queues(get_settings(flask_app))
     return flask_app
 
 
@@ -236,7 +235,7 @@ def e2e_app(make_app: Callable[..., Flask], app: Flask) -> Flask:
     """The app of the end-to-end tests; its queue is served by ``worker``."""
     flask_app = make_app({"SQS_QUEUE_NAME": "e2e"})
     with flask_app.app_context():
-        ensure_queues(flask_app.config)
+        ensure_queues(get_settings(flask_app))
     return flask_app
 
 
@@ -376,8 +375,10 @@ def queue_empty(flask_app: Flask) -> bool:
     Once a delivery is acknowledged and nothing is left, no redelivery can come: the check
     that lets a test assert "never again" without sleeping.
     """
-    sqs = aws_client("sqs", flask_app.config)
-    found = sqs.get_queue_attributes(QueueUrl=queue_url(flask_app.config, sqs), AttributeNames=COUNTS)["Attributes"]
+    sqs = aws_client("sqs", get_settings(flask_app))
+    found = sqs.get_queue_attributes(QueueUrl=queue_url(get_settings(flask_app), sqs), AttributeNames=COUNTS)[
+        "Attributes"
+    ]
     return all(int(found.get(name, 0)) == 0 for name in COUNTS)
 
 

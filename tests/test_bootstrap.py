@@ -23,6 +23,7 @@ from flask import Flask
 from sqlalchemy.engine import make_url
 
 from app.aws import ensure_bucket, ensure_queues
+from app.extensions import get_settings
 from app.storage import aws_client
 from deploy import release, stack, units
 from tests.conftest import PASSWORD, ROOT, free_port, unique_email, wait_for
@@ -71,7 +72,7 @@ def scratch_root(tmp_path: Path) -> Iterator[Path]:
 
 def instance_config(app: Flask, database_url: str, redis_url: str, ports: dict[str, int]) -> dict[str, str]:
     """What the stack's InstanceConfig parameter holds, with secrets made in moto's Secrets Manager."""
-    manager = aws_client("secretsmanager", app.config)
+    manager = aws_client("secretsmanager", get_settings(app))
 
     def secret(name: str, value: str) -> str:
         return manager.create_secret(Name=f"{name}-{secrets.token_hex(4)}", SecretString=value)["ARN"]
@@ -92,7 +93,7 @@ def instance_config(app: Flask, database_url: str, redis_url: str, ports: dict[s
         "WORKER_CONCURRENCY": "1",
         "LOG_GROUP_PREFIX": f"/bootstrap-{secrets.token_hex(4)}/",
     }
-    logs = aws_client("logs", app.config)
+    logs = aws_client("logs", get_settings(app))
     for role in ("web", "worker", "ops"):  # the stack's log groups
         logs.create_log_group(logGroupName=f"{config['LOG_GROUP_PREFIX']}{role}")
     url = make_url(database_url)
@@ -130,15 +131,15 @@ def test_bootstrapped_instances_process_a_real_upload(
 ) -> None:
     app = make_app({"SQS_QUEUE_PREFIX": PREFIX, "SQS_QUEUE_NAME": "videos", "SQS_DLQ_NAME": "videos-dlq"})
     with app.app_context():
-        ensure_bucket(app.config)  # the stack's bucket and queues (production never creates them)
-        ensure_queues(app.config)
-    s3 = aws_client("s3", app.config)
+        ensure_bucket(get_settings(app))  # the stack's bucket and queues (production never creates them)
+        ensure_queues(get_settings(app))
+    s3 = aws_client("s3", get_settings(app))
     s3.create_bucket(Bucket="videoproc-releases")
     built = release.build(tmp_path / "dist")
     s3.upload_file(str(built), "videoproc-releases", f"releases/{built.name}")
     ports = {"web": free_port(), "flower": free_port()}
     config = instance_config(app, database_url, redis_url, ports)
-    aws_client("ssm", app.config).put_parameter(
+    aws_client("ssm", get_settings(app)).put_parameter(
         Name="/bootstrap/instance-config", Value=json.dumps(config), Type="String"
     )
     env = {
@@ -204,7 +205,7 @@ def test_bootstrapped_instances_process_a_real_upload(
     assert written["LOG_GROUP"] == f"{config['LOG_GROUP_PREFIX']}worker"
 
     def shipped() -> list[str]:  # the worker's records reach its log group (where the error alarm reads them)
-        found = aws_client("logs", app.config).filter_log_events(
+        found = aws_client("logs", get_settings(app)).filter_log_events(
             logGroupName=written["LOG_GROUP"], filterPattern=f'"{video_id}"'
         )
         return [e["message"] for e in found["events"] if "msg=processed" in e["message"]]

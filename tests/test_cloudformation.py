@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from app.extensions import get_settings
 from app.storage import aws_client
 from deploy import docs
 from deploy import stack as stack_tool
@@ -80,7 +81,7 @@ def test_what_moto_cannot_model_is_in_the_template() -> None:
 @pytest.fixture
 def stack(app: Flask) -> dict[str, str]:
     """The template deployed into moto server; its outputs."""
-    ec2 = aws_client("ec2", app.config)
+    ec2 = aws_client("ec2", get_settings(app))
     subnets = ",".join(s["SubnetId"] for s in ec2.describe_subnets()["Subnets"][:2])
     parameters = {
         "VpcId": ec2.describe_vpcs()["Vpcs"][0]["VpcId"],
@@ -91,7 +92,7 @@ def stack(app: Flask) -> dict[str, str]:
         "ReleaseBucket": "videoproc-releases",
         "ReleaseKey": "releases/videoproc-0.1.0-test.tar.gz",
     }
-    cloudformation = aws_client("cloudformation", app.config)
+    cloudformation = aws_client("cloudformation", get_settings(app))
     name = f"vp{uuid.uuid4().hex[:6]}"
     cloudformation.create_stack(  # moto warns about each type in UNMODELLED_TYPES (pyproject.toml ignores those)
         StackName=name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -24,18 +25,18 @@ PRODUCTION = {
 
 def test_development_defaults_point_at_local_aws() -> None:
     s = load_settings({"SECRET_KEY": "x"})
-    assert s["AWS_ENDPOINT_URL"] == "http://127.0.0.1:5000"
-    assert s["CELERY_BROKER_URL"] == "sqs://testing:testing@127.0.0.1:5000"
-    assert s["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
-    assert s["VIDEO_ALLOWED_FORMATS"] == ["mp4", "mov"]
-    assert s["MAX_UPLOAD_BYTES"] == 1024**3
+    assert s.AWS_ENDPOINT_URL == "http://127.0.0.1:5000"
+    assert s.CELERY_BROKER_URL == "sqs://testing:testing@127.0.0.1:5000"
+    assert s.SQLALCHEMY_DATABASE_URI.startswith("sqlite:///")
+    assert s.VIDEO_ALLOWED_FORMATS == ("mp4", "mov")
+    assert s.MAX_UPLOAD_BYTES == 1024**3
 
 
 def test_production_uses_the_instance_role_and_real_endpoints() -> None:
     s = load_settings({**PRODUCTION, "S3_BUCKET": "videos"})
-    assert s["AWS_ENDPOINT_URL"] is None and s["AWS_ACCESS_KEY_ID"] is None
-    assert s["CELERY_BROKER_URL"] == "sqs://"
-    assert s["SQLALCHEMY_DATABASE_URI"] == "postgresql://u@db/videos"
+    assert s.AWS_ENDPOINT_URL is None and s.AWS_ACCESS_KEY_ID is None
+    assert s.CELERY_BROKER_URL == "sqs://"
+    assert s.SQLALCHEMY_DATABASE_URI == "postgresql://u@db/videos"
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_random_secrets_pass() -> None:
     import secrets
 
     for key in (secrets.token_urlsafe(32), secrets.token_hex(32), secrets.token_urlsafe(64)):
-        assert load_settings({**PRODUCTION, "S3_BUCKET": "videos", "SECRET_KEY": key})["SECRET_KEY"] == key
+        assert key == load_settings({**PRODUCTION, "S3_BUCKET": "videos", "SECRET_KEY": key}).SECRET_KEY
 
 
 def test_bad_values_are_named() -> None:
@@ -83,12 +84,11 @@ def test_course_profile_is_one_configuration_away() -> None:
     s = load_settings(
         {"VIDEO_MIN_DURATION": "20", "VIDEO_MAX_DURATION": "60", "VIDEO_MIN_WIDTH": "1920", "VIDEO_MIN_HEIGHT": "1080"}
     )
-    assert (s["VIDEO_MIN_DURATION"], s["VIDEO_MAX_DURATION"], s["VIDEO_MIN_WIDTH"]) == (20, 60, 1920)
+    assert (s.VIDEO_MIN_DURATION, s.VIDEO_MAX_DURATION, s.VIDEO_MIN_WIDTH) == (20, 60, 1920)
 
 
 def test_broker_url_quotes_credentials() -> None:
-    s = {"AWS_ACCESS_KEY_ID": "AK/1", "AWS_SECRET_ACCESS_KEY": "a+b/c", "SQS_ENDPOINT_URL": None}
-    assert broker_url(s) == "sqs://AK%2F1:a%2Bb%2Fc@"
+    assert broker_url("AK/1", "a+b/c", None) == "sqs://AK%2F1:a%2Bb%2Fc@"
 
 
 def test_celery_settings_for_sqs() -> None:
@@ -151,3 +151,44 @@ def test_the_readme_layout_names_every_module() -> None:
     modules = [p for pkg in packages for p in sorted((ROOT / pkg).glob("*.py")) if p.name != "__init__.py"]
     assert len(modules) > 40
     assert [str(p.relative_to(ROOT)) for p in modules if p.name not in layout] == []
+
+
+def test_settings_are_typed_and_read_only() -> None:
+    s = load_settings({"SECRET_KEY": "x", "OUTPUT_CRF": "20"})
+    assert s.OUTPUT_CRF == 20 and isinstance(s.VIDEO_MAX_FPS, float)
+    with pytest.raises(AttributeError):
+        s.OUTPUT_CRFF  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.OUTPUT_CRF = 30  # type: ignore[misc]
+    with pytest.raises(TypeError, match="OUTPUT_CRFF"):
+        s.replace(OUTPUT_CRFF=30)
+    with pytest.raises(ConfigError, match="STALE_AFTER_SECONDS"):
+        s.replace(STALE_AFTER_SECONDS=1)  # replace checks again
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [("VIDEO_MAX_DURATON", "VIDEO_MAX_DURATION"), ("SQS_VISIBILTY_TIMEOUT", "SQS_VISIBILITY_TIMEOUT")],
+)
+def test_a_misspelt_variable_stops_the_process(name: str, meant: str) -> None:
+    with pytest.raises(ConfigError, match=f"{name} is not a setting; did you mean {meant}"):
+        load_settings({"SECRET_KEY": "x", name: "60"})
+
+
+def test_other_variables_are_left_alone() -> None:
+    env = {
+        "SECRET_KEY": "x",
+        "SECRET_KEY_ARN": "arn:x",
+        "LOG_GROUP_PREFIX": "/p/",
+        "PATH": "/bin",
+        "VIDEOPROC_ROLE": "web",
+    }
+    assert load_settings(env).SECRET_KEY == "x"
+
+
+def test_values_are_checked_and_secrets_kept_out_of_reprs() -> None:
+    s = load_settings({"SECRET_KEY": "k" * 40, "DATABASE_URL": "postgresql://u:pw-1@db/v"})
+    with pytest.raises(ConfigError, match="OUTPUT_CRF must be <class 'int'>"):
+        s.replace(OUTPUT_CRF="20")
+    assert s.replace(VIDEO_MIN_DURATION=20).VIDEO_MIN_DURATION == 20
+    assert "kkkk" not in repr(s) and "pw-1" not in repr(s) and "testing@" not in repr(s)

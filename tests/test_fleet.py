@@ -22,6 +22,7 @@ import pytest
 from flask import Flask
 
 from app.aws import ensure_queues, queue_url
+from app.extensions import get_settings
 from app.storage import aws_client
 from tests.conftest import Worker, post_upload, signup_and_login, unique_email, wait_for
 from tests.test_e2e import row
@@ -56,9 +57,9 @@ class Fleet:
     stopped: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.autoscaling = aws_client("autoscaling", self.app.config)
-        self.sqs = aws_client("sqs", self.app.config)
-        self.url = queue_url(self.app.config, self.sqs)
+        self.autoscaling = aws_client("autoscaling", get_settings(self.app))
+        self.sqs = aws_client("sqs", get_settings(self.app))
+        self.url = queue_url(get_settings(self.app), self.sqs)
 
     def backlog(self) -> int:
         attributes = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages"])
@@ -131,8 +132,8 @@ def fleet(
 ) -> Iterator[Fleet]:
     app = make_app(QUEUE, USER_MAX_ACTIVE_VIDEOS=UPLOADS, USER_MAX_UPLOADS_PER_DAY=UPLOADS)
     with app.app_context():
-        ensure_queues(app.config)
-    aws_client("autoscaling", app.config).update_auto_scaling_group(
+        ensure_queues(get_settings(app))
+    aws_client("autoscaling", get_settings(app)).update_auto_scaling_group(
         AutoScalingGroupName=worker_group, MinSize=MIN_SIZE, MaxSize=MAX_SIZE, DesiredCapacity=MIN_SIZE
     )
     env = {**base_env, **QUEUE, "INSTANCE_CHECK_SECONDS": "0.5", "SHUTDOWN_GRACE_SECONDS": "2"}

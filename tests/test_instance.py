@@ -15,6 +15,7 @@ import pytest
 from flask import Flask
 
 from app.aws import ensure_queues
+from app.extensions import get_settings
 from app.queue import enqueue_video
 from app.storage import aws_client
 from tasks.instance import InstanceGuard, Metadata
@@ -69,7 +70,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def group_instance(app: Flask, group: str) -> dict[str, Any]:
-    groups = aws_client("autoscaling", app.config).describe_auto_scaling_groups(AutoScalingGroupNames=[group])
+    groups = aws_client("autoscaling", get_settings(app)).describe_auto_scaling_groups(AutoScalingGroupNames=[group])
     return groups["AutoScalingGroups"][0]["Instances"][0]
 
 
@@ -84,7 +85,7 @@ def metadata(app: Flask, worker_group: str) -> Iterator[FakeMetadata]:  # noqa: 
 
 
 def test_guard_reads_the_metadata_service(app: Flask, worker_group: str, metadata: FakeMetadata) -> None:  # noqa: F811
-    settings = {**app.config, "WORKER_ASG_NAME": worker_group, "EC2_METADATA_URL": metadata.url}
+    settings = get_settings(app).replace(WORKER_ASG_NAME=worker_group, EC2_METADATA_URL=metadata.url)
     guard = InstanceGuard(settings)
     assert guard.instance_id == metadata.instance_id and guard.leaving() is None
     guard.protect(True)
@@ -107,7 +108,7 @@ def test_spot_notice_hands_the_running_job_to_another_worker(
     queue = {"SQS_QUEUE_NAME": "instance-test"}
     flask_app = make_app(queue)
     with flask_app.app_context():
-        ensure_queues(flask_app.config)
+        ensure_queues(get_settings(flask_app))
     on_ec2 = {
         **queue,
         "WORKER_ASG_NAME": worker_group,
@@ -115,7 +116,7 @@ def test_spot_notice_hands_the_running_job_to_another_worker(
         "INSTANCE_CHECK_SECONDS": "0.5",
         "SHUTDOWN_GRACE_SECONDS": "2",
     }
-    aws_client("autoscaling", app.config).set_instance_protection(
+    aws_client("autoscaling", get_settings(app)).set_instance_protection(
         InstanceIds=[metadata.instance_id], AutoScalingGroupName=worker_group, ProtectedFromScaleIn=True
     )
     spot = start_worker("spot", on_ec2)

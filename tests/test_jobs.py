@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 
 from app import jobs, sweeper
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.models import Status, User, Video, utcnow
 
 STALE = 60
@@ -51,7 +51,7 @@ def held(user_id: int, token: str, beat_age: float = 0, **values: Any) -> str:
 
 
 def settings(app: Flask) -> dict[str, Any]:
-    return {**app.config, "STALE_AFTER_SECONDS": STALE, "SWEEP_AFTER_SECONDS": 30, "MAX_ATTEMPTS": 3}
+    return get_settings(app).replace(STALE_AFTER_SECONDS=STALE, SWEEP_AFTER_SECONDS=30, MAX_ATTEMPTS=3)
 
 
 def test_every_transition_names_real_statuses() -> None:

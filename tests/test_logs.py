@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask
 
+from app.extensions import get_settings
 from app.logs import CloudWatchHandler, log_context
 from app.storage import aws_client
 from deploy.envfile import environment
@@ -25,9 +26,9 @@ def test_each_role_ships_to_its_own_group() -> None:
 
 def test_records_of_a_process_and_its_forked_child_reach_the_group(app: Flask) -> None:
     group = f"/test/worker-{uuid.uuid4().hex[:8]}"
-    logs = aws_client("logs", app.config)
+    logs = aws_client("logs", get_settings(app))
     logs.create_log_group(logGroupName=group)
-    handler = CloudWatchHandler({**app.config, "LOG_GROUP": group})
+    handler = CloudWatchHandler(get_settings(app).replace(LOG_GROUP=group))
     logger = logging.getLogger(f"test.ship.{group}")
     logger.propagate, logger.level = False, logging.INFO
     logger.addHandler(handler)

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from config import load_settings
 from media import commands
 from media.probe import MediaInfo, container_name, parse_probe
 from media.profile import Profile
@@ -91,9 +92,10 @@ class TestValidate:
             check(info(width=1920, height=1080, duration=10), course)
 
     def test_limits_from_settings(self) -> None:
-        s = {"VIDEO_ALLOWED_FORMATS": ["mp4"], "VIDEO_MIN_DURATION": 20, "VIDEO_MAX_DURATION": 60}
-        s |= {"VIDEO_MIN_WIDTH": 1920, "VIDEO_MIN_HEIGHT": 1080, "VIDEO_MAX_WIDTH": 3840, "VIDEO_MAX_HEIGHT": 2160}
-        s |= {"VIDEO_MAX_FPS": 120, "VIDEO_MAX_FRAMES": 7200, "VIDEO_MAX_PIXEL_RATE": 1e9, "VIDEO_MAX_STREAMS": 4}
+        env = {"VIDEO_ALLOWED_FORMATS": "mp4", "VIDEO_MIN_DURATION": "20", "VIDEO_MAX_DURATION": "60"}
+        env |= {"VIDEO_MIN_WIDTH": "1920", "VIDEO_MIN_HEIGHT": "1080", "VIDEO_MAX_WIDTH": "3840"}
+        env |= {"VIDEO_MAX_HEIGHT": "2160", "VIDEO_MAX_FPS": "120", "VIDEO_MAX_FRAMES": "7200"}
+        s = load_settings({**env, "VIDEO_MAX_PIXEL_RATE": "1e9", "VIDEO_MAX_STREAMS": "4", "SECRET_KEY": "x"})
         assert Limits.from_settings(s) == Limits(("mp4",), 20, 60, 1920, 1080, 3840, 2160, 120, 7200, 1e9, 4)
 
 

@@ -9,10 +9,11 @@ import pytest
 from flask import Flask
 
 from app.aws import ensure_queues, queue_url
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.metrics import Backlog, metric_data
 from app.models import User, Video, utcnow
 from app.storage import aws_client
+from config import load_settings
 
 
 def test_backlog_per_instance_counts_an_empty_group_as_one() -> None:
@@ -21,7 +22,7 @@ def test_backlog_per_instance_counts_an_empty_group_as_one() -> None:
 
 
 def test_metric_data_names_and_units() -> None:
-    settings = {"SQS_QUEUE_PREFIX": "", "SQS_QUEUE_NAME": "videos"}
+    settings = load_settings({"SECRET_KEY": "x", "SQS_QUEUE_NAME": "videos"})
     data = {d["MetricName"]: d for d in metric_data(settings, Backlog(8, 1, 2, 3, 2, 42.5))}
     assert data["BacklogPerInstance"]["Value"] == 4 and data["DeadLetterMessages"]["Value"] == 3
     assert data["OldestWaitingVideoAge"] == {
@@ -35,14 +36,14 @@ def test_metric_data_names_and_units() -> None:
 @pytest.fixture
 def worker_group(app: Flask) -> str:
     """An autoscaling group of two in-service instances in moto server."""
-    ec2 = aws_client("ec2", app.config)
+    ec2 = aws_client("ec2", get_settings(app))
     image = ec2.describe_images()["Images"][0]["ImageId"]
     subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
     name = f"workers-{datetime.now(UTC):%H%M%S%f}"
     ec2.create_launch_template(
         LaunchTemplateName=name, LaunchTemplateData={"ImageId": image, "InstanceType": "c7g.large"}
     )
-    aws_client("autoscaling", app.config).create_auto_scaling_group(
+    aws_client("autoscaling", get_settings(app)).create_auto_scaling_group(
         AutoScalingGroupName=name,
         LaunchTemplate={"LaunchTemplateName": name, "Version": "$Latest"},
         MinSize=0,
@@ -59,7 +60,7 @@ def test_publish_puts_the_backlog_into_cloudwatch(
     flask_app = make_app(
         {"SQS_QUEUE_NAME": "metrics-test", "WORKER_ASG_NAME": worker_group, "METRICS_NAMESPACE": "vp-test"}
     )
-    config = flask_app.config
+    config = get_settings(flask_app)
     with flask_app.app_context():
         ensure_queues(config)
         sqs = aws_client("sqs", config)

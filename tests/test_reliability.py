@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 
 from app import dlq
 from app.aws import ensure_queues, queue_url
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.models import Video
 from app.queue import enqueue_video
 from app.storage import aws_client, get_storage
@@ -72,7 +72,7 @@ def stack(make_app: Callable[..., Flask], app: Flask) -> Callable[..., Stack]:
         full = {"SQS_QUEUE_NAME": f"rel-{uuid.uuid4().hex[:8]}", **QUICK, **env}
         flask_app = make_app(full, **overrides)
         with flask_app.app_context():
-            ensure_queues(flask_app.config)
+            ensure_queues(get_settings(flask_app))
         client = flask_app.test_client()
         return Stack(flask_app, full, client, signup_and_login(client, unique_email()))
 
@@ -217,15 +217,15 @@ def test_malformed_and_unknown_messages_do_not_block_the_queue(
         }
     )
     a = start_worker("a", s.env)
-    sqs = aws_client("sqs", s.app.config)
-    sqs.send_message(QueueUrl=queue_url(s.app.config, sqs), MessageBody="this is not a celery message")
+    sqs = aws_client("sqs", get_settings(s.app))
+    sqs.send_message(QueueUrl=queue_url(get_settings(s.app), sqs), MessageBody="this is not a celery message")
     unknown = str(uuid.uuid4())
     with s.app.app_context():
         enqueue_video(unknown, str(uuid.uuid4()))
     video_id = s.upload(clip("small.mp4")).json["video_id"]
     s.wait_status(video_id, "processed", timeout=120)
     wait_for(lambda: a.lines("nothing to do", unknown, "reason=deleted"), timeout=30)
-    dead = wait_for(lambda: dlq.list_dead(s.app.config), timeout=60)
+    dead = wait_for(lambda: dlq.list_dead(get_settings(s.app)), timeout=60)
     print(f"\nmalformed: dead-lettered after {dead[0]['receive_count']} receives; unknown video acknowledged")
     assert [d["video_id"] for d in dead] == [None] and dead[0]["task"] is None
     result = s.app.test_cli_runner().invoke(args=["aws", "dlq-redrive"])

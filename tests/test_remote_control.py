@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
+from app.extensions import get_settings
 from app.storage import aws_client
 from tests.conftest import ROOT, Worker, wait_for
 from tests.test_reliability import (
@@ -38,13 +39,13 @@ def settings() -> dict[str, str]:
 
 
 def queues(s: Stack) -> list[str]:
-    sqs = aws_client("sqs", s.app.config)
+    sqs = aws_client("sqs", get_settings(s.app))
     urls = sqs.list_queues(QueueNamePrefix=s.env["SQS_QUEUE_PREFIX"]).get("QueueUrls", [])
     return sorted(u.rsplit("/", 1)[1] for u in urls)
 
 
 def subscriptions(s: Stack) -> list[str]:
-    found = aws_client("sns", s.app.config).list_subscriptions()["Subscriptions"]
+    found = aws_client("sns", get_settings(s.app)).list_subscriptions()["Subscriptions"]
     return [x["Endpoint"].rsplit(":", 1)[1] for x in found if s.env["SQS_QUEUE_PREFIX"] in x["Endpoint"]]
 
 

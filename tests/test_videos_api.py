@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 
 from app import jobs
 from app.aws import queue_url
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.models import Status, User, Video, utcnow
 from app.storage import aws_client, get_storage
 from celeryconfig import PROCESS_TASK
@@ -41,8 +41,8 @@ def row_count(app: Flask) -> int:
 
 def queued_task_ids(app: Flask) -> list[str]:
     """Receive every message on the queue and return the task ids kombu put in them."""
-    sqs = aws_client("sqs", app.config)
-    url = queue_url(app.config, sqs)
+    sqs = aws_client("sqs", get_settings(app))
+    url = queue_url(get_settings(app), sqs)
     ids = []
     while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
         for message in messages:
@@ -267,12 +267,14 @@ def test_aws_init_is_idempotent_and_sets_the_redrive_policy(app: Flask) -> None:
     for _ in range(2):
         result = runner.invoke(args=["aws", "init"])
         assert result.exit_code == 0 and "dlq" in result.output
-    sqs = aws_client("sqs", app.config)
-    attributes = sqs.get_queue_attributes(QueueUrl=queue_url(app.config, sqs), AttributeNames=["All"])["Attributes"]
+    sqs = aws_client("sqs", get_settings(app))
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url(get_settings(app), sqs), AttributeNames=["All"])[
+        "Attributes"
+    ]
     policy = json.loads(attributes["RedrivePolicy"])
     assert policy["deadLetterTargetArn"].endswith(":api-tests-dlq") and int(policy["maxReceiveCount"]) == 5
     assert attributes["VisibilityTimeout"] == "120" and attributes["ReceiveMessageWaitTimeSeconds"] == "1"
-    s3 = aws_client("s3", app.config)
+    s3 = aws_client("s3", get_settings(app))
     rules = s3.get_bucket_lifecycle_configuration(Bucket=app.config["S3_BUCKET"])["Rules"]
     assert rules[0]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
 

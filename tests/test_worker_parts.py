@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from config import load_settings
 from tasks.heartbeat import MessageKeeper
 from tasks.scratch import PREFIX, alive, remove_orphans
 
-SETTINGS = {"SQS_VISIBILITY_TIMEOUT": 120, "SQS_QUEUE_URL": "https://sqs.example/1/work", "SQS_QUEUE_PREFIX": ""}
+SETTINGS = load_settings({"SECRET_KEY": "x", "SQS_QUEUE_URL": "https://sqs.example/1/work"})
 
 
 class FakeSQS:

@@ -9,7 +9,7 @@ from flask import Flask, Response, g, jsonify, request
 from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from app.extensions import db
+from app.extensions import db, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +68,11 @@ def init_app(app: Flask) -> None:
     def too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:
         limit, length = request.max_content_length, request.content_length
         if request.endpoint == "api.upload" and (length is None or limit is None or length > limit):
-            maximum = app.config["MAX_UPLOAD_BYTES"]
+            maximum = get_settings(app).MAX_UPLOAD_BYTES
             return error_response(413, "file_too_large", f"The upload exceeds the limit of {maximum} bytes.")
         if length is not None and limit is not None and length > limit:
             return error_response(413, "body_too_large", f"The request body exceeds {limit} bytes for this route.")
-        parts = app.config["MAX_FORM_PARTS"]
+        parts = get_settings(app).MAX_FORM_PARTS
         return error_response(413, "request_too_large", f"The body is too large or has more than {parts} parts.")
 
     @app.errorhandler(RateLimitExceeded)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import text
 
 from app.api import Blueprint
 from app.api.schemas import HealthSchema, ReadySchema
 from app.aws import ping_queue
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.storage import get_storage
 
 bp = Blueprint("health", __name__, description="For load balancers")
@@ -31,7 +30,7 @@ def readyz() -> tuple[dict[str, Any], int]:
     checks = {
         "database": lambda: db.session.execute(text("SELECT 1")),
         "s3": lambda: get_storage().ping(),
-        "sqs": lambda: ping_queue(current_app.config),
+        "sqs": lambda: ping_queue(get_settings()),
     }
     results: dict[str, str] = {}
     for name, check in checks.items():

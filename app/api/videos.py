@@ -22,7 +22,7 @@ from app.api.schemas import (
     VideoSchema,
 )
 from app.auth import login_required
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.models import Status, Video
 from app.queue import EnqueueError
 from app.ratelimit import per_user
@@ -74,7 +74,7 @@ def _before_the_body(view: Any) -> Any:
 
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        request.max_content_length = current_app.config["UPLOAD_MAX_CONTENT_LENGTH"]  # the one large body
+        request.max_content_length = get_settings().UPLOAD_MAX_CONTENT_LENGTH  # the one large body
         quotas.check_upload(g.user.id, request.content_length or 0)
         db.session.commit()  # no transaction held open while the body is read and probed
         return view(*args, **kwargs)
