@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from app import dlq, metrics
@@ -14,6 +15,8 @@ from app.extensions import get_settings
 from app.models import Status
 from app.queue import EnqueueError
 from app.sweeper import requeue, sweep
+
+logger = logging.getLogger(__name__)
 
 aws = AppGroup("aws", help="Provision and inspect the AWS resources.")
 videos = AppGroup("videos", help="Operate on videos: sweep, retry.")
@@ -72,10 +75,22 @@ def aws_metrics(every: float) -> None:
         time.sleep(every)
 
 
+def _prune_mailboxes() -> None:
+    from tasks.sqs import prune_mailboxes  # kombu's side: only this needs it
+
+    try:
+        gone = prune_mailboxes(current_app.extensions["celery"])
+    except Exception as exc:  # remote control's housekeeping must not fail the sweep
+        logger.warning("mailboxes not pruned", extra={"error": repr(exc)})
+        return
+    click.echo(f"deleted {len(gone)} mailbox(es) of gone workers")
+
+
 @videos.command("sweep")
 @click.option("--every", type=float, default=0, help="Repeat every N seconds (0: once).")
 @click.option("--metrics/--no-metrics", "with_metrics", default=False, help="Also publish the backlog metrics.")
-def videos_sweep(every: float, with_metrics: bool) -> None:
+@click.option("--mailboxes/--no-mailboxes", default=False, help="Also delete the mailboxes of gone workers.")
+def videos_sweep(every: float, with_metrics: bool, mailboxes: bool) -> None:
     """Re-enqueue uploads that never reached the queue and jobs whose worker died."""
     while True:
         report = sweep(get_settings())
@@ -85,6 +100,8 @@ def videos_sweep(every: float, with_metrics: bool) -> None:
         )
         if with_metrics:
             _publish_metrics()
+        if mailboxes:
+            _prune_mailboxes()
         if not every:
             return
         time.sleep(every)

@@ -25,12 +25,16 @@ MAX_OUTPUT_BYTES = 8 * 1024**2
 PICTURE_TOO_LARGE = re.compile(r"Picture size (\d+)x(\d+) (?:is invalid|exceeds)")
 OUT_OF_MEMORY = "Cannot allocate memory"
 CRASH_SIGNALS = {-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS}
+# This process's running children, so that another thread can stop them (``stop_all``).
+_running: set[subprocess.Popen[bytes]] = set()
+_stopped: set[subprocess.Popen[bytes]] = set()
+_lock = threading.Lock()
 
 
 class FFmpegError(Exception):
     """FFmpeg failed. ``reason`` says why when it is one of ours, ``stderr`` holds its last lines.
 
-    Reasons: ``timeout`` (the wall limit), ``cpu`` (the CPU-time limit), ``memory`` (the
+    Reasons: ``stopped`` (``stop_all``), ``timeout`` (the wall limit), ``cpu`` (the CPU-time limit), ``memory`` (the
     address-space limit), ``resolution`` (a picture over ``max_pixels``), ``output`` (too much of it), ``crashed``, or
     None for FFmpeg's own errors. ``stderr`` is for the log, never for the user.
     """
@@ -83,6 +87,20 @@ class _Stderr(threading.Thread):
         return "\n".join(self.tail)
 
 
+def stop_all() -> int:
+    """Kill every child ``run`` has going in this process; return how many.
+
+    For a job that is cancelled or taken over: its thread may be blocked on a child that
+    reports nothing (a stalled decode), so waiting for the next progress line is not enough.
+    """
+    with _lock:
+        procs = list(_running)
+        _stopped.update(procs)
+    for proc in procs:
+        proc.kill()
+    return len(procs)
+
+
 def run(
     argv: list[str], on_progress: ProgressCallback | None = None, limits: Limits | None = None, capture: bool = False
 ) -> str:
@@ -106,6 +124,8 @@ def run(
         assert proc.stdout is not None and proc.stderr is not None
         errors = _Stderr(proc.stderr, proc)
         errors.start()
+        with _lock:
+            _running.add(proc)
 
         def expire() -> None:
             timed_out.set()
@@ -134,6 +154,12 @@ def run(
                 proc.kill()
                 proc.wait()
             errors.join(timeout=5)
+            with _lock:
+                _running.discard(proc)
+                stopped = proc in _stopped
+                _stopped.discard(proc)
+    if stopped:
+        raise FFmpegError(argv, proc.returncode, errors.text(), "stopped")
     # A picture over the limit fails the run even if FFmpeg got to exit 0 before it was killed.
     if proc.returncode != 0 or errors.reason == "resolution":
         raise FFmpegError(argv, proc.returncode, errors.text(), _reason(proc.returncode, timed_out.is_set(), errors))

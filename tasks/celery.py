@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -13,12 +15,23 @@ from prometheus_client import values
 # up (app/prometheus.py): a fresh directory per start. prometheus_client picks its storage when
 # it is imported, and Celery's command line may have imported it already (Flower's plugin), so
 # the multi-process storage is set here, before any metric exists (pinned in test_upstream.py).
+# The process that made the directory removes it when it exits (every `celery` command made one).
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="videoproc-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _samples = tempfile.mkdtemp(prefix="videoproc-metrics-")
+    _maker = os.getpid()
+
+    @atexit.register
+    def _remove_samples() -> None:
+        if os.getpid() == _maker:  # not a forked pool process
+            shutil.rmtree(_samples, ignore_errors=True)
+
+
 values.ValueClass = values.MultiProcessValue()
 
+from billiard.exceptions import WorkerLostError
 from celery.signals import (
     setup_logging,
+    task_retry,
     task_revoked,
     worker_init,
     worker_process_init,
@@ -57,6 +70,13 @@ def _serve_metrics(**_: Any) -> None:
     if port := settings.WORKER_METRICS_PORT:
         prometheus.serve_worker(flask_app, port)
         logging.getLogger(__name__).info("metrics served", extra={"port": port})
+
+
+@task_retry.connect
+def _count_worker_lost(reason: Any = None, **_: Any) -> None:
+    """Count the main process's retry of a job whose pool process died (the pool counts its own retries)."""
+    if isinstance(getattr(reason, "exc", None), WorkerLostError):
+        prometheus.RETRIES.labels("worker_lost").inc()
 
 
 @worker_process_init.connect

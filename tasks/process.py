@@ -21,6 +21,7 @@ from app.models import Status, Video
 from app.prometheus import JOBS, PROCESSING_SECONDS, PROCESSING_SPEED, RETRIES
 from app.storage import get_storage, poster_key, processed_video_key
 from celeryconfig import PROCESS_TASK
+from media import runner
 from media.pipeline import Pipeline, TruncatedInput
 from media.probe import ProbeError, probe
 from media.profile import Profile
@@ -66,7 +67,8 @@ class Heartbeat:
     """Beat the row from a thread while the job runs, even through long downloads and uploads.
 
     Every ``HOLD_CHECK_SECONDS`` it also reads whether the row is still held; when it is
-    not (cancelled, deleted), ``lost`` is set and the job stops at its next progress report.
+    not (cancelled, deleted), ``lost`` is set and this process's FFmpeg is killed at once, even
+    one that reports no progress (a stalled decode): the job then stops with ``JobLost``.
     """
 
     def __init__(self, app: Flask, video_id: str, token: str, every: float) -> None:
@@ -85,6 +87,7 @@ class Heartbeat:
                         last_beat = time.monotonic()
                     if not jobs.holds(self.video_id, self.token):
                         self.lost.set()
+                        runner.stop_all()  # one job per pool process: these children are its own
                         return
             except Exception as exc:  # a missed beat is not fatal; enough of them make the row stale
                 logger.warning("heartbeat failed", extra={"video_id": self.video_id, "error": repr(exc)})
@@ -140,14 +143,16 @@ class VideoJob:
                 outputs = pipeline().run(
                     src, info, workdir, lambda f: self.progress(DOWNLOADED + int((ENCODED - DOWNLOADED) * f))
                 )
-            except ProbeError as exc:
+            except (ProbeError, FFmpegError) as exc:
+                if self.lost.is_set():  # killed by the heartbeat: not a fault of the video
+                    raise JobLost() from exc
+                if isinstance(exc, FFmpegError):
+                    raise _ffmpeg_failure(exc) from exc
                 refused = rejection(exc, limits)
                 logger.warning("probe failed", extra={"reason": exc.reason, "ffprobe": exc.detail[-1000:]})
                 raise PermanentError(refused.code, refused.message) from exc
             except MediaRejected as exc:
                 raise PermanentError(exc.code, exc.message) from exc
-            except FFmpegError as exc:
-                raise _ffmpeg_failure(exc) from exc
             except TruncatedInput as exc:
                 raise PermanentError("undecodable", f"The video is cut off: {exc}.") from exc
             self.progress(ENCODED)

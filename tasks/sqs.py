@@ -35,7 +35,8 @@ Everything this project changes in kombu and Celery is listed here (six changes)
 Queues and topics this makes on an account (names carry ``SQS_QUEUE_PREFIX``): the SNS
 topics ``<prefix>celery-pidbox`` and ``<prefix>celeryev``; one mailbox queue per worker,
 ``<prefix><hostname>-celery-pidbox``, subscribed to the first topic and deleted (with its
-subscription) when the worker shuts down cleanly (``delete_mailbox``); one reply queue per
+subscription) when the worker shuts down cleanly (``delete_mailbox``), or by the sweeper's
+``prune_mailboxes`` once a worker killed outright answers no ping; one reply queue per
 broadcast that waits for replies, deleted by kombu once the replies are collected; one event
 queue per Flower process (``tasks/monitoring.py``).
 """
@@ -43,12 +44,14 @@ queue per Flower process (``tasks/monitoring.py``).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from kombu.pidbox import Mailbox
 from kombu.transport import SQS
 
 logger = logging.getLogger(__name__)
+MAILBOX_SUFFIX, REPLY_SUFFIX = "-celery-pidbox", "-reply-celery-pidbox"
 REPLY_EXCHANGE = Mailbox.reply_exchange_fmt  # 'reply.%s.pidbox'
 
 
@@ -105,3 +108,37 @@ def delete_mailbox(app: Any, hostname: str) -> None:
         logger.info("mailbox deleted", extra={"queue": name})
     except Exception as exc:
         logger.warning("mailbox not deleted", extra={"queue": name, "error": repr(exc)})
+
+
+def prune_mailboxes(app: Any, older_than: float = 300, ping_timeout: float = 3) -> list[str]:
+    """Delete the mailbox queues (and SNS subscriptions) of workers that are gone; return their names.
+
+    A worker killed outright (kill -9, a lost instance) leaves its mailbox subscribed to the
+    control topic, collecting every broadcast for SQS's retention period. A mailbox is
+    gone when its worker answers neither of two pings and the queue is older than
+    ``older_than`` seconds (a worker that is starting has made its queue but may not answer yet).
+    """
+    live = {host for _ in range(2) for reply in app.control.ping(timeout=ping_timeout) or [] for host in reply}
+    mailbox = app.control.mailbox
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        keep = {channel.canonical_queue_name(mailbox.get_queue(host).name) for host in live}
+        sqs = channel.sqs()
+        pages = sqs.get_paginator("list_queues").paginate(QueueNamePrefix=channel.queue_name_prefix)
+        urls = [url for page in pages for url in page.get("QueueUrls", [])]
+        gone = []
+        for url in urls:
+            name = url.rsplit("/", 1)[1]
+            if not name.endswith(MAILBOX_SUFFIX) or name.endswith(REPLY_SUFFIX) or name in keep:
+                continue
+            created = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["CreatedTimestamp"])["Attributes"]
+            if time.time() - float(created["CreatedTimestamp"]) < older_than:
+                continue
+            sqs.delete_queue(QueueUrl=url)
+            channel._queue_cache.pop(name, None)
+            gone.append(name)
+            logger.info("mailbox of a gone worker deleted", extra={"queue": name})
+        if gone:
+            channel.exchange_declare(exchange=mailbox.exchange.name, type="fanout")
+            channel.remove_stale_sns_subscriptions(mailbox.exchange.name)
+    return gone

@@ -21,6 +21,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from moto.server import ThreadedMotoServer
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -42,6 +43,15 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # The suite signs up hundreds of users from one address: only the rate-limit tests use real limits.
 GENEROUS = "100000 per minute"
 PASSWORD = "correct-horse-1"
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Return the value of one sample in a Prometheus text page (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
 
 
 def free_port() -> int:

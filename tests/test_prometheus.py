@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,24 +14,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Worker, free_port, post_upload, signup_and_login, unique_email, wait_for
+from tests.conftest import ROOT, Worker, free_port, metric, post_upload, signup_and_login, unique_email, wait_for
 from tests.test_reliability import (
     Stack,
     stack,  # noqa: F401  (a fixture)
 )
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Return every sample as {(name, sorted labels): value}."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_the_api_counts_uploads_requests_and_videos(client: FlaskClient, clip: Callable[[str], Path]) -> None:
@@ -42,15 +32,15 @@ def test_the_api_counts_uploads_requests_and_videos(client: FlaskClient, clip: C
     text = after.text
 
     def delta(name: str, **labels: str) -> float:
-        return value(text, name, **labels) - value(before, name, **labels)
+        return metric(text, name, **labels) - metric(before, name, **labels)
 
     assert delta("videoproc_uploads_total", outcome="accepted") == 1
     assert delta("videoproc_uploads_total", outcome="format_not_allowed") == 1
     route = {"route": "/api/videos", "method": "GET", "status": "200"}
     assert delta("videoproc_request_seconds_count", **route) == 1
-    assert value(text, "videoproc_videos", status="queued") == 1, "the tests start with empty tables"
-    assert value(text, "videoproc_videos", status="processed") == 0
-    assert ("videoproc_dead_letter_messages", ()) in samples(text)
+    assert metric(text, "videoproc_videos", status="queued") == 1, "the tests start with empty tables"
+    assert metric(text, "videoproc_videos", status="processed") == 0
+    assert "\nvideoproc_dead_letter_messages " in text
 
 
 def test_a_metrics_token_is_required_when_set(make_app: Callable[..., Flask]) -> None:
@@ -62,12 +52,12 @@ def test_a_metrics_token_is_required_when_set(make_app: Callable[..., Flask]) ->
 
 def test_gunicorn_workers_are_added_up(web_tier: str) -> None:
     healthz = {"route": "/healthz", "method": "GET", "status": "200"}
-    before = value(requests.get(f"{web_tier}/metrics", timeout=10).text, "videoproc_request_seconds_count", **healthz)
+    before = metric(requests.get(f"{web_tier}/metrics", timeout=10).text, "videoproc_request_seconds_count", **healthz)
     for _ in range(20):  # spread over both gunicorn workers
         assert requests.get(f"{web_tier}/healthz", timeout=10).status_code == 200
     text = requests.get(f"{web_tier}/metrics", timeout=10).text
     pids = {s.labels.get("pid") for f in text_string_to_metric_families(text) for s in f.samples}
-    assert value(text, "videoproc_request_seconds_count", **healthz) - before == 20
+    assert metric(text, "videoproc_request_seconds_count", **healthz) - before == 20
     assert pids == {None}, "one sum over both gunicorn workers, not a series per process"
 
 
@@ -84,9 +74,24 @@ def test_the_worker_serves_its_pools_metrics(
     s.wait_status(video_id, "processed", timeout=120)
     url = f"http://127.0.0.1:{port}/metrics"
     text = wait_for(lambda: (t := requests.get(url, timeout=5).text) and "videoproc_jobs_total" in t and t, timeout=30)
-    assert value(text, "videoproc_jobs_total", outcome="processed") == 1, (
+    assert metric(text, "videoproc_jobs_total", outcome="processed") == 1, (
         "counted in the pool, served by the main process"
     )
-    assert value(text, "videoproc_processing_seconds_count") == 1
-    speed = value(text, "videoproc_processing_speed_sum")
+    assert metric(text, "videoproc_processing_seconds_count") == 1
+    speed = metric(text, "videoproc_processing_speed_sum")
     assert 0 < speed < 100, speed
+
+
+def test_a_celery_command_leaves_no_samples_directory(base_env: dict[str, str]) -> None:
+    env = {k: v for k, v in {**os.environ, **base_env}.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    made = subprocess.run(
+        [sys.executable, "-c", "import os, tasks.celery; print(os.environ['PROMETHEUS_MULTIPROC_DIR'])"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    folder = Path(made.stdout.strip())
+    assert folder.name.startswith("videoproc-metrics-") and not folder.exists()

@@ -7,18 +7,21 @@ on the final rows and S3 objects. Figures are printed (run with -s) for docs/rel
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -29,7 +32,16 @@ from app.models import Video
 from app.queue import enqueue_video
 from app.storage import aws_client, get_storage
 from tests.clips import make_clip
-from tests.conftest import Worker, post_upload, queue_empty, signup_and_login, unique_email, wait_for
+from tests.conftest import (
+    Worker,
+    free_port,
+    metric,
+    post_upload,
+    queue_empty,
+    signup_and_login,
+    unique_email,
+    wait_for,
+)
 from tests.proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
@@ -92,8 +104,33 @@ def scratch_left(env: dict[str, str], video_id: str) -> list[Path]:
     return list(Path(env["WORKER_TMP_DIR"]).glob(f"videoproc-job-*-{video_id}-*"))
 
 
+def ffmpeg_pids(video_id: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", f"ffmpeg.*{video_id}"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in found.split()]
+
+
 def wait_encoding(s: Stack, video_id: str) -> None:
-    wait_for(lambda: (r := s.row(video_id)).status == "processing" and r.progress > 15, timeout=120, interval=0.1)
+    """Wait until the video's encode has reported progress (so FFmpeg is running its main command)."""
+    wait_for(lambda: (r := s.row(video_id)).status == "processing" and r.progress > 10, timeout=120, interval=0.05)
+
+
+@contextmanager
+def encode_frozen(s: Stack, video_id: str) -> Iterator[list[int]]:
+    """Hold the video's encode mid-way, however fast the machine: SIGSTOP its FFmpeg, SIGCONT on the way out.
+
+    A frozen FFmpeg is also what a stalled decode looks like to the worker: alive, reporting nothing.
+    """
+    wait_encoding(s, video_id)
+    pids = ffmpeg_pids(video_id)
+    assert pids, "FFmpeg is running"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 @pytest.fixture
@@ -290,9 +327,10 @@ def test_a_pool_process_killed_alone_is_taken_over_before_the_row_goes_stale(
 ) -> None:
     # Production's proportions (a 10 s heartbeat, stale after 60 s, 120 s visibility), halved;
     # no sweeper runs. Done before the row could go stale proves the main process's takeover.
+    port = free_port()
     s = stack({"SQS_VISIBILITY_TIMEOUT": "60", "HEARTBEAT_SECONDS": "5", "STALE_AFTER_SECONDS": "30"})
     slow = slow_s3(clip("portrait.mp4"), seconds=6)
-    a = start_worker("a", {**s.env, "S3_ENDPOINT_URL": slow.url})
+    a = start_worker("a", {**s.env, "S3_ENDPOINT_URL": slow.url, "WORKER_METRICS_PORT": str(port)})
     video_id = s.upload(clip("portrait.mp4")).json["video_id"]
     wait_working(s, video_id)
     [pool] = pool_processes(a)
@@ -309,3 +347,5 @@ def test_a_pool_process_killed_alone_is_taken_over_before_the_row_goes_stale(
     assert recovery < int(s.env["STALE_AFTER_SECONDS"]), "taken over at once, not after the row went stale"
     assert done.attempts == 2 and done.progress == 100
     assert not ffmpeg_running(video_id) and scratch_left(base_env, video_id) == []
+    metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert metric(metrics, "videoproc_retries_total", reason="worker_lost") == 1, "the main process's retry is counted"

@@ -7,6 +7,7 @@ only its own workers (the session's other workers have theirs).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -16,13 +17,14 @@ import pytest
 
 from app.extensions import get_settings
 from app.storage import aws_client
+from tasks.sqs import prune_mailboxes
 from tests.conftest import ROOT, Worker, wait_for
 from tests.test_reliability import (
     Stack,
+    encode_frozen,
     ffmpeg_running,
     scratch_left,
     stack,  # noqa: F401  (a fixture)
-    wait_encoding,
 )
 
 pytestmark = pytest.mark.e2e
@@ -69,10 +71,10 @@ def test_inspect_reaches_every_worker_and_their_mailboxes_go_with_them(
     assert "rc-a@" in ping.stdout and "rc-b@" in ping.stdout and "2 nodes online" in ping.stdout, ping.stdout
 
     video_id = s.upload(clip("portrait.mp4")).json["video_id"]
-    wait_encoding(s, video_id)
     inspect = s.app.extensions["celery"].control.inspect(timeout=5)
-    active = {node: tasks for node, tasks in (inspect.active() or {}).items() if tasks}
-    stats = inspect.stats() or {}
+    with encode_frozen(s, video_id):  # the task is surely active while asked about
+        active = {node: tasks for node, tasks in (inspect.active() or {}).items() if tasks}
+        stats = inspect.stats() or {}
     assert len(active) == 1 and video_id in str(next(iter(active.values()))[0]["args"]), active
     assert {n.split("@")[0] for n in stats} == {"rc-a", "rc-b"}
     assert all(v["pool"]["max-concurrency"] == 1 for v in stats.values()), stats
@@ -98,10 +100,36 @@ def test_an_operators_terminate_cancels_the_video(
     s = stack(settings())
     a = start_worker("a", s.env)
     video_id = s.upload(clip("portrait.mp4")).json["video_id"]
-    wait_encoding(s, video_id)
-    task_id = s.row(video_id).task_id
-    s.app.extensions["celery"].control.revoke(task_id, terminate=True)  # Flower's "terminate" button
-    done = s.wait_status(video_id, "cancelled", timeout=30)
+    with encode_frozen(s, video_id):
+        task_id = s.row(video_id).task_id
+        s.app.extensions["celery"].control.revoke(task_id, terminate=True)  # Flower's "terminate" button
+        done = s.wait_status(video_id, "cancelled", timeout=30)
     wait_for(lambda: not ffmpeg_running(video_id), timeout=10)
     assert a.lines("revoked: cancelled", video_id) and done.processed_key is None
     wait_for(lambda: scratch_left(base_env, video_id) == [], timeout=10)
+
+
+def test_the_mailbox_of_a_worker_killed_outright_is_pruned(
+    stack: Callable[..., Stack],  # noqa: F811
+    start_worker: Callable[..., Worker],
+) -> None:
+    s = stack(settings())
+    start_worker("alive", s.env)
+    killed = start_worker("killed", s.env)
+    prefix = s.env["SQS_QUEUE_PREFIX"]
+
+    def mailboxes() -> list[str]:
+        return sorted(q.removeprefix(prefix).split("_")[0] for q in queues(s) if q.endswith("-celery-pidbox"))
+
+    wait_for(lambda: mailboxes() == ["alive", "killed"] and len(subscriptions(s)) == 2, timeout=30)
+    os.killpg(killed.proc.pid, signal.SIGKILL)  # the worker and its pool, no shutdown
+    killed.proc.wait()
+    assert mailboxes() == ["alive", "killed"], "nothing ran to delete it"
+
+    celery_app = s.app.extensions["celery"]
+    swept = s.app.test_cli_runner().invoke(args=["videos", "sweep", "--mailboxes"])
+    assert "deleted 0 mailbox(es)" in swept.output, "mailboxes younger than 5 minutes are spared"
+    gone = prune_mailboxes(celery_app, older_than=0)
+    assert [g.removeprefix(prefix).split("_")[0] for g in gone] == ["killed"]
+    assert mailboxes() == ["alive"] and len(subscriptions(s)) == 1
+    assert [host.split("@")[0] for reply in celery_app.control.ping(timeout=3) for host in reply] == ["alive"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 import pytest
 
@@ -11,6 +12,7 @@ from media.probe import MediaInfo, ProbeError, frame_rate, parse_probe
 from media.sandbox import Limits, MiB, Sandbox, UnknownContainer, child_env, demuxers
 from media.validate import Limits as MediaLimits
 from media.validate import MediaRejected, check, rejection
+from tests.conftest import wait_for
 
 
 class TestOptions:
@@ -80,6 +82,23 @@ class TestRealLimits:
         with pytest.raises(runner.FFmpegError) as caught:
             runner.run([sys.executable, "-c", "import time; time.sleep(30)"], limits=Limits(wall_seconds=0.5))
         assert caught.value.reason == "timeout"
+
+    def test_stop_all_kills_a_child_that_reports_nothing(self) -> None:
+        failure: list[runner.FFmpegError] = []
+
+        def silent() -> None:
+            try:
+                runner.run([sys.executable, "-c", "import time; time.sleep(30)"], limits=Limits(wall_seconds=60))
+            except runner.FFmpegError as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=silent)
+        thread.start()
+        wait_for(lambda: runner._running, timeout=10, interval=0.01)
+        assert runner.stop_all() == 1
+        thread.join(timeout=10)
+        assert not thread.is_alive() and failure[0].reason == "stopped"
+        assert runner._running == set() and runner.stop_all() == 0
 
     def test_stderr_is_bounded(self) -> None:
         noisy = "import sys\nfor i in range(100000): print('x' * 1000, i, file=sys.stderr)\nsys.exit(1)"

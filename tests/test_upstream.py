@@ -41,6 +41,10 @@ def test_the_sqs_channel_hooks_keep_their_shape() -> None:
     assert "self._queue_cache.pop(queue, None)" in inspect.getsource(SQS.Channel._delete), "patch 6's cache key"
     assert "self._queue_cache[sqs_qname]" in inspect.getsource(SQS.Channel._new_queue)
     assert "after_reply_message_received" in vars(virtual.Channel), "kombu deletes reply queues once read"
+    # prune_mailboxes: a mailbox's SQS name from a worker's hostname, as kombu makes it
+    assert "self.entity_name(self.queue_name_prefix + queue_name)" in inspect.getsource(
+        SQS.Channel.canonical_queue_name
+    )
 
 
 def test_events_exchange_is_built_in_the_places_monitoring_replaces() -> None:
