@@ -9,4 +9,4 @@ import os
 from config import load_settings
 from config.flower import flower_options
 
-globals().update(flower_options(load_settings(), os.environ))
+globals().update(flower_options(load_settings().APP_ENV, os.environ))

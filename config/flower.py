@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from config import Settings
 from config.env import ConfigError, env_bool, env_int, env_str
 
 
-def flower_options(settings: Settings, env: Mapping[str, str]) -> dict[str, Any]:
+def flower_options(app_env: str, env: Mapping[str, str]) -> dict[str, Any]:
     """Return Flower's ``address``, ``port`` and ``basic_auth``; raise ``ConfigError`` for an open production Flower."""
-    production = settings.APP_ENV == "production"
+    production = app_env == "production"
     basic = [pair.strip() for pair in (env_str(env, "FLOWER_BASIC_AUTH") or "").split(",") if pair.strip()]
     if any(":" not in pair or not pair.partition(":")[2] for pair in basic):
         raise ConfigError("FLOWER_BASIC_AUTH must be user:password pairs separated by commas")

@@ -106,7 +106,7 @@ def stack(app: Flask) -> dict[str, str]:
 
 
 def test_stack_in_moto(app: Flask, stack: dict[str, str]) -> None:
-    config = app.config
+    config = get_settings(app)
     sqs = aws_client("sqs", config)
     work = sqs.get_queue_attributes(QueueUrl=stack["WorkQueueUrl"], AttributeNames=["All"])["Attributes"]
     dead = sqs.get_queue_attributes(QueueUrl=stack["DeadLetterQueueUrl"], AttributeNames=["QueueArn"])["Attributes"]

@@ -160,10 +160,10 @@ def test_production_flower_asks_for_a_password(base_env: dict[str, str], tmp_pat
 )
 def test_flower_options_in_production(env: dict[str, str], error: str) -> None:
     with pytest.raises(ConfigError, match=error):
-        flower_options({"APP_ENV": "production"}, env)
+        flower_options("production", env)
 
 
 def test_flower_options() -> None:
-    assert flower_options({"APP_ENV": "development"}, {}) == {"address": "127.0.0.1", "port": 5555}
-    opts = flower_options({"APP_ENV": "production"}, {"FLOWER_BASIC_AUTH": "a:b, c:d", "FLOWER_ADDRESS": "10.0.0.5"})
+    assert flower_options("development", {}) == {"address": "127.0.0.1", "port": 5555}
+    opts = flower_options("production", {"FLOWER_BASIC_AUTH": "a:b, c:d", "FLOWER_ADDRESS": "10.0.0.5"})
     assert opts == {"address": "10.0.0.5", "port": 5555, "basic_auth": ["a:b", "c:d"]}
