@@ -22,6 +22,7 @@ $(BIN)/python:
 $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .  # the `videoproc` command
 	touch $(STAMP)
 
 system: ## FFmpeg and nginx (apt-get when root)

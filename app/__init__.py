@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app import api, cli, logs, prometheus, security, spool, storage
+from app import api, cli, logs, prometheus, security, spool, storage, web
 from app.api import errors
 from app.extensions import celery_init_app, db, migrate
 from app.ratelimit import limiter
@@ -33,4 +33,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.init_app(app)
     cli.init_app(app)
     api.init_app(app)
+    app.register_blueprint(web.bp)
     return app

@@ -48,7 +48,7 @@ def queue_attributes(s: Settings, dlq_arn: str | None) -> dict[str, str]:
 
 
 def ensure_bucket(s: Settings) -> None:
-    """Create the bucket if missing; abort multipart uploads left incomplete for a day."""
+    """Create the bucket if missing; abort multipart uploads left incomplete for a day; CORS for the site."""
     s3 = aws_client("s3", s)
     bucket = s.S3_BUCKET
     try:
@@ -59,6 +59,15 @@ def ensure_bucket(s: Settings) -> None:
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": s.AWS_REGION}
         s3.create_bucket(**kwargs)
         logger.info("bucket created", extra={"bucket": bucket})
+    if s.CORS_ORIGINS:  # browsers PUT parts straight to the bucket (direct uploads) and read each part's ETag
+        rule = {
+            "AllowedOrigins": list(s.CORS_ORIGINS),
+            "AllowedMethods": ["PUT", "GET", "HEAD"],
+            "AllowedHeaders": ["*"],
+            "ExposeHeaders": ["ETag"],
+            "MaxAgeSeconds": 3600,
+        }
+        s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [rule]})
     s3.put_bucket_lifecycle_configuration(
         Bucket=bucket,
         LifecycleConfiguration={

@@ -95,7 +95,7 @@ def videos_sweep(every: float, with_metrics: bool, mailboxes: bool) -> None:
     while True:
         report = sweep(get_settings())
         click.echo(
-            f"requeued {len(report.requeued)}, failed {len(report.failed)}"
+            f"requeued {len(report.requeued)}, failed {len(report.failed)}, expired uploads {len(report.expired)}"
             + (" (SQS unreachable: the rest waits)" if report.unreachable else "")
         )
         if with_metrics:

@@ -10,6 +10,8 @@ both win: the loser's WHERE no longer matches, whatever either of them read befo
 ===========  =========================================  ==========  ==================================
 transition   from                                       to          guard (besides the status)
 ===========  =========================================  ==========  ==================================
+upload_done  uploading                                  uploaded    (S3 has the whole, checked object)
+refuse       uploading                                  failed      (the object is not what was declared)
 enqueued     uploaded                                   queued      (its message was sent)
 claim        uploaded, queued; processing; retrying     processing  waiting; stale heartbeat; the retry
                                                                     of ``previous`` (see below)
@@ -24,6 +26,8 @@ renew        uploaded, failed                           uploaded    lease on ``u
 cancel       uploaded, queued, processing, retrying     cancelled   (the owner, or a revoke)
 ===========  =========================================  ==========  ==================================
 
+An ``uploading`` row that is aborted or expires is deleted (``discard_upload``), not moved.
+
 Tokens: a delivery holds the row as ``<task id>:<retries>``. A delivery may take over its
 ``previous`` token's row when that try is known to be over: it is ``retrying`` (the try
 asked for the retry), or it is ``processing`` and this delivery is the retry the worker's
@@ -35,7 +39,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, and_, case, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, case, delete, or_, select, update
 
 from app.extensions import db
 from app.models import Status, Video, new_id, utcnow
@@ -43,6 +47,8 @@ from app.models import Status, Video, new_id, utcnow
 S = Status
 # name: (the statuses it moves from, the status it moves to)
 TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
+    "upload_done": (frozenset({S.UPLOADING}), S.UPLOADED),
+    "refuse": (frozenset({S.UPLOADING}), S.FAILED),
     "enqueued": (frozenset({S.UPLOADED}), S.QUEUED),
     "claim": (frozenset({S.UPLOADED, S.QUEUED, S.PROCESSING, S.RETRYING}), S.PROCESSING),
     "beat": (frozenset({S.PROCESSING}), S.PROCESSING),
@@ -72,6 +78,27 @@ def _move(name: str, video_id: str, *guards: ColumnElement[bool], **values: Any)
 
 def _stale(column: Any, stale_after: float) -> ColumnElement[bool]:
     return column < utcnow() - timedelta(seconds=stale_after)
+
+
+UPLOAD_OVER = {"s3_upload_id": None, "part_size": None, "upload_expires_at": None}
+
+
+def upload_done(video_id: str) -> bool:
+    """Mark a direct upload's video stored, once S3 has the whole object and it passed the checks."""
+    return _move("upload_done", video_id, **UPLOAD_OVER)
+
+
+def refuse_upload(video_id: str, code: str, message: str) -> bool:
+    """End a direct upload ``failed``: its object was not what was declared."""
+    return _move("refuse", video_id, error_code=code, error_message=message, **UPLOAD_OVER)
+
+
+def discard_upload(video_id: str) -> bool:
+    """Delete the row of a direct upload that was aborted or expired, if it is still uploading."""
+    stmt = delete(Video).where(Video.id == video_id, Video.status == S.UPLOADING.value)
+    result: CursorResult[Any] = db.session.execute(stmt)  # type: ignore[assignment]
+    db.session.commit()
+    return result.rowcount == 1
 
 
 def enqueued(video_id: str) -> bool:
@@ -122,12 +149,13 @@ def beat(video_id: str, token: str, progress: int | None = None) -> bool:
     return _move("beat", video_id, Video.claimed_by == token, **values)
 
 
-def finish(video_id: str, token: str, video_key: str, poster_key: str) -> bool:
-    """Record the holder's result."""
+def finish(video_id: str, token: str, video_key: str, poster_key: str, probed: dict[str, Any] | None = None) -> bool:
+    """Record the holder's result, and what its probe found of the original (``duration``, ``width``, ``height``)."""
     return _move(
         "finish",
         video_id,
         Video.claimed_by == token,
+        **(probed or {}),
         progress=100,
         processed_key=video_key,
         poster_key=poster_key,

@@ -6,7 +6,7 @@ import enum
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -18,6 +18,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(value: datetime) -> datetime:
+    """Return ``value`` with its time zone (SQLite keeps none: its times are UTC)."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def new_id() -> str:
     """Return a new random identifier."""
     return str(uuid.uuid4())
@@ -26,6 +31,7 @@ def new_id() -> str:
 class Status(enum.StrEnum):
     """Where a video is in its life; app/jobs.py owns every change."""
 
+    UPLOADING = "uploading"  # a direct upload: the client is sending its parts to S3
     UPLOADED = "uploaded"  # in S3 and the database, not yet on the queue
     QUEUED = "queued"
     PROCESSING = "processing"
@@ -92,5 +98,25 @@ class Video(Model):
     retry_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))  # this attempt's claim
     processed_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))
+    # A direct upload while it is ``uploading``: its public id, S3's multipart upload, its parts, its deadline.
+    upload_id: Mapped[str | None] = mapped_column(String(36), unique=True, index=True)
+    s3_upload_id: Mapped[str | None] = mapped_column(String(1024))
+    part_size: Mapped[int | None] = mapped_column(db.BigInteger)
+    upload_expires_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))
 
     owner: Mapped[User] = relationship(back_populates="videos")
+
+
+class IdempotencyKey(Model):
+    """A client's ``Idempotency-Key`` and the answer its first request got (app/idempotency.py)."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("user_id", "key", name="uq_idempotency_keys_user_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None]  # None while the first request runs
+    body: Mapped[str | None] = mapped_column(db.Text)
+    created_at: Mapped[datetime] = mapped_column(db.DateTime(timezone=True), default=utcnow, index=True)

@@ -16,7 +16,13 @@ from app.api.errors import APIError
 from app.extensions import db, get_settings
 from app.models import Status, User, Video, utcnow
 
-ACTIVE = (Status.UPLOADED.value, Status.QUEUED.value, Status.PROCESSING.value, Status.RETRYING.value)
+ACTIVE = (
+    Status.UPLOADING.value,
+    Status.UPLOADED.value,
+    Status.QUEUED.value,
+    Status.PROCESSING.value,
+    Status.RETRYING.value,
+)
 DAY = timedelta(days=1)
 # Failures a retry can cure. The others are about the file itself: retrying would only repeat them.
 RETRYABLE = {"internal_error", "retries_exhausted", "worker_lost"}

@@ -9,6 +9,7 @@ from typing import Any
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from flask import Flask, current_app
 from werkzeug.utils import secure_filename
 
@@ -71,6 +72,47 @@ class Storage:
     def download_file(self, key: str, path: str | os.PathLike[str]) -> None:
         """Download an object to a local file."""
         self.client.download_file(self.bucket, key, str(path), Config=TRANSFER)
+
+    def start_multipart(self, key: str, content_type: str) -> str:
+        """Start a multipart upload of ``key``; return S3's upload id."""
+        return str(
+            self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)["UploadId"]
+        )
+
+    def part_url(self, key: str, upload_id: str, part_number: int, expires: int) -> str:
+        """Return a presigned URL to PUT one part's bytes to."""
+        params = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number}
+        return str(self.client.generate_presigned_url("upload_part", Params=params, ExpiresIn=expires))
+
+    def list_parts(self, key: str, upload_id: str) -> list[dict[str, Any]]:
+        """Return the parts S3 has of a multipart upload (``PartNumber``, ``Size``, ``ETag``)."""
+        pages = self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        return [part for page in pages for part in page.get("Parts", [])]
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        """Join the parts, given as (number, ETag), into the object."""
+        listed = [{"PartNumber": n, "ETag": etag} for n, etag in parts]
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": listed}
+        )
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload (S3 drops its parts); one already gone is no error."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
+
+    def size(self, key: str) -> int:
+        """Return the object's size in bytes."""
+        return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+
+    def head_bytes(self, key: str, count: int) -> bytes:
+        """Return the object's first ``count`` bytes (one ranged GET)."""
+        body = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{count - 1}")["Body"]
+        data: bytes = body.read()
+        return data
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; return how many."""

@@ -1,5 +1,8 @@
 """Re-enqueue what the queue lost: uploads never queued, and jobs whose worker died.
 
+Also the housekeeping of uploads: direct uploads left unfinished past their deadline are
+aborted, and idempotency keys older than ``IDEMPOTENCY_KEY_SECONDS`` removed.
+
 Safe on several machines at once: each row is taken with a conditional UPDATE (a lease
 on ``updated_at``) before it is enqueued, so only one sweeper sends its message; and a
 message too many is harmless, as the task's claim lets only one delivery run.
@@ -13,7 +16,7 @@ from datetime import timedelta
 
 from sqlalchemy import and_, or_, select
 
-from app import jobs
+from app import direct, idempotency, jobs
 from app.extensions import db
 from app.models import Status, Video, utcnow
 from app.queue import EnqueueError, enqueue_video
@@ -28,6 +31,7 @@ class SweepReport:
 
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)  # direct uploads never completed
     unreachable: bool = False
 
 
@@ -56,7 +60,8 @@ def sweep(settings: Settings) -> SweepReport:
     heartbeat, an overdue retry, an old ``updated_at``) in its own UPDATE, so a delivery
     that claimed a row since this sweep read it keeps it.
     """
-    report = SweepReport()
+    report = SweepReport(expired=direct.expire())
+    idempotency.prune(timedelta(seconds=settings.IDEMPOTENCY_KEY_SECONDS))
     now = utcnow()
     stale_after = settings.STALE_AFTER_SECONDS
     grace = timedelta(seconds=settings.SWEEP_AFTER_SECONDS)
@@ -84,6 +89,11 @@ def sweep(settings: Settings) -> SweepReport:
             break  # SQS is down: the rest waits for the next sweep
     logger.info(
         "sweep done",
-        extra={"requeued": len(report.requeued), "failed": len(report.failed), "unreachable": report.unreachable},
+        extra={
+            "requeued": len(report.requeued),
+            "failed": len(report.failed),
+            "expired": len(report.expired),
+            "unreachable": report.unreachable,
+        },
     )
     return report

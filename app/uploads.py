@@ -91,11 +91,16 @@ def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, boo
         storage.delete_prefix(f"originals/{video_id}/")
         raise
     logger.info("upload stored", extra={"video_id": video_id, "task_id": video.task_id, "bytes": size})
+    return video, queue_stored(video)
+
+
+def queue_stored(video: Video) -> bool:
+    """Send an ``uploaded`` video's message and mark it queued; False when SQS is unreachable (the sweeper retries)."""
     try:
         enqueue_video(video.id, video.task_id)
     except EnqueueError:
-        return video, False
+        return False
     # Conditional: a fast worker may already have moved the row on to processing.
     jobs.enqueued(video.id)
     db.session.refresh(video)
-    return video, True
+    return True

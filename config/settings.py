@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_DIR = ROOT / "instance"
 ASSETS_DIR = ROOT / "assets"
 LOCAL_AWS = "http://127.0.0.1:5000"
+# Where `make run` serves the page: the browser PUTs parts to the bucket from there.
+LOCAL_SITE = "http://127.0.0.1:8000,http://localhost:8000"
 ENVIRONMENTS = ("development", "testing", "production")
 MIN_SECRET_BYTES = 32
 # zxcvbn's estimate of the guesses needed to find the key: 10^30 is about 100 bits.
@@ -161,6 +163,10 @@ class Settings:
     SQS_POLLING_INTERVAL: float
     # Upload validation
     MAX_UPLOAD_BYTES: int
+    # Direct uploads (app/direct.py)
+    UPLOAD_PART_BYTES: int
+    UPLOAD_EXPIRES_SECONDS: int
+    IDEMPOTENCY_KEY_SECONDS: int
     # Every body but an upload's is small: JSON routes read at most this many bytes.
     MAX_JSON_BYTES: int
     MAX_FORM_PARTS: int
@@ -237,6 +243,8 @@ class Settings:
         if not self.HEARTBEAT_SECONDS * 3 <= self.STALE_AFTER_SECONDS < self.SQS_VISIBILITY_TIMEOUT:
             # A redelivered message must find its dead worker's row already stale.
             raise ConfigError("need HEARTBEAT_SECONDS * 3 <= STALE_AFTER_SECONDS < SQS_VISIBILITY_TIMEOUT")
+        if self.UPLOAD_PART_BYTES < 5 * 1024**2:
+            raise ConfigError("UPLOAD_PART_BYTES must be at least 5 MiB (5242880), S3's least part size")
         try:
             demuxers(self.VIDEO_ALLOWED_FORMATS)
         except UnknownContainer as exc:
@@ -319,7 +327,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         LOG_GROUP=env_str(env, "LOG_GROUP", ""),
         METRICS_TOKEN=env_str(env, "METRICS_TOKEN", ""),
         WORKER_METRICS_PORT=env_int(env, "WORKER_METRICS_PORT", 0),
-        CORS_ORIGINS=env_list(env, "CORS_ORIGINS", "", lower=False),
+        CORS_ORIGINS=env_list(env, "CORS_ORIGINS", "" if production else LOCAL_SITE, lower=False),
         RATELIMIT_STORAGE_URI=_required(env, "RATELIMIT_STORAGE_URI")
         if production
         else env_str(env, "RATELIMIT_STORAGE_URI", "memory://"),
@@ -348,6 +356,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         SQS_WAIT_TIME_SECONDS=env_int(env, "SQS_WAIT_TIME_SECONDS", 20),
         SQS_POLLING_INTERVAL=env_float(env, "SQS_POLLING_INTERVAL", 0),
         MAX_UPLOAD_BYTES=env_int(env, "MAX_UPLOAD_BYTES", 1024**3),
+        UPLOAD_PART_BYTES=env_int(env, "UPLOAD_PART_BYTES", 8 * 1024**2),
+        UPLOAD_EXPIRES_SECONDS=env_int(env, "UPLOAD_EXPIRES_SECONDS", 12 * 3600),
+        IDEMPOTENCY_KEY_SECONDS=env_int(env, "IDEMPOTENCY_KEY_SECONDS", 24 * 3600),
         MAX_JSON_BYTES=env_int(env, "MAX_JSON_BYTES", 16 * 1024),
         MAX_FORM_PARTS=env_int(env, "MAX_FORM_PARTS", 4),
         MAX_FORM_MEMORY_SIZE=env_int(env, "MAX_FORM_MEMORY_SIZE", 256 * 1024),

@@ -19,7 +19,7 @@ from app.extensions import db, get_settings
 from app.logs import log_context
 from app.models import Status, Video
 from app.prometheus import JOBS, PROCESSING_SECONDS, PROCESSING_SPEED, RETRIES
-from app.storage import get_storage, poster_key, processed_video_key
+from app.storage import Storage, get_storage, poster_key, processed_video_key
 from celeryconfig import PROCESS_TASK
 from media import runner
 from media.pipeline import Pipeline, TruncatedInput
@@ -117,6 +117,10 @@ class VideoJob:
             jobs.beat(self.video_id, self.token, percent)
             self._last_beat, self._last_progress = now, percent
 
+    def _drop_original(self, storage: Storage) -> None:
+        """Delete an original the rules refuse: it can never be processed (a direct upload's first real check)."""
+        storage.delete_prefix(f"originals/{self.video_id}/")
+
     def run(self) -> str:
         """Process the claimed video; return the processed key."""
         started = time.monotonic()
@@ -150,8 +154,10 @@ class VideoJob:
                     raise _ffmpeg_failure(exc) from exc
                 refused = rejection(exc, limits)
                 logger.warning("probe failed", extra={"reason": exc.reason, "ffprobe": exc.detail[-1000:]})
+                self._drop_original(storage)
                 raise PermanentError(refused.code, refused.message) from exc
             except MediaRejected as exc:
+                self._drop_original(storage)
                 raise PermanentError(exc.code, exc.message) from exc
             except TruncatedInput as exc:
                 raise PermanentError("undecodable", f"The video is cut off: {exc}.") from exc
@@ -161,7 +167,8 @@ class VideoJob:
             storage.upload_file(outputs.poster, image_key, "image/jpeg")
         # Not recorded when the row was deleted, cancelled or taken over while we worked: leave nothing
         # behind for a deleted or cancelled video.
-        if not jobs.finish(self.video_id, self.token, video_key, image_key):
+        probed = {"duration": info.duration, "width": info.width, "height": info.height}
+        if not jobs.finish(self.video_id, self.token, video_key, image_key, probed):
             if (video := db.session.get(Video, self.video_id)) is None or video.status == Status.CANCELLED.value:
                 storage.delete_prefix(f"processed/{self.video_id}/")
             logger.warning("row changed during processing; result not recorded")

@@ -147,7 +147,7 @@ def test_the_readme_layout_names_every_module() -> None:
     readme = (ROOT / "README.md").read_text()
     layout = readme[readme.index("## Layout") :]
     layout = layout[: layout.index("\n## ", 1)]
-    packages = ("app", "app/api", "tasks", "media", "config", "deploy", "bench")
+    packages = ("app", "app/api", "client", "tasks", "media", "config", "deploy", "bench")
     modules = [p for pkg in packages for p in sorted((ROOT / pkg).glob("*.py")) if p.name != "__init__.py"]
     assert len(modules) > 40
     assert [str(p.relative_to(ROOT)) for p in modules if p.name not in layout] == []

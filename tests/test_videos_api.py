@@ -78,7 +78,8 @@ def test_status_of_a_fresh_upload(client: FlaskClient, auth: dict, clip: Callabl
     video_id = upload(client, auth, source).json["video_id"]
     body = client.get(f"/api/videos/{video_id}", headers=auth).json
     expected = {"id", "title", "status", "progress", "created_at", "processed_at", "original_url"}
-    assert expected | {"processed_url", "poster_url", "error", "task_id", "queue_position", "seconds_left"} == set(body)
+    expected |= {"processed_url", "poster_url", "error", "task_id", "queue_position", "seconds_left", "upload_id"}
+    assert expected == set(body)
     assert (body["title"], body["status"], body["progress"], body["error"]) == ("My clip", "queued", 0, None)
     assert (body["queue_position"], body["seconds_left"]) == (1, None)
     assert body["processed_url"] is None and body["processed_at"] is None

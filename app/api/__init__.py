@@ -1,4 +1,4 @@
-"""The JSON API: auth and videos, validated by schemas that also write its OpenAPI document.
+"""The JSON API: auth, videos and direct uploads, validated by schemas that also write its OpenAPI document.
 
 flask-smorest (marshmallow and webargs) parses and validates every request against the
 schemas in ``schemas.py`` and generates ``/api/openapi.json`` from the same schemas and
@@ -88,7 +88,7 @@ def init_app(app: Flask) -> None:
     api = Api(app)
     app.extensions["api"] = api
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
-    from app.api import auth, health, videos  # noqa: F401  (routes register on bp and health.bp)
+    from app.api import auth, health, uploads, videos  # noqa: F401  (routes register on bp and health.bp)
 
     api.register_blueprint(bp)
     api.register_blueprint(health.bp)

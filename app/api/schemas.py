@@ -123,6 +123,11 @@ class VideoSchema(ma.Schema):
     seconds_left = ma.fields.Float(
         required=True, allow_none=True, metadata={"description": "estimated processing time left while processing"}
     )
+    upload_id = ma.fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "while uploading: its direct upload (GET /api/uploads/{id})"},
+    )
 
 
 class VideoPageSchema(ma.Schema):
@@ -147,3 +152,44 @@ class HealthSchema(ma.Schema):
 class ReadySchema(ma.Schema):
     status = ma.fields.String(required=True)
     checks = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.String(), required=True)
+
+
+class UploadStartSchema(Strict):
+    title = Text(required=True, validate=validate.Length(1, MAX_TITLE))
+    filename = Text(required=True, validate=validate.Length(1, 1024), metadata={"example": "match.mp4"})
+    size = ma.fields.Integer(
+        required=True, strict=True, validate=validate.Range(0, 2**62), metadata={"description": "bytes"}
+    )
+    content_type = Text(required=True, validate=validate.Length(max=255), metadata={"example": "video/mp4"})
+
+
+class PartUrlSchema(ma.Schema):
+    part_number = ma.fields.Integer(required=True)
+    url = ma.fields.String(required=True, metadata={"description": "presigned: PUT the part's bytes here"})
+
+
+class SentPartSchema(ma.Schema):
+    part_number = ma.fields.Integer(required=True)
+    size = ma.fields.Integer(required=True)
+    etag = ma.fields.String(required=True)
+
+
+class DirectUploadSchema(ma.Schema):
+    upload_id = ma.fields.String(required=True)
+    video_id = ma.fields.String(required=True)
+    size = ma.fields.Integer(required=True)
+    part_size = ma.fields.Integer(required=True, metadata={"description": "bytes per part; the last one is shorter"})
+    parts = ma.fields.List(ma.fields.Nested(PartUrlSchema), required=True, metadata={"description": "parts to send"})
+    parts_done = ma.fields.List(ma.fields.Nested(SentPartSchema), required=True)
+    expires_at = ma.fields.String(required=True, metadata={"description": "when an unfinished upload is dropped"})
+
+
+class PartSchema(Strict):
+    part_number = ma.fields.Integer(required=True, strict=True, validate=validate.Range(1, 10_000))
+    etag = Text(
+        required=True, validate=validate.Length(1, 128), metadata={"description": "the ETag S3 answered the PUT with"}
+    )
+
+
+class PartsSchema(Strict):
+    parts = ma.fields.List(ma.fields.Nested(PartSchema), required=True, validate=validate.Length(1, 10_000))

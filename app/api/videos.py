@@ -23,6 +23,7 @@ from app.api.schemas import (
 )
 from app.auth import login_required
 from app.extensions import db, get_settings
+from app.idempotency import idempotent, route_fingerprint
 from app.models import Status, Video
 from app.queue import EnqueueError
 from app.ratelimit import per_user
@@ -55,6 +56,7 @@ def video_json(video: Video) -> dict[str, Any]:
         "error": error,
         "queue_position": estimates.queue_position(video),
         "seconds_left": estimates.seconds_left(video),
+        "upload_id": video.upload_id if video.status == Status.UPLOADING.value else None,
     }
 
 
@@ -83,6 +85,7 @@ def _before_the_body(view: Any) -> Any:
 
 
 @bp.route("/videos/upload", methods=["POST"])
+@idempotent(route_fingerprint)
 @bp.doc(security=BEARER)
 @bp.response(202, UploadAcceptedSchema)
 @error_answers(400, 401, 413, 415, 422, 429, 503)
@@ -103,7 +106,11 @@ def upload(form: dict[str, Any]) -> dict[str, Any]:
         raise APIError(400, "missing_file", "Send the video as the multipart field 'video_file', with a file name.")
     if not title:
         raise APIError(400, "invalid_title", f"A title of 1 to {MAX_TITLE} characters is required.")
-    video, queued = accept_upload(g.user, file, title)
+    return accepted(*accept_upload(g.user, file, title))
+
+
+def accepted(video: Video, queued: bool) -> dict[str, Any]:
+    """Answer a stored upload: 202 with its task id, or 503 when the queue did not take it (the sweeper will)."""
     if not queued:
         raise APIError(
             503,
@@ -195,6 +202,8 @@ def delete_video(video_id: str) -> None:
     video = _own_video(video_id)
     storage = get_storage()
     try:
+        if video.s3_upload_id:  # a direct upload still open: S3 keeps its parts until aborted
+            storage.abort_multipart(video.original_key, video.s3_upload_id)
         for prefix in video_prefixes(video.id):
             storage.delete_prefix(prefix)
     except Exception as exc:

@@ -1,0 +1,204 @@
+"""Direct uploads: the client sends the bytes to S3 in parts, through presigned URLs.
+
+The API only starts the S3 multipart upload, signs the part URLs, and completes it; no
+byte of the video passes through a web process. Then the object is checked where that is
+cheap and safe: its real size against the declared one, and its first 64 KiB (one ranged
+GET) for a container signature (``media.sniff``). A plainly wrong file is refused at once
+and deleted; the rest is probed in the worker's sandbox with the form upload's rules
+(``media.validate``), and a video refused there ends ``failed`` with the same codes, its
+original deleted. Running ffprobe in the web tier would mean letting it read from the
+network, or copying up to ``MAX_UPLOAD_BYTES`` through the web tier: the very thing this
+path avoids.
+
+An upload not completed by ``upload_expires_at`` is aborted and its row removed by the
+sweeper; the bucket's lifecycle rule (abort incomplete multipart uploads after a day) is
+the backstop.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError, EndpointConnectionError
+from sqlalchemy import select
+
+from app import jobs, quotas
+from app.api.errors import APIError
+from app.extensions import db, get_settings
+from app.models import Status, User, Video, aware, new_id, utcnow
+from app.storage import get_storage, original_key
+from app.uploads import CONTENT_TYPES, clean_filename, queue_stored
+from media.sniff import HEAD_BYTES, may_be
+
+logger = logging.getLogger(__name__)
+MiB = 1024**2
+MIN_PART_BYTES = 5 * MiB  # S3's least part size (but for the last part)
+MAX_PARTS = 1000  # far below S3's 10 000, so that one answer lists every part's URL
+# What S3 answers about the parts a client says it sent: the client's mistake, not ours.
+BAD_PARTS = {"InvalidPart", "InvalidPartOrder", "EntityTooSmall", "NoSuchUpload", "MalformedXML"}
+# What a video may be declared as: anything a player would call video, or no idea.
+GENERIC_TYPES = {"application/octet-stream", "binary/octet-stream"}
+
+
+def part_size(size: int, preferred: int) -> int:
+    """Return the part size for ``size`` bytes: ``preferred``, larger when that would make too many parts."""
+    least = -(-size // MAX_PARTS)
+    return -(-max(preferred, least, MIN_PART_BYTES) // MiB) * MiB
+
+
+def part_count(size: int, part: int) -> int:
+    """Return how many parts ``size`` bytes make (at least one)."""
+    return max(1, -(-size // part))
+
+
+def _storage_unavailable(exc: Exception) -> APIError:
+    logger.warning("S3 unavailable", extra={"error": repr(exc)})
+    return APIError(503, "storage_unavailable", "The storage is unreachable; try again shortly.")
+
+
+def start(user: User, title: str, filename: str, size: int, content_type: str) -> Video:
+    """Check the declared upload against the limits, start its S3 multipart upload and record it."""
+    config = get_settings()
+    if size > config.MAX_UPLOAD_BYTES:
+        raise APIError(413, "file_too_large", f"The upload exceeds the limit of {config.MAX_UPLOAD_BYTES} bytes.")
+    if size < 1:
+        raise APIError(415, "not_a_video", "The file is empty.")
+    content_type = content_type.split(";", 1)[0].strip().lower()
+    if not content_type.startswith("video/") and content_type not in GENERIC_TYPES:
+        raise APIError(415, "not_a_video", f"A {content_type or 'typeless'} file is not a video.")
+    quotas.check_upload(user.id, size, lock=True)  # the user's row stays locked until the commit below
+    video_id, name = new_id(), clean_filename(filename)
+    extension = (name or "").rpartition(".")[2].lower()
+    key = original_key(video_id, name, extension if extension in CONTENT_TYPES else "mp4")
+    part = part_size(size, config.UPLOAD_PART_BYTES)
+    storage = get_storage()
+    try:
+        s3_upload = storage.start_multipart(key, CONTENT_TYPES.get(extension, "application/octet-stream"))
+    except (ClientError, EndpointConnectionError) as exc:
+        db.session.rollback()
+        raise _storage_unavailable(exc) from exc
+    video = Video(
+        id=video_id,
+        user_id=user.id,
+        title=title,
+        status=Status.UPLOADING.value,
+        original_key=key,
+        original_filename=name,
+        size_bytes=size,
+        upload_id=new_id(),
+        s3_upload_id=s3_upload,
+        part_size=part,
+        upload_expires_at=utcnow() + timedelta(seconds=config.UPLOAD_EXPIRES_SECONDS),
+    )
+    try:
+        db.session.add(video)
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        storage.abort_multipart(key, s3_upload)
+        raise
+    logger.info("direct upload started", extra={"video_id": video_id, "bytes": size, "part_size": part})
+    return video
+
+
+def describe(video: Video, sent: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Return the upload's state: the parts S3 has (``sent``), and fresh URLs for the others."""
+    assert video.s3_upload_id and video.part_size and video.size_bytes and video.upload_expires_at
+    storage = get_storage()
+    done = {p["part_number"] for p in sent or []}
+    expires = aware(video.upload_expires_at)
+    seconds = max(1, min(get_settings().PRESIGNED_URL_EXPIRES, int((expires - utcnow()).total_seconds())))
+    urls = [
+        {"part_number": n, "url": storage.part_url(video.original_key, video.s3_upload_id, n, seconds)}
+        for n in range(1, part_count(video.size_bytes, video.part_size) + 1)
+        if n not in done
+    ]
+    return {
+        "upload_id": video.upload_id,
+        "video_id": video.id,
+        "size": video.size_bytes,
+        "part_size": video.part_size,
+        "parts": urls,
+        "parts_done": sent or [],
+        "expires_at": expires.isoformat(),
+    }
+
+
+def sent_parts(video: Video) -> list[dict[str, Any]]:
+    """Return the parts S3 already has: ``part_number``, ``size``, ``etag``."""
+    assert video.s3_upload_id
+    try:
+        parts = get_storage().list_parts(video.original_key, video.s3_upload_id)
+    except (ClientError, EndpointConnectionError) as exc:
+        raise _storage_unavailable(exc) from exc
+    return [{"part_number": p["PartNumber"], "size": p["Size"], "etag": p["ETag"]} for p in parts]
+
+
+def _refuse(video: Video, status: int, code: str, message: str) -> APIError:
+    """End the upload ``failed`` with ``code``, leaving nothing in S3; return the error to answer."""
+    get_storage().delete_prefix(f"originals/{video.id}/")
+    jobs.refuse_upload(video.id, code, message)
+    logger.info("direct upload refused", extra={"video_id": video.id, "code": code})
+    return APIError(status, code, message)
+
+
+def complete(video: Video, parts: list[dict[str, Any]]) -> tuple[Video, bool]:
+    """Complete the multipart upload from the parts' ETags, check the object, enqueue it.
+
+    Return the row and whether it was enqueued (False: stored, the queue unreachable).
+    """
+    assert video.s3_upload_id and video.part_size and video.size_bytes
+    count = part_count(video.size_bytes, video.part_size)
+    numbers = [p["part_number"] for p in parts]
+    if numbers != list(range(1, count + 1)):
+        raise APIError(400, "invalid_parts", f"Send the ETag of every part, 1 to {count}, in order.")
+    storage = get_storage()
+    try:
+        storage.complete_multipart(
+            video.original_key, video.s3_upload_id, [(p["part_number"], p["etag"]) for p in parts]
+        )
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code not in BAD_PARTS:
+            raise _storage_unavailable(exc) from exc
+        raise APIError(400, "invalid_parts", f"S3 refused the parts ({code}): send each part's own ETag.") from exc
+    except EndpointConnectionError as exc:
+        raise _storage_unavailable(exc) from exc
+    real = storage.size(video.original_key)
+    if real != video.size_bytes:
+        raise _refuse(video, 400, "size_mismatch", f"The upload is {real} bytes, not the {video.size_bytes} declared.")
+    if not may_be(storage.head_bytes(video.original_key, HEAD_BYTES), get_settings().VIDEO_ALLOWED_FORMATS):
+        raise _refuse(video, 415, "not_a_video", "The file is not a readable video.")
+    if not jobs.upload_done(video.id):
+        raise APIError(409, "not_uploading", f"This upload is over; the video is {video.status}.")
+    db.session.refresh(video)
+    logger.info("direct upload stored", extra={"video_id": video.id, "task_id": video.task_id, "bytes": real})
+    return video, queue_stored(video)
+
+
+def abort(video: Video) -> None:
+    """Abort the S3 multipart upload and remove the row."""
+    assert video.s3_upload_id
+    try:
+        get_storage().abort_multipart(video.original_key, video.s3_upload_id)
+    except (ClientError, EndpointConnectionError) as exc:
+        raise _storage_unavailable(exc) from exc
+    jobs.discard_upload(video.id)
+
+
+def expire() -> list[str]:
+    """Abort the uploads past ``upload_expires_at`` and remove their rows; return their video ids."""
+    overdue = db.session.scalars(
+        select(Video).where(Video.status == Status.UPLOADING.value, Video.upload_expires_at < utcnow())
+    ).all()
+    gone = []
+    for video in overdue:
+        try:
+            abort(video)
+        except APIError:  # S3 unreachable: the next sweep tries again
+            continue
+        gone.append(video.id)
+        logger.info("direct upload expired", extra={"video_id": video.id})
+    return gone

@@ -1,0 +1,139 @@
+"""``Idempotency-Key`` for the routes that create a video: a client's retry gets the first answer.
+
+The key is recorded (per user, unique) before the request runs, in its own committed row,
+so two copies of one request racing each other cannot both run: the loser finds the row and
+answers from it. Once the first request has answered, its status and body are stored and
+every retry with the same key gets them back (with ``Idempotent-Replayed: true``). A retry
+that arrives while the first is still running gets 409 ``request_in_progress``; the same
+key on a different request gets 422 ``idempotency_key_reused``. Answers a retry could
+change (429, 5xx) are not kept: the key is released and the retry runs. Keys are removed
+by the sweeper after ``IDEMPOTENCY_KEY_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from flask import Response, make_response, request
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from app.api.errors import APIError, error_response
+from app.auth import token_subject
+from app.extensions import db
+from app.models import IdempotencyKey, aware, utcnow
+
+HEADER = "Idempotency-Key"
+MAX_KEY = 255
+# A request still "running" this long after it began died with its process: its key is free again.
+ABANDONED_AFTER = timedelta(hours=1)
+
+
+def json_fingerprint() -> str:
+    """Fingerprint a JSON request: its route and its body."""
+    return hashlib.sha256(request.path.encode() + b"\0" + request.get_data(cache=True)).hexdigest()
+
+
+def route_fingerprint() -> str:
+    """Fingerprint a form upload by its route alone: a replay is answered before its body is read.
+
+    (Its length can't serve: multipart boundaries differ from one try to the next.)
+    """
+    return hashlib.sha256(request.path.encode()).hexdigest()
+
+
+def _keep(status: int) -> bool:
+    """Return whether an answer is final for its request (a retry would get the same)."""
+    return status < 500 and status not in (409, 429)
+
+
+def _replay(row: IdempotencyKey) -> Response:
+    response = Response(row.body, status=row.status_code, mimetype="application/json")
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _claim(user_id: int, key: str, fingerprint: str) -> IdempotencyKey | Response:
+    """Record the key for this request, or answer from the request that recorded it first."""
+    row = IdempotencyKey(user_id=user_id, key=key, fingerprint=fingerprint)
+    db.session.add(row)
+    try:
+        db.session.commit()
+        return row
+    except IntegrityError:
+        db.session.rollback()
+    first = db.session.scalar(
+        select(IdempotencyKey).where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
+    )
+    if first is None:  # released between our INSERT and this SELECT: try once more
+        return _claim(user_id, key, fingerprint)
+    if first.fingerprint != fingerprint:
+        raise APIError(422, "idempotency_key_reused", f"This {HEADER} was used for a different request.")
+    if first.status_code is not None:
+        return _replay(first)
+    if aware(first.created_at) < utcnow() - ABANDONED_AFTER:
+        db.session.delete(first)
+        db.session.commit()
+        return _claim(user_id, key, fingerprint)
+    raise APIError(
+        409, "request_in_progress", f"A request with this {HEADER} is still running.", headers={"Retry-After": "1"}
+    )
+
+
+def idempotent(fingerprint: Callable[[], str]) -> Callable[[Any], Any]:
+    """Make a route that creates something answer a retried request (same key) with its first answer.
+
+    Put it right under ``@bp.route``, so it sees the final answer of the decorators below.
+    """
+
+    def decorate(view: Any) -> Any:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            key = request.headers.get(HEADER)
+            subject = token_subject()
+            if key is None or subject is None:  # no key, or no valid token (the route answers 401)
+                return view(*args, **kwargs)
+            if not 1 <= len(key) <= MAX_KEY or not key.isascii() or not key.isprintable():
+                raise APIError(
+                    400, "invalid_idempotency_key", f"{HEADER} must be 1 to {MAX_KEY} printable ASCII characters."
+                )
+            claimed = _claim(int(subject), key, fingerprint())
+            if isinstance(claimed, Response):
+                return claimed
+            try:
+                response = make_response(view(*args, **kwargs))
+            except APIError as exc:
+                response, _ = error_response(exc.status, exc.code, exc.message, exc.extra)
+                response.status_code = exc.status
+                response.headers.update(exc.headers)
+            except BaseException:
+                _release(claimed.id)
+                raise
+            if _keep(response.status_code):
+                claimed.status_code, claimed.body = response.status_code, response.get_data(as_text=True)
+                db.session.add(claimed)
+                db.session.commit()
+            else:
+                _release(claimed.id)
+            return response
+
+        return wrapped
+
+    return decorate
+
+
+def _release(key_id: int) -> None:
+    db.session.rollback()
+    db.session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == key_id))
+    db.session.commit()
+
+
+def prune(older_than: timedelta) -> int:
+    """Delete keys recorded more than ``older_than`` ago; return how many."""
+    result = db.session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < utcnow() - older_than))
+    db.session.commit()
+    return int(getattr(result, "rowcount", 0) or 0)

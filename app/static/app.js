@@ -1,0 +1,287 @@
+// The page: sign up or log in, upload straight to S3 in parts (resumable), watch the videos.
+// Plain DOM and fetch; the API is /api (see /api/docs). The token stays in localStorage so a
+// reload keeps the session and can resume an upload: pick the same file again.
+
+const PARALLEL = 4;
+const ATTEMPTS = 5;
+const POLL_MS = 2000;
+const $ = (id) => document.getElementById(id);
+let token = localStorage.getItem("videoproc.token");
+
+function say(text, isError = false) {
+  $("message").textContent = text;
+  $("message").classList.toggle("error", isError);
+}
+
+async function api(method, path, body, headers = {}) {
+  const options = { method, headers: { ...headers } };
+  if (token) options.headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  const data = response.status === 204 ? null : await response.json().catch(() => null);
+  if (!response.ok) {
+    const error = new Error(data?.error?.message || `HTTP ${response.status}`);
+    error.code = data?.error?.code;
+    error.status = response.status;
+    throw error;
+  }
+  return data;
+}
+
+// Accounts
+
+async function logIn(email, password) {
+  const answer = await api("POST", "/api/auth/login", { email, password });
+  token = answer.access_token;
+  localStorage.setItem("videoproc.token", token);
+  localStorage.setItem("videoproc.email", email);
+  show();
+}
+
+function logOut() {
+  token = null;
+  localStorage.removeItem("videoproc.token");
+  show();
+}
+
+function show() {
+  const signedIn = Boolean(token);
+  $("account").hidden = signedIn;
+  $("uploader").hidden = !signedIn;
+  $("library").hidden = !signedIn;
+  $("who").hidden = !signedIn;
+  $("who-email").textContent = localStorage.getItem("videoproc.email") || "";
+  if (signedIn) refresh();
+}
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  try {
+    await logIn($("email").value, $("password").value);
+    say("");
+  } catch (error) {
+    say(error.message, true);
+  }
+});
+
+$("signup").addEventListener("click", async () => {
+  const form = $("login-form");
+  if (!form.reportValidity()) return;
+  const email = $("email").value;
+  const password = $("password").value;
+  try {
+    await api("POST", "/api/auth/signup", { email, password, password_confirm: password });
+    await logIn(email, password);
+    say("Account created.");
+  } catch (error) {
+    say(error.message, true);
+  }
+});
+
+$("logout").addEventListener("click", logOut);
+
+// Direct uploads: one upload per file, its parts PUT to S3 in parallel, each retried.
+
+const fileKey = (file) => `videoproc.upload.${file.name}|${file.size}|${file.lastModified}`;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function putPart(url, blob, onProgress) {
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest();
+    request.open("PUT", url);
+    request.upload.onprogress = (event) => onProgress(event.loaded);
+    request.onload = () => {
+      const etag = request.getResponseHeader("ETag");
+      if (request.status === 200 && etag) resolve(etag);
+      else reject(Object.assign(new Error(`S3 answered ${request.status}`), { status: request.status }));
+    };
+    request.onerror = () => reject(new Error("network error"));
+    request.send(blob);
+  });
+}
+
+async function sendPart(url, blob, onProgress) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await putPart(url, blob, onProgress);
+    } catch (error) {
+      onProgress(0);
+      const fatal = error.status >= 400 && error.status < 500 && error.status !== 408 && error.status !== 429;
+      if (fatal || attempt >= ATTEMPTS) throw error;
+      await sleep(Math.min(1000 * 2 ** attempt, 30000));
+    }
+  }
+}
+
+async function startOrResume(file) {
+  const saved = localStorage.getItem(fileKey(file));
+  if (saved) {
+    try {
+      return await api("GET", `/api/uploads/${saved}`);
+    } catch (error) {
+      if (error.status !== 404 && error.status !== 409) throw error;
+      localStorage.removeItem(fileKey(file));
+    }
+  }
+  const body = {
+    title: file.name.replace(/\.[^.]+$/, "") || file.name,
+    filename: file.name,
+    size: file.size,
+    content_type: file.type || "application/octet-stream",
+  };
+  const plan = await api("POST", "/api/uploads", body, { "Idempotency-Key": crypto.randomUUID() });
+  localStorage.setItem(fileKey(file), plan.upload_id);
+  return plan;
+}
+
+function transferRow(file) {
+  const item = document.createElement("li");
+  const label = document.createElement("label");
+  const bar = document.createElement("progress");
+  const status = document.createElement("p");
+  const id = `transfer-${crypto.randomUUID()}`;
+  bar.id = id;
+  bar.max = file.size;
+  bar.value = 0;
+  label.htmlFor = id;
+  label.textContent = file.name;
+  status.className = "status";
+  status.setAttribute("aria-live", "polite");
+  item.append(label, bar, status);
+  $("transfers").append(item);
+  return { item, bar, status };
+}
+
+async function uploadFile(file) {
+  const row = transferRow(file);
+  try {
+    const plan = await startOrResume(file);
+    const etags = new Map(plan.parts_done.map((part) => [part.part_number, part.etag]));
+    const doneBytes = plan.parts_done.reduce((sum, part) => sum + part.size, 0);
+    const inFlight = new Map();
+    const update = () => {
+      row.bar.value = doneBytes + [...inFlight.values()].reduce((a, b) => a + b, 0);
+      row.status.textContent = `${Math.floor((100 * row.bar.value) / file.size)} % sent`;
+    };
+    if (plan.parts_done.length) row.status.textContent = `resuming: ${plan.parts_done.length} part(s) already sent`;
+    update();
+    const queue = [...plan.parts];
+    const worker = async () => {
+      while (queue.length) {
+        const part = queue.shift();
+        const start = (part.part_number - 1) * plan.part_size;
+        const blob = file.slice(start, Math.min(start + plan.part_size, file.size));
+        const etag = await sendPart(part.url, blob, (loaded) => {
+          inFlight.set(part.part_number, loaded);
+          update();
+        });
+        inFlight.set(part.part_number, blob.size);
+        etags.set(part.part_number, etag);
+        update();
+      }
+    };
+    await Promise.all(Array.from({ length: PARALLEL }, worker));
+    const parts = [...etags.entries()].sort((a, b) => a[0] - b[0]).map(([part_number, etag]) => ({ part_number, etag }));
+    row.status.textContent = "checking…";
+    await api("POST", `/api/uploads/${plan.upload_id}/complete`, { parts });
+    localStorage.removeItem(fileKey(file));
+    row.bar.value = file.size;
+    row.status.textContent = "uploaded: queued for processing";
+    refresh();
+  } catch (error) {
+    row.status.textContent = `${error.message} (pick the file again to resume)`;
+    row.status.classList.add("error");
+  }
+}
+
+function uploadAll(files) {
+  for (const file of files) uploadFile(file);
+}
+
+$("files").addEventListener("change", (event) => {
+  uploadAll([...event.target.files]);
+  event.target.value = "";
+});
+
+const drop = $("drop");
+drop.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drop.classList.add("over");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  uploadAll([...event.dataTransfer.files]);
+});
+
+// The library: the user's videos, polled while any is not finished.
+
+const FINISHED = new Set(["processed", "failed", "cancelled"]);
+const shown = new Map(); // video id -> its list item
+let timer = null;
+
+function videoItem(video) {
+  let item = shown.get(video.id);
+  if (!item) {
+    item = document.createElement("li");
+    item.dataset.videoId = video.id;
+    const title = document.createElement("h3");
+    const status = document.createElement("p");
+    const bar = document.createElement("progress");
+    status.className = "status";
+    bar.max = 100;
+    bar.id = `progress-${video.id}`;
+    title.id = `title-${video.id}`;
+    bar.setAttribute("aria-labelledby", title.id);
+    item.append(title, status, bar);
+    shown.set(video.id, item);
+  }
+  const [title, status, bar] = item.children;
+  title.textContent = video.title;
+  let text = video.status;
+  if (video.status === "processing") text += ` ${video.progress} %` + (video.seconds_left ? `, about ${Math.ceil(video.seconds_left)} s left` : "");
+  if (video.status === "queued" && video.queue_position) text += `, position ${video.queue_position}`;
+  if (video.status === "uploading") text += ": pick the file again to resume";
+  if (video.error) text += `: ${video.error.message}`;
+  status.textContent = text;
+  status.classList.toggle("error", video.status === "failed");
+  bar.value = video.status === "processed" ? 100 : video.progress;
+  bar.hidden = FINISHED.has(video.status);
+  if (video.status === "processed" && !item.querySelector("video")) {
+    const player = document.createElement("video");
+    player.controls = true;
+    player.preload = "metadata";
+    player.poster = video.poster_url;
+    player.src = video.processed_url;
+    player.setAttribute("aria-label", `${video.title}, processed`);
+    item.append(player);
+  }
+  return item;
+}
+
+async function refresh() {
+  clearTimeout(timer);
+  if (!token) return;
+  try {
+    const page = await api("GET", "/api/videos?per_page=50");
+    const items = page.items.map(videoItem);
+    const list = $("videos");
+    // Re-parenting a playing <video> would pause it: touch the list only when its order changed.
+    if (items.length !== list.children.length || items.some((item, i) => list.children[i] !== item)) {
+      list.replaceChildren(...items);
+    }
+    if (page.items.some((video) => !FINISHED.has(video.status))) timer = setTimeout(refresh, POLL_MS);
+  } catch (error) {
+    if (error.status === 401) logOut();
+    else {
+      say(error.message, true);
+      timer = setTimeout(refresh, POLL_MS * 2);
+    }
+  }
+}
+
+show();

@@ -1,0 +1,41 @@
+"""The page at ``/``: sign up, log in, upload straight to S3 with progress, watch the videos.
+
+One HTML template and a small script (``static/app.js``) over the JSON API; no framework.
+Its Content-Security-Policy lets it talk to this origin and to the bucket's, and nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, make_response, render_template
+
+from app.storage import get_storage
+
+bp = Blueprint("web", __name__)
+
+
+@functools.cache
+def _bucket_origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def page_csp() -> str:
+    """Return the page's CSP: scripts and styles from here; parts, videos and posters from the bucket."""
+    bucket = _bucket_origin_of(get_storage().url("originals/") or "")
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; "
+        f"connect-src 'self' {bucket}; media-src {bucket}; img-src 'self' {bucket}; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+
+
+@bp.get("/")
+def index() -> Response:
+    """Serve the page."""
+    response = make_response(render_template("index.html"))
+    response.headers["Content-Security-Policy"] = page_csp()
+    response.headers["Cache-Control"] = "no-cache"
+    return response
