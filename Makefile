@@ -51,9 +51,10 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install ## Measure the pipeline and the whole job on a local stack; writes docs/benchmarks.md
+bench: install ## Measure the pipeline, the whole job and uploads on a local stack; writes docs/benchmarks.md
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.job
+	$(BIN)/python -m bench.uploads
 
 assets: ## Re-render the logo and bumper cards
 	assets/make_assets.sh

@@ -166,10 +166,10 @@ def complete(video: Video, parts: list[dict[str, Any]]) -> tuple[Video, bool]:
         raise APIError(400, "invalid_parts", f"S3 refused the parts ({code}): send each part's own ETag.") from exc
     except EndpointConnectionError as exc:
         raise _storage_unavailable(exc) from exc
-    real = storage.size(video.original_key)
+    head, real = storage.head_bytes(video.original_key, HEAD_BYTES)
     if real != video.size_bytes:
         raise _refuse(video, 400, "size_mismatch", f"The upload is {real} bytes, not the {video.size_bytes} declared.")
-    if not may_be(storage.head_bytes(video.original_key, HEAD_BYTES), get_settings().VIDEO_ALLOWED_FORMATS):
+    if not may_be(head, get_settings().VIDEO_ALLOWED_FORMATS):
         raise _refuse(video, 415, "not_a_video", "The file is not a readable video.")
     if not jobs.upload_done(video.id):
         raise APIError(409, "not_uploading", f"This upload is over; the video is {video.status}.")

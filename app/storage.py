@@ -104,15 +104,12 @@ class Storage:
             if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
                 raise
 
-    def size(self, key: str) -> int:
-        """Return the object's size in bytes."""
-        return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
-
-    def head_bytes(self, key: str, count: int) -> bytes:
-        """Return the object's first ``count`` bytes (one ranged GET)."""
-        body = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{count - 1}")["Body"]
-        data: bytes = body.read()
-        return data
+    def head_bytes(self, key: str, count: int) -> tuple[bytes, int]:
+        """Return the object's first ``count`` bytes and its whole size, from one ranged GET."""
+        got = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{count - 1}")
+        data: bytes = got["Body"].read()
+        whole = got.get("ContentRange", "").rpartition("/")[2]  # "bytes 0-65535/12345678"
+        return data, int(whole) if whole.isdigit() else len(data)
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; return how many."""

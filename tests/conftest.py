@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -326,38 +327,19 @@ def get(url: str, timeout: float = 10) -> tuple[int, bytes, float]:
         return exc.code, exc.read(), time.monotonic() - start
 
 
-@pytest.fixture
-def web_tier(app: Flask, base_env: dict[str, str]) -> Iterator[str]:
+@contextmanager
+def serving(base_env: dict[str, str], env: dict[str, str]) -> Iterator[str]:
     """gunicorn (2 workers x 4 threads, as in the Procfile) on a socket, nginx on a port; yield nginx's URL."""
     folder = Path(tempfile.mkdtemp(prefix="videoproc-web-"))
     folder.chmod(0o755)  # nginx's workers may run as another user
     sock, port = folder / "gunicorn.sock", free_port()
-    env = {**os.environ, **base_env, "SQS_QUEUE_NAME": "api-tests", "TRUSTED_PROXIES": "1"}
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(folder / "metrics")
-    web = [
-        "--config",
-        "python:deploy.gunicorn_conf",
-        "--workers",
-        "2",
-        "--threads",
-        "4",
-        "--bind",
-        f"unix:{sock}",
-        "--timeout",
-        "600",
-        "app:create_app()",
-    ]
+    full = {**os.environ, **base_env, "TRUSTED_PROXIES": "1", **env}
+    full["PROMETHEUS_MULTIPROC_DIR"] = str(folder / "metrics")
+    web = ["--config", "python:deploy.gunicorn_conf", "--workers", "2", "--threads", "4"]
+    web += ["--bind", f"unix:{sock}", "--timeout", "600", "app:create_app()"]
     proxy = ["--listen", f"127.0.0.1:{port}", "--upstream", f"unix:{sock}", "--prefix", str(folder / "nginx")]
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", *web],
-        cwd=ROOT,
-        env=env,
-    )
-    nginx = subprocess.Popen(
-        [sys.executable, "-m", "deploy.nginx", *proxy],
-        cwd=ROOT,
-        env=env,
-    )
+    gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", *web], cwd=ROOT, env=full)
+    nginx = subprocess.Popen([sys.executable, "-m", "deploy.nginx", *proxy], cwd=ROOT, env=full)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: sock.exists() and get(f"{url}/healthz")[0] == 200, timeout=60)
@@ -366,6 +348,13 @@ def web_tier(app: Flask, base_env: dict[str, str]) -> Iterator[str]:
         for proc in (nginx, gunicorn):
             proc.terminate()
             proc.wait(20)
+
+
+@pytest.fixture
+def web_tier(app: Flask, base_env: dict[str, str]) -> Iterator[str]:
+    """The web tier on the API tests' queue (no worker reads it); yield its URL."""
+    with serving(base_env, {"SQS_QUEUE_NAME": "api-tests"}) as url:
+        yield url
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float = 0.2) -> Any:

@@ -1,0 +1,372 @@
+"""Measure uploads through the web tier: the direct path (parts to S3) against the form upload.
+
+Starts moto server, a database (PostgreSQL when one answers on 127.0.0.1, else SQLite),
+and the web tier as deployed (nginx → gunicorn, 2 workers x 4 threads). Then, side by side:
+
+1. ``--clients`` concurrent clients each upload one 4.5 MB clip by the direct path (the
+   API's two calls and the PUT to S3) and then by the form upload; p50/p95 of the API calls
+   and of the whole upload, and the errors.
+2. One large direct upload (``--big-mib``, 1 GiB by default) with ``client.uploader``
+   against boto3's own ``upload_file`` to the same endpoint, and the web processes' memory
+   (RSS of gunicorn's processes) before and at its peak during the upload.
+
+Writes its section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+import flask_migrate
+import requests
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from app import create_app
+from app.aws import ensure_bucket, ensure_queues
+from app.extensions import get_settings
+from bench.job import environment
+from bench.pipeline import bar, write_section
+from client import uploader
+from tests.clips import make_clip
+from tests.conftest import PASSWORD, POSTGRES_URL, ROOT, free_port, get, serving, wait_for
+
+MiB = 1024**2
+BUCKET = "videoproc-bench"  # bench.job's environment
+
+
+def answers(url: str) -> bool:
+    """Return whether ``url`` answers 200 yet."""
+    try:
+        return get(url)[0] == 200
+    except OSError:
+        return False
+
+
+def span(values: list[float]) -> str:
+    """Return the range of ``values``, seconds."""
+    return f"{min(values):.1f} to {max(values):.1f}"
+
+
+def pct(values: list[float], q: float) -> float:
+    """Return the ``q`` quantile (0..1) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_mib(pids: list[int]) -> float:
+    """Return the resident memory of ``pids`` together, MiB."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            continue
+    return total / 1024
+
+
+def gunicorn_pids() -> list[int]:
+    """Return the pids of this machine's gunicorn processes serving ``app:create_app()``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"gunicorn" in cmdline and b"app:create_app()" in cmdline:
+                found.append(int(proc.name))
+    return found
+
+
+def database(work: Path) -> tuple[str, Callable[[], None]]:
+    """Return a fresh database URL (PostgreSQL if it answers) and how to drop it."""
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        conn = admin.connect()
+    except OperationalError:
+        return f"sqlite:///{work / 'bench.db'}", lambda: None
+    name = f"videoproc_bench_{os.getpid()}"
+    with conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+def login(url: str, email: str) -> str:
+    body = {"email": email, "password": PASSWORD, "password_confirm": PASSWORD}
+    requests.post(f"{url}/api/auth/signup", json=body, timeout=30).raise_for_status()
+    answer = requests.post(f"{url}/api/auth/login", json={"email": email, "password": PASSWORD}, timeout=30)
+    answer.raise_for_status()
+    return str(answer.json()["access_token"])
+
+
+def direct_upload(url: str, token: str, clip: Path) -> tuple[list[float], float]:
+    """Upload ``clip`` by the direct path; return (the API calls' seconds, the whole upload's seconds)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"title": "bench", "filename": clip.name, "size": clip.stat().st_size, "content_type": "video/mp4"}
+    started = time.perf_counter()
+    plan = requests.post(f"{url}/api/uploads", json=body, headers=headers, timeout=60)
+    plan.raise_for_status()
+    api = time.perf_counter() - started
+    [part] = plan.json()["parts"]
+    put = requests.put(part["url"], data=clip.read_bytes(), timeout=60)
+    put.raise_for_status()
+    parts = {"parts": [{"part_number": 1, "etag": put.headers["ETag"]}]}
+    before = time.perf_counter()
+    done = requests.post(
+        f"{url}/api/uploads/{plan.json()['upload_id']}/complete", json=parts, headers=headers, timeout=60
+    )
+    done.raise_for_status()
+    end = time.perf_counter()
+    return [api, end - before], end - started
+
+
+def api_calls(url: str, tokens: list[str], clip: Path) -> tuple[list[float], list[float]]:
+    """Time the API's two calls alone: every client starts at once, the parts go up, every client completes at once.
+
+    (In the whole flow, the API's calls wait on S3 answers while moto, on these same CPUs, parses
+    every client's part; on AWS the parts never touch them.)
+    """
+    body = {"title": "bench", "filename": clip.name, "size": clip.stat().st_size, "content_type": "video/mp4"}
+
+    def start(token: str) -> tuple[float, Any]:
+        began = time.perf_counter()
+        plan = requests.post(f"{url}/api/uploads", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        plan.raise_for_status()
+        return time.perf_counter() - began, plan.json()
+
+    started, _ = concurrent(len(tokens), lambda i: start(tokens[i]))
+    data = clip.read_bytes()
+    etags = [requests.put(plan["parts"][0]["url"], data=data, timeout=60).headers["ETag"] for _, plan in started]
+
+    def complete(i: int) -> float:
+        plan, parts = started[i][1], {"parts": [{"part_number": 1, "etag": etags[i]}]}
+        began = time.perf_counter()
+        done = requests.post(
+            f"{url}/api/uploads/{plan['upload_id']}/complete",
+            json=parts,
+            headers={"Authorization": f"Bearer {tokens[i]}"},
+            timeout=60,
+        )
+        done.raise_for_status()
+        return time.perf_counter() - began
+
+    completed, _ = concurrent(len(tokens), complete)
+    return [t for t, _ in started], completed
+
+
+def form_upload(url: str, token: str, clip: Path) -> float:
+    """Upload ``clip`` through the form route; return its seconds."""
+    started = time.perf_counter()
+    with clip.open("rb") as f:
+        answer = requests.post(
+            f"{url}/api/videos/upload",
+            files={"video_file": (clip.name, f, "video/mp4")},
+            data={"title": "bench"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=120,
+        )
+    answer.raise_for_status()
+    return time.perf_counter() - started
+
+
+def concurrent(clients: int, action: Callable[[int], Any]) -> tuple[list[Any], int]:
+    """Run ``action(i)`` for every client at once; return the results and the number of errors."""
+    results, errors = [], 0
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        for future in [pool.submit(action, i) for i in range(clients)]:
+            try:
+                results.append(future.result())
+            except Exception as exc:
+                errors += 1
+                sys.stderr.write(f"\nerror: {exc!r}\n")
+    return results, errors
+
+
+def big_file(path: Path, size: int) -> Path:
+    """Write ``size`` bytes that open like an MP4 (an ftyp box), random after it."""
+    with path.open("wb") as f:
+        f.write(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2")
+        left = size - 24
+        while left > 0:
+            chunk = os.urandom(min(left, 16 * MiB))
+            f.write(chunk)
+            left -= len(chunk)
+    return path
+
+
+def measure(url: str, aws: str, work: Path, clients: int, big_mib: int) -> dict[str, Any]:
+    """Run both measurements; return the numbers."""
+    steps = 8
+    bar(0, steps, "making the clip")
+    clip = make_clip(work / "clip.mp4", 854, 480, 16, extra=("-crf", "30"))  # about 4.5 MB: one part
+    tokens, _ = concurrent(clients, lambda i: login(url, f"bench-{i}@example.com"))
+    for token in tokens[:8]:  # every gunicorn thread's first request makes its clients: not what is measured
+        direct_upload(url, token, clip)
+    bar(1, steps, f"{clients} direct uploads")
+    direct, direct_errors = concurrent(clients, lambda i: direct_upload(url, tokens[i], clip))
+    bar(2, steps, f"{clients} form uploads; the API calls alone")
+    form, form_errors = concurrent(clients, lambda i: form_upload(url, tokens[i], clip))
+    starts, completes = api_calls(url, tokens, clip)
+
+    bar(3, steps, f"{big_mib} MiB file")
+    big = big_file(work / "big.mp4", big_mib * MiB)
+    pids = gunicorn_pids()
+    rss_before, peak = rss_mib(pids), [0.0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            peak[0] = max(peak[0], rss_mib(pids))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=aws,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
+    )
+
+    def ours() -> float:
+        started = time.perf_counter()
+        video = uploader.upload(uploader.Api(url, tokens[0]), big, uploader.State(work / "state.json"), parallel=4)
+        took = time.perf_counter() - started
+        for found in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"originals/{video['video_id']}/").get("Contents", []):
+            s3.delete_object(Bucket=BUCKET, Key=found["Key"])  # moto keeps objects in memory: same state each run
+        return took
+
+    def theirs() -> float:
+        started = time.perf_counter()
+        s3.upload_file(str(big), BUCKET, "bench/boto3.bin", Config=TransferConfig(max_concurrency=4))
+        took = time.perf_counter() - started
+        s3.delete_object(Bucket=BUCKET, Key="bench/boto3.bin")
+        return took
+
+    runs: dict[str, list[float]] = {"ours": [], "theirs": []}
+    for n, (name, run) in enumerate([("theirs", theirs), ("ours", ours), ("ours", ours), ("theirs", theirs)]):
+        bar(4 + n, steps, f"{big_mib} MiB: {'direct' if name == 'ours' else 'boto3'}")  # ABBA: no order effect
+        runs[name].append(run())
+    stop.set()
+    sampler.join()
+    bar(steps, steps, "done")
+    sys.stderr.write("\n")
+    return {
+        "clip_mb": clip.stat().st_size / 1e6,
+        "api": starts + completes,
+        "flow_api": [t for calls, _ in direct for t in calls],
+        "direct": [whole for _, whole in direct],
+        "direct_errors": direct_errors,
+        "form": form,
+        "form_errors": form_errors,
+        "ours": runs["ours"],
+        "theirs": runs["theirs"],
+        "rss_before": rss_before,
+        "rss_peak": peak[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the stack, measure, write the section."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--big-mib", type=int, default=1024, help="the large upload's size (default 1 GiB)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="videoproc-bench-uploads-") as tmp:
+        work = Path(tmp)
+        (work / "scratch").mkdir()
+        port = free_port()
+        # Its own process, as in the Procfile: in this one it would share the GIL with the clients.
+        moto = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+        server = subprocess.Popen(moto, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        aws = f"http://127.0.0.1:{port}"
+        wait_for(lambda: answers(f"{aws}/moto-api/"), timeout=30)
+        db_url, drop = database(work)
+        env = environment(work, aws) | {"DATABASE_URL": db_url, "SQS_QUEUE_NAME": "bench-uploads"}
+        env |= {"UPLOADS_PER_ADDRESS": "1000", "LOG_LEVEL": "WARNING", "RATELIMIT_ENABLED": "false"}
+        os.environ.update(env)
+        try:
+            app = create_app()
+            with app.app_context():
+                flask_migrate.upgrade(directory=str(ROOT / "migrations"))
+                ensure_bucket(get_settings(app))
+                ensure_queues(get_settings(app))
+            with serving({}, env) as url:
+                r = measure(url, aws, work, args.clients, args.big_mib)
+        finally:
+            server.terminate()
+            server.wait(10)
+            drop()
+    database_kind = "PostgreSQL" if db_url.startswith("postgresql") else "SQLite"
+    big = args.big_mib * MiB
+    ratio = statistics.median(r["theirs"]) / statistics.median(r["ours"])
+    lines = [
+        "## Uploads through the web tier",
+        "",
+        f"Written by `python -m bench.uploads --clients {args.clients} --big-mib {args.big_mib}` (in `make bench`): "
+        f"moto server, {database_kind}, nginx → gunicorn (2 workers x 4 threads) on {os.cpu_count()} CPUs "
+        f"({platform.machine()}, {platform.processor() or 'cpu'}), all on loopback. {args.clients} clients at once, "
+        f"each with one {r['clip_mb']:.1f} MB clip.",
+        "",
+        "| What | p50 | p95 | errors |",
+        "|---|---|---|---|",
+        f"| direct: each API call (start, complete), all clients at once | {pct(r['api'], 0.5) * 1000:.0f} ms | "
+        f"**{pct(r['api'], 0.95) * 1000:.0f} ms** | {r['direct_errors']} |",
+        f"| the same calls inside the whole flow (moto parsing the parts on the same CPUs) | "
+        f"{pct(r['flow_api'], 0.5) * 1000:.0f} ms | {pct(r['flow_api'], 0.95) * 1000:.0f} ms | |",
+        f"| direct: the whole upload (start, PUT to S3, complete) | {pct(r['direct'], 0.5):.2f} s | "
+        f"**{pct(r['direct'], 0.95):.2f} s** | |",
+        f"| form upload through the API (`POST /api/videos/upload`) | {pct(r['form'], 0.5):.2f} s | "
+        f"{pct(r['form'], 0.95):.2f} s | {r['form_errors']} |",
+        "",
+        f"One {args.big_mib} MiB direct upload (`client.uploader`, 4 parts in flight) against boto3's `upload_file` "
+        "(4 threads) to the same endpoint:",
+        "",
+        "| What | Value |",
+        "|---|---|",
+        f"| direct upload (2 runs) | {span(r['ours'])} s, {big / statistics.median(r['ours']) / MiB:.0f} MiB/s |",
+        f"| boto3 `upload_file` (2 runs) | {span(r['theirs'])} s, "
+        f"{big / statistics.median(r['theirs']) / MiB:.0f} MiB/s |",
+        f"| direct ÷ boto3 throughput (medians) | **{ratio:.2f}** |",
+        f"| web processes' memory (gunicorn, RSS) | {r['rss_before']:.0f} MiB before, {r['rss_peak']:.0f} MiB at "
+        "the peak during the upload |",
+        "",
+        "How to read these: the bytes of a direct upload never pass through a web process (its memory does not "
+        "move with a 1 GiB upload), and the API's two calls are small; but here moto, S3 and SQS in one Python "
+        "process, runs on the same CPUs as the clients, nginx, gunicorn and the database, and each call waits on "
+        "it (starting an S3 multipart upload; completing it, one ranged GET, one SQS send). A profile of one "
+        "complete puts most of its time in moto's answers. On AWS, S3 and SQS run elsewhere.",
+        "",
+    ]
+    write_section("uploads", "\n".join(lines))
+    print("\n".join(lines))
+    print(f"median direct upload {statistics.median(r['direct']):.2f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""What people use, on the real stack (nginx → gunicorn, moto server, a worker, FFmpeg):
+the ``videoproc`` command and the page at ``/`` in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+
+from app.aws import ensure_bucket, ensure_queues
+from app.extensions import get_settings
+from client import uploader
+from tests.clips import ffprobe, make_clip
+from tests.conftest import PASSWORD, ROOT, Worker, serving, unique_email, wait_for
+from tests.test_direct_uploads import PART, big_clip  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.e2e
+BROWSER, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def site(app: Flask, base_env: dict[str, str], start_worker: Callable[..., Worker]) -> Iterator[str]:
+    """The web tier and a worker on a queue of their own; the bucket lets the site's pages PUT parts."""
+    queue = f"site-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    env = {"SQS_QUEUE_NAME": queue, "UPLOAD_PART_BYTES": str(PART)}
+    settings = get_settings(app).replace(SQS_QUEUE_NAME=queue)
+    with app.app_context():
+        ensure_queues(settings)
+    start_worker("site", env)
+    with serving(base_env, env) as url:
+        with app.app_context():
+            ensure_bucket(settings.replace(CORS_ORIGINS=(url,)))
+        yield url
+
+
+def token_for(url: str) -> str:
+    email = unique_email()
+    body = {"email": email, "password": PASSWORD, "password_confirm": PASSWORD}
+    assert requests.post(f"{url}/api/auth/signup", json=body, timeout=10).status_code == 201
+    answer = requests.post(f"{url}/api/auth/login", json={"email": email, "password": PASSWORD}, timeout=10)
+    return str(answer.json()["access_token"])
+
+
+def test_the_client_resumes_and_the_command_waits_and_downloads(
+    site: str,
+    big_clip: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = uploader.Api(site, token_for(site))
+    state = uploader.State(tmp_path / "state" / "uploads.json")
+    sent: list[int] = []
+    real_put = requests.put
+
+    def flaky_put(url: str, data: bytes, **kwargs: Any) -> Any:
+        number = int(url.split("partNumber=")[1].split("&")[0])
+        if number == 3 and len(sent) < 10:  # the network dies at the last part, every try
+            raise requests.ConnectionError("dropped")
+        sent.append(number)
+        return real_put(url, data=data, **kwargs)
+
+    monkeypatch.setattr(uploader.requests, "put", flaky_put)
+    monkeypatch.setattr(uploader.time, "sleep", lambda _: None)
+    with pytest.raises(uploader.ClientError, match="could not be sent"):
+        uploader.upload(api, big_clip, state, parallel=1)
+    assert sorted(sent) == [1, 2] and state.get(big_clip), "the upload is remembered"
+
+    sent.extend([0] * 10)  # the network is back
+    progress: list[tuple[int, int]] = []
+    answer = uploader.upload(api, big_clip, state, progress=lambda done, total: progress.append((done, total)))
+    assert sorted(n for n in sent if n) == [1, 2, 3], "parts 1 and 2 were not sent again"
+    assert progress[0] == (2 * PART, big_clip.stat().st_size), "the bar starts where S3 is"
+    assert progress[-1][0] == big_clip.stat().st_size and answer["status"] in ("queued", "processing")
+    assert state.get(big_clip) is None
+    monkeypatch.undo()
+
+    # The command itself: upload, wait, download.
+    env = {**os.environ, "VIDEOPROC_API": site, "VIDEOPROC_TOKEN": api.token or "", "XDG_STATE_HOME": str(tmp_path)}
+    out = tmp_path / "out"
+    small = make_clip(tmp_path / "walk.mp4", 640, 360, 3)
+    run = subprocess.run(
+        [sys.executable, "-m", "client.cli", "upload", str(small), "--download", str(out), "--poll", "0.5"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "processed" in run.stdout and "100%" in run.stderr, "progress bars on the terminal"
+    streams = ffprobe(out / "walk.processed.mp4")["streams"]
+    video = next(s for s in streams if s["codec_type"] == "video")
+    assert (video["width"], video["height"]) == (1280, 720)
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "client.cli", "upload", str(tmp_path / "missing.mp4")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "no such file" in bad.stderr
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not (BROWSER and DRIVER):
+        pytest.skip("chromium and chromium-driver are not installed (deploy/install_system.sh --browser)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=412,915"):
+        options.add_argument(flag)  # a phone-sized window
+    options.add_argument("--autoplay-policy=no-user-gesture-required")
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_page_signs_up_uploads_with_progress_and_plays_the_result(
+    site: str,
+    browser: Any,
+    big_clip: Path,  # noqa: F811
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(site + "/")
+    assert browser.title == "videoproc"
+    email = unique_email()
+    browser.find_element(By.ID, "email").send_keys(email)
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "signup").click()
+    wait_for(lambda: browser.find_element(By.ID, "uploader").is_displayed(), timeout=20)
+    # Every control is labelled, and the file input can be reached by keyboard.
+    labels = {e.get_attribute("for") for e in browser.find_elements(By.CSS_SELECTOR, "label[for]")}
+    assert {"email", "password", "files"} <= labels
+    assert browser.find_element(By.ID, "files").get_attribute("tabindex") in (None, "0")
+
+    browser.execute_script(
+        "window.seen = []; setInterval(() => { const b = document.querySelector("
+        "'#transfers progress'); if (b) window.seen.push(b.value); }, 20);"
+    )
+    browser.find_element(By.ID, "files").send_keys(str(big_clip))
+    wait_for(lambda: "queued for processing" in browser.find_element(By.ID, "transfers").text, timeout=60)
+    seen = browser.execute_script("return window.seen")
+    size = big_clip.stat().st_size
+    assert any(0 < v < size for v in seen) and max(seen) == size, "the bar moved through the upload"
+
+    player = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#videos video"), timeout=240, interval=0.5)[0]
+    assert "processed" in browser.find_element(By.ID, "videos").text
+    assert player.get_attribute("poster").startswith("http")
+    browser.execute_script("arguments[0].muted = true; arguments[0].play();", player)
+    wait_for(lambda: browser.execute_script("return arguments[0].currentTime", player) > 0.5, timeout=30)
+    assert browser.execute_script("return arguments[0].videoWidth", player) == 1280
+    if os.environ.get("VIDEOPROC_SCREENSHOTS"):  # docs/page.png: the whole page, phone-wide
+        browser.execute_script("arguments[0].pause(); arguments[0].currentTime = 8;", player)
+        browser.set_window_size(412, 1280)
+        time.sleep(1)
+        browser.save_screenshot(str(ROOT / os.environ["VIDEOPROC_SCREENSHOTS"] / "page.png"))
