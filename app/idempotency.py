@@ -57,8 +57,11 @@ def _replay(row: IdempotencyKey) -> Response:
     return response
 
 
-def _claim(user_id: int, key: str, fingerprint: str) -> IdempotencyKey | Response:
-    """Record the key for this request, or answer from the request that recorded it first."""
+def _claim(user_id: int, key: str, fingerprint: str, again: bool = True) -> IdempotencyKey | Response | None:
+    """Record the key for this request, or answer from the request that recorded it first.
+
+    None: the key can't be recorded (the token's user is gone): the route runs without it and answers 401.
+    """
     row = IdempotencyKey(user_id=user_id, key=key, fingerprint=fingerprint)
     db.session.add(row)
     try:
@@ -69,8 +72,8 @@ def _claim(user_id: int, key: str, fingerprint: str) -> IdempotencyKey | Respons
     first = db.session.scalar(
         select(IdempotencyKey).where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
     )
-    if first is None:  # released between our INSERT and this SELECT: try once more
-        return _claim(user_id, key, fingerprint)
+    if first is None:  # released between our INSERT and this SELECT (try once more), or no such user
+        return _claim(user_id, key, fingerprint, again=False) if again else None
     if first.fingerprint != fingerprint:
         raise APIError(422, "idempotency_key_reused", f"This {HEADER} was used for a different request.")
     if first.status_code is not None:
@@ -78,7 +81,7 @@ def _claim(user_id: int, key: str, fingerprint: str) -> IdempotencyKey | Respons
     if aware(first.created_at) < utcnow() - ABANDONED_AFTER:
         db.session.delete(first)
         db.session.commit()
-        return _claim(user_id, key, fingerprint)
+        return _claim(user_id, key, fingerprint, again=False) if again else None
     raise APIError(
         409, "request_in_progress", f"A request with this {HEADER} is still running.", headers={"Retry-After": "1"}
     )
@@ -104,6 +107,8 @@ def idempotent(fingerprint: Callable[[], str]) -> Callable[[Any], Any]:
             claimed = _claim(int(subject), key, fingerprint())
             if isinstance(claimed, Response):
                 return claimed
+            if claimed is None:
+                return view(*args, **kwargs)
             try:
                 response = make_response(view(*args, **kwargs))
             except APIError as exc:

@@ -273,3 +273,14 @@ def test_an_expired_unfinished_upload_is_cleaned_up(stack: Callable[..., Stack],
         assert db.session.get(IdempotencyKey, old_id) is None, "old idempotency keys are pruned"
     cors = json.dumps(aws_client("s3", get_settings(s.app)).get_bucket_cors(Bucket=settings.S3_BUCKET)["CORSRules"])
     assert "ETag" in cors and "PUT" in cors
+
+
+def test_a_key_with_the_token_of_a_deleted_user_is_401(
+    client: FlaskClient, auth: dict[str, str], clip: Callable
+) -> None:
+    with client.application.app_context():
+        db.session.query(Video).delete()
+        db.session.execute(db.text("DELETE FROM users"))
+        db.session.commit()
+    gone = start(client, {**auth, "Idempotency-Key": "k"}, clip("small.mp4"))
+    assert (gone.status_code, gone.json["error"]["code"]) == (401, "invalid_token")

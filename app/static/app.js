@@ -87,6 +87,8 @@ $("logout").addEventListener("click", logOut);
 
 const fileKey = (file) => `videoproc.upload.${file.name}|${file.size}|${file.lastModified}`;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+// crypto.randomUUID needs a secure context (https, or this machine): fall back elsewhere.
+const newId = () => crypto.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(36).slice(2)}`;
 
 function putPart(url, blob, onProgress) {
   return new Promise((resolve, reject) => {
@@ -132,7 +134,7 @@ async function startOrResume(file) {
     size: file.size,
     content_type: file.type || "application/octet-stream",
   };
-  const plan = await api("POST", "/api/uploads", body, { "Idempotency-Key": crypto.randomUUID() });
+  const plan = await api("POST", "/api/uploads", body, { "Idempotency-Key": newId() });
   localStorage.setItem(fileKey(file), plan.upload_id);
   return plan;
 }
@@ -142,7 +144,7 @@ function transferRow(file) {
   const label = document.createElement("label");
   const bar = document.createElement("progress");
   const status = document.createElement("p");
-  const id = `transfer-${crypto.randomUUID()}`;
+  const id = `transfer-${newId()}`;
   bar.id = id;
   bar.max = file.size;
   bar.value = 0;
