@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import flask_migrate
 from moto.server import ThreadedMotoServer
@@ -27,7 +29,7 @@ from app import create_app
 from app.aws import ensure_bucket, ensure_queues
 from app.extensions import db, get_settings
 from app.models import Video
-from bench.pipeline import PROFILE, SANDBOX, bar, timed, write_section
+from bench.pipeline import PROFILE, SANDBOX, bar, machine, timed, write_section
 from media.pipeline import Pipeline
 from media.probe import probe
 from tests.clips import make_clip
@@ -87,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one clip on an idle worker, then a backlog of ``--clips``; write the section."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clips", type=int, default=6, help="backlog size (default 6)")
+    parser.add_argument("--pickups", type=int, default=50, help="uploads whose pickup is timed (default 50)")
+    parser.add_argument("--quick", action="store_true", help="2 clips, 10 pickups")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.clips, args.pickups = 2, 10
     with tempfile.TemporaryDirectory(prefix="videoproc-bench-job-") as tmp:
         work = Path(tmp)
         (work / "scratch").mkdir()
@@ -97,17 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         env = environment(work, f"http://127.0.0.1:{port}")
         os.environ.update(env)  # the API in this process reads the same settings
         try:
-            result = measure(work, env, args.clips)
+            result = measure(work, env, args.clips, args.pickups)
         finally:
             server.stop()
     w, h, seconds = CLIP
     lines = [
         "## The whole job on a worker host",
         "",
-        f"Written by `python -m bench.job --clips {args.clips}` (in `make bench`): moto server, SQLite, one "
-        f"`celery -A tasks worker --concurrency {CONCURRENCY}` (the unit's) on {os.cpu_count()} CPUs "
-        f"({platform.machine()}), {w}x{h} {seconds} s clips (FFmpeg's testsrc2 with a tone) uploaded through "
-        "the API; the profile as above.",
+        f"Written by `python -m bench.job --clips {args.clips} --pickups {args.pickups}` (in `make bench`): moto "
+        f"server, SQLite, one `celery -A tasks worker --concurrency {CONCURRENCY}` (the unit's) on {machine()}, "
+        f"{w}x{h} {seconds} s clips (FFmpeg's testsrc2 with a tone) uploaded through the API; the profile as above.",
         "",
         "| What | Value |",
         "|---|---|",
@@ -119,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         f"| worker CPU-seconds per clip (worker, pool and FFmpeg processes) | {result['cpu'] / args.clips:.2f} s |",
         f"| CPUs busy during the drain | {result['cpu'] / result['drain'] / (os.cpu_count() or 1):.0%} |",
         f"| throughput | {3600 * args.clips / result['drain']:.0f} clips per hour per host |",
+        f"| pickup on an idle worker: upload's 202 → the task's claim, {args.pickups} uploads | "
+        f"p50 {result['pickup_p50'] * 1000:.0f} ms, **p95 {result['pickup_p95'] * 1000:.0f} ms** "
+        f"(max {result['pickup_max'] * 1000:.0f} ms) |",
         "",
     ]
     write_section("job", "\n".join(lines))
@@ -126,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure(work: Path, env: dict[str, str], clips: int) -> dict[str, float]:
-    """Return the pipeline's, one published clip's and the drained backlog's times."""
-    steps = 4 + clips
-    bar(0, steps, "making the clip")
+def measure(work: Path, env: dict[str, str], clips: int, pickups: int) -> dict[str, float]:
+    """Return the pipeline's, one published clip's and the drained backlog's times, and the pickups'."""
+    steps = 5 + clips
+    bar(0, steps, "making the clips")
     src = make_clip(work / "clip.mp4", *CLIP)
+    small = make_clip(work / "small.mp4", 640, 480, 4)
     pipeline = Pipeline(PROFILE, work / "bumpers", SANDBOX)
     pipeline.bumpers()
     info = probe(str(src))
@@ -181,11 +190,47 @@ def measure(work: Path, env: dict[str, str], clips: int) -> dict[str, float]:
         wait(ids)
         drain = time.monotonic() - started
         cpu = tree_cpu_seconds(worker.proc.pid) - cpu_before
+        bar(4 + clips, steps, f"{pickups} pickups")
+        picked = [pickup(app, client, headers, small) for _ in range(pickups)]
         bar(steps, steps, "done")
         sys.stderr.write("\n")
     finally:
         worker.stop()
-    return {"pipeline": statistics.median(runs), "publish": publish, "drain": drain, "cpu": cpu}
+    picked.sort()
+    return {
+        "pipeline": statistics.median(runs),
+        "publish": publish,
+        "drain": drain,
+        "cpu": cpu,
+        "pickup_p50": picked[len(picked) // 2],
+        "pickup_p95": picked[min(len(picked) - 1, int(0.95 * len(picked)))],
+        "pickup_max": picked[-1],
+    }
+
+
+def pickup(app: Any, client: Any, headers: dict[str, str], clip: Path) -> float:
+    """Upload ``clip`` to the idle worker; return the seconds from the 202 to its claim, then cancel it."""
+    answer = post_upload(client, headers, clip)
+    accepted = datetime.now(UTC)
+    assert answer.status_code == 202, answer.json
+    video_id = answer.json["video_id"]
+    with app.app_context():
+        while True:
+            claimed = db.session.scalar(select(Video.started_at).where(Video.id == video_id))
+            db.session.rollback()
+            if claimed is not None:
+                break
+            time.sleep(0.01)
+    # Stop it, and wait until the worker is idle again: each pickup is on an idle worker.
+    assert client.post(f"/api/videos/{video_id}/cancel", headers=headers).status_code in (200, 409)
+    while not ffmpeg_gone(video_id):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    return max(0.0, ((claimed if claimed.tzinfo else claimed.replace(tzinfo=UTC)) - accepted).total_seconds())
+
+
+def ffmpeg_gone(video_id: str) -> bool:
+    return subprocess.run(["pgrep", "-f", f"ffmpeg.*{video_id}"], capture_output=True).returncode != 0
 
 
 if __name__ == "__main__":

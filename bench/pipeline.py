@@ -9,6 +9,7 @@ not absolute promises: the machines are shared and noisy.
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import sys
@@ -49,6 +50,19 @@ class Unsandboxed(Sandbox):
 
 
 SANDBOX = Sandbox.from_settings(load_settings({"APP_ENV": "testing"}))
+
+
+def machine() -> str:
+    """Return the CPU model and count, for the tables' captions."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} x {model}"
 
 
 def bar(done: int, total: int, label: str) -> None:

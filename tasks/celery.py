@@ -65,6 +65,18 @@ def _clean_scratch(**_: Any) -> None:
 
 
 @worker_init.connect
+def _render_bumpers(**_: Any) -> None:
+    """Render the intro and outro before the pool starts, so that no job waits for them (the cache is on disk)."""
+    from tasks.process import pipeline
+
+    with flask_app.app_context():
+        try:
+            pipeline().bumpers()
+        except Exception as exc:  # the first job renders them instead
+            logging.getLogger(__name__).warning("bumpers not rendered ahead", extra={"error": repr(exc)})
+
+
+@worker_init.connect
 def _serve_metrics(**_: Any) -> None:
     """Serve the host's worker metrics on ``WORKER_METRICS_PORT`` (0: none)."""
     if port := settings.WORKER_METRICS_PORT:

@@ -171,7 +171,11 @@ def test_a_burst_on_a_scaling_fleet_processes_every_video_once(fleet: Fleet, cli
     # Each hand-back (a worker leaving mid-job) costs one attempt, and nothing else does.
     attempts = [(r.attempts, 1 + sum(r.id in line for line in handed_back)) for r in rows]
     assert all(r.processed_key for r in rows) and all(a == b for a, b in attempts), attempts
-    done = [line for m in fleet.members.values() for line in m.worker.lines("msg=processed")]
+
+    def done_lines() -> list[str]:  # each is logged just after its row's commit
+        return [line for m in fleet.members.values() for line in m.worker.lines("msg=processed")]
+
+    done = wait_for(lambda: (d := done_lines()) and all(any(i in line for line in d) for i in ids) and d, timeout=10)
     for video_id in ids:  # exactly once: one worker recorded each result, whatever was handed back
         assert sum(video_id in line for line in done) == 1, video_id
     spot_worker = fleet.members[spot].worker
