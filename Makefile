@@ -55,6 +55,7 @@ bench: install ## Measure the pipeline, the whole job and uploads on a local sta
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.job
 	$(BIN)/python -m bench.uploads
+	$(BIN)/python -m bench.concurrency
 
 assets: ## Re-render the logo and bumper cards
 	assets/make_assets.sh
