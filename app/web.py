@@ -6,25 +6,27 @@ Its Content-Security-Policy lets it talk to this origin and to the bucket's, and
 
 from __future__ import annotations
 
-import functools
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, make_response, render_template
+from flask import Blueprint, Response, current_app, make_response, render_template
 
 from app.storage import get_storage
 
 bp = Blueprint("web", __name__)
 
 
-@functools.cache
-def _bucket_origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+def _bucket_origin() -> str:
+    """Return the origin presigned URLs point at (the same for every key), worked out once per app."""
+    if "bucket_origin" not in current_app.extensions:
+        parts = urlsplit(get_storage().url("originals/") or "")
+        current_app.extensions["bucket_origin"] = f"{parts.scheme}://{parts.netloc}"
+    origin: str = current_app.extensions["bucket_origin"]
+    return origin
 
 
 def page_csp() -> str:
     """Return the page's CSP: scripts and styles from here; parts, videos and posters from the bucket."""
-    bucket = _bucket_origin_of(get_storage().url("originals/") or "")
+    bucket = _bucket_origin()
     return (
         "default-src 'none'; script-src 'self'; style-src 'self'; "
         f"connect-src 'self' {bucket}; media-src {bucket}; img-src 'self' {bucket}; "

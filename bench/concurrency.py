@@ -15,17 +15,16 @@ import time
 from pathlib import Path
 
 import flask_migrate
-from moto.server import ThreadedMotoServer
 from sqlalchemy import select
 
 from app import create_app
 from app.aws import ensure_bucket, ensure_queues
 from app.extensions import db, get_settings
 from app.models import Video
-from bench.job import CLIP, environment, tree_cpu_seconds
+from bench.job import CLIP, environment, local_aws, tree_cpu_seconds
 from bench.pipeline import bar, machine, write_section
 from tests.clips import make_clip
-from tests.conftest import ROOT, Worker, free_port, post_upload, signup_and_login
+from tests.conftest import ROOT, Worker, post_upload, signup_and_login
 
 CORES = os.cpu_count() or 2
 # (pool processes, FFmpeg threads each): one per core with one thread; the unit's default (one
@@ -72,12 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="videoproc-bench-cores-") as tmp:
         work = Path(tmp)
         (work / "scratch").mkdir()
-        port = free_port()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        env = environment(work, f"http://127.0.0.1:{port}")
-        os.environ.update(env)
-        try:
+        with local_aws() as aws:
+            env = environment(work, aws)
+            os.environ.update(env)
             bar(0, len(LAYOUTS) + 1, "making the clip")
             clip = make_clip(work / "clip.mp4", *CLIP)
             app = create_app()
@@ -89,8 +85,6 @@ def main(argv: list[str] | None = None) -> int:
                 results[(concurrency, threads)] = drain(work, env, clip, args.clips, concurrency, threads)
             bar(len(LAYOUTS) + 1, len(LAYOUTS) + 1, "done")
             sys.stderr.write("\n")
-        finally:
-            server.stop()
     best = min(results, key=lambda k: results[k][0])
     lines = [
         "## Splitting a host's cores",

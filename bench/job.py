@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,18 @@ def _descendants(pid: int) -> list[int]:
     return [d for c in map(int, children) for d in (c, *_descendants(c))]
 
 
+@contextmanager
+def local_aws() -> Iterator[str]:
+    """Run moto server in this process on a free port; yield its URL."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
 def environment(work: Path, aws: str) -> dict[str, str]:
     """The worker's and the API's environment: local AWS, a SQLite database, generous quotas."""
     env = {
@@ -97,15 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="videoproc-bench-job-") as tmp:
         work = Path(tmp)
         (work / "scratch").mkdir()
-        port = free_port()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        env = environment(work, f"http://127.0.0.1:{port}")
-        os.environ.update(env)  # the API in this process reads the same settings
-        try:
+        with local_aws() as aws:
+            env = environment(work, aws)
+            os.environ.update(env)  # the API in this process reads the same settings
             result = measure(work, env, args.clips, args.pickups)
-        finally:
-            server.stop()
     w, h, seconds = CLIP
     lines = [
         "## The whole job on a worker host",
