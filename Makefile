@@ -51,11 +51,12 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install ## Measure the pipeline, the whole job and uploads on a local stack; writes docs/benchmarks.md
-	$(BIN)/python -m bench.pipeline
-	$(BIN)/python -m bench.job
-	$(BIN)/python -m bench.uploads
-	$(BIN)/python -m bench.concurrency
+bench: install ## Measure against FFmpeg's floor, the job, a backlog, uploads and load; writes docs/benchmarks.md (QUICK=1: a smoke run, docs untouched)
+	$(BIN)/python -m bench.pipeline $(if $(QUICK),--quick)
+	$(BIN)/python -m bench.job $(if $(QUICK),--quick)
+	$(BIN)/python -m bench.concurrency $(if $(QUICK),--quick)
+	$(BIN)/python -m bench.uploads $(if $(QUICK),--quick)
+	$(BIN)/python -m bench.load $(if $(QUICK),--quick)
 
 assets: ## Re-render the logo and bumper cards
 	assets/make_assets.sh

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app import api, cli, logs, prometheus, security, spool, storage, web
+from app import api, cli, logs, prometheus, security, spool, storage, timing, web
 from app.api import errors
 from app.extensions import celery_init_app, db, migrate
 from app.ratelimit import limiter
@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["settings"] = settings
     app.json = SafeJSONProvider(app)
 
+    timing.init_app(app)
     logs.init_app(app)
     prometheus.init_app(app)
     security.init_app(app)

@@ -6,6 +6,7 @@ import logging
 
 from flask import current_app
 
+from app import timing
 from celeryconfig import PROCESS_TASK
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,8 @@ def enqueue_video(video_id: str, task_id: str) -> None:
     """Publish the processing task for ``video_id``; raise ``EnqueueError`` when SQS is unreachable."""
     celery = current_app.extensions["celery"]
     try:
-        celery.send_task(PROCESS_TASK, args=[video_id], task_id=task_id)
+        with timing.waiting("sqs"):
+            celery.send_task(PROCESS_TASK, args=[video_id], task_id=task_id)
     except Exception as exc:  # kombu and botocore raise many kinds; all mean "not queued"
         logger.warning("enqueue failed", extra={"video_id": video_id, "task_id": task_id, "error": repr(exc)})
         raise EnqueueError(str(exc)) from exc

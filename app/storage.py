@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
 from typing import Any
 
 import boto3
@@ -13,11 +14,13 @@ from botocore.exceptions import ClientError
 from flask import Flask, current_app
 from werkzeug.utils import secure_filename
 
+from app import timing
 from app.extensions import get_settings
 from config import Settings
 
 # Files above 16 MiB go up in 16 MiB parts, four at a time: memory stays bounded.
 MAX_KEY_NAME = 100  # S3 keys are at most 1024 bytes
+MAX_CACHED_URLS = 10_000  # presigned URLs kept per process for reuse
 TRANSFER = TransferConfig(multipart_threshold=16 * 1024**2, multipart_chunksize=16 * 1024**2, max_concurrency=4)
 
 
@@ -49,7 +52,7 @@ def aws_client(service: str, s: Settings, **config: Any) -> Any:
     if service == "s3" and endpoint:
         options["s3"] = {"addressing_style": "path"}  # the local endpoint has no per-bucket hostnames
     options.update(config)
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         service,
         region_name=s.AWS_REGION,
         endpoint_url=endpoint,
@@ -57,6 +60,7 @@ def aws_client(service: str, s: Settings, **config: Any) -> Any:
         aws_secret_access_key=s.AWS_SECRET_ACCESS_KEY,
         config=Config(signature_version="s3v4" if service == "s3" else None, **options),
     )
+    return timing.watch(client, service)
 
 
 class Storage:
@@ -64,6 +68,7 @@ class Storage:
 
     def __init__(self, client: Any, bucket: str, url_expires: int = 3600) -> None:
         self.client, self.bucket, self.url_expires = client, bucket, url_expires
+        self._urls: dict[str, tuple[float, str]] = {}  # key: (reuse until, presigned GET URL)
 
     def upload_file(self, path: str | os.PathLike[str], key: str, content_type: str) -> None:
         """Upload a local file, in parts when large."""
@@ -127,12 +132,24 @@ class Storage:
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
     def url(self, key: str | None) -> str | None:
-        """Return a presigned GET URL for ``key``, or None."""
+        """Return a presigned GET URL for ``key``, or None.
+
+        A URL is reused for the first half of its life: a client polling a video gets the same
+        URLs (its browser caches the poster and the video), and the API signs once, not per poll.
+        """
         if not key:
             return None
-        return self.client.generate_presigned_url(
+        now = time.monotonic()
+        reuse_until, url = self._urls.get(key, (0.0, ""))
+        if now < reuse_until:
+            return url
+        url = self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_expires
         )
+        if len(self._urls) >= MAX_CACHED_URLS:
+            self._urls.clear()
+        self._urls[key] = (now + self.url_expires / 2, url)
+        return str(url)
 
     def ping(self) -> None:
         """Raise unless the bucket is reachable."""

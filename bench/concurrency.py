@@ -1,8 +1,10 @@
-"""How to split a worker host's cores: several FFmpeg at once with few threads each, or one with all.
+"""A backlog drained by one worker host, and how to split its cores: one FFmpeg per core, or one using all.
 
-Drains the same backlog with one worker host per layout (``celery --concurrency`` x
-``FFMPEG_THREADS``), side by side in one run, on moto server and SQLite: videos per hour and
-how busy the CPUs were. Writes its section of docs/benchmarks.md.
+Drains the same backlog (20 uploads of the first ``SECONDS`` of the 1080p reference input) with
+one worker host per layout (``celery --concurrency`` x ``FFMPEG_THREADS``), side by side in one
+run, on moto server and SQLite: videos per hour, instance-seconds and CPU-seconds per video,
+and how busy the CPUs were. Writes its section of docs/benchmarks.md (unless ``--quick``);
+docs/deploy-aws.md prices the default layout's numbers.
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ from app import create_app
 from app.aws import ensure_bucket, ensure_queues
 from app.extensions import db, get_settings
 from app.models import Video
-from bench.job import CLIP, environment, local_aws, tree_cpu_seconds
+from bench import reference
+from bench.job import CORES, INPUT, environment, local_aws, tree_cpu_seconds
 from bench.pipeline import bar, machine, write_section
-from tests.clips import make_clip
+from config.settings import ffmpeg_threads
 from tests.conftest import ROOT, Worker, post_upload, signup_and_login
 
-CORES = os.cpu_count() or 2
-# (pool processes, FFmpeg threads each): one per core with one thread; the unit's default (one
-# per core, FFmpeg on all cores); one FFmpeg using every core.
-LAYOUTS = [(CORES, 1), (CORES, CORES), (1, CORES)]
+SECONDS = 15.0  # of the reference input: with the bumpers, 19 s out
+# (pool processes, FFmpeg threads each): one FFmpeg per core with one thread (the unit's default);
+# one FFmpeg using every core; and one per core with every core's threads each (oversubscribed).
+LAYOUTS = [(CORES, 1), (1, CORES), (CORES, CORES)]
 
 
 def drain(
@@ -65,8 +68,13 @@ def drain(
 def main(argv: list[str] | None = None) -> int:
     """Drain the backlog once per layout; write the section."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--clips", type=int, default=6, help="backlog size (default 6)")
+    parser.add_argument("--clips", type=int, default=20, help="backlog size (default 20)")
+    parser.add_argument("--quick", action="store_true", help="2 clips of 5 s, two layouts; docs untouched")
     args = parser.parse_args(argv)
+    layouts = LAYOUTS[:2] if args.quick else LAYOUTS
+    seconds = 5.0 if args.quick else SECONDS
+    if args.quick:
+        args.clips = 2
     results = {}
     with tempfile.TemporaryDirectory(prefix="videoproc-bench-cores-") as tmp:
         work = Path(tmp)
@@ -74,37 +82,48 @@ def main(argv: list[str] | None = None) -> int:
         with local_aws() as aws:
             env = environment(work, aws)
             os.environ.update(env)
-            bar(0, len(LAYOUTS) + 1, "making the clip")
-            clip = make_clip(work / "clip.mp4", *CLIP)
+            bar(0, len(layouts) + 1, "making the clip")
+            clip = reference.reference(INPUT, seconds)
             app = create_app()
             with app.app_context():
                 flask_migrate.upgrade(directory=str(ROOT / "migrations"))
                 ensure_bucket(get_settings(app))
-            for n, (concurrency, threads) in enumerate(LAYOUTS):
-                bar(1 + n, len(LAYOUTS) + 1, f"{concurrency} x {threads} threads")
+            for n, (concurrency, threads) in enumerate(layouts):
+                bar(1 + n, len(layouts) + 1, f"{concurrency} x {threads} threads")
                 results[(concurrency, threads)] = drain(work, env, clip, args.clips, concurrency, threads)
-            bar(len(LAYOUTS) + 1, len(LAYOUTS) + 1, "done")
+            bar(len(layouts) + 1, len(layouts) + 1, "done")
             sys.stderr.write("\n")
+    text = report(results, args.clips)
+    if not args.quick:
+        write_section("concurrency", text)
+    print(text)
+    return 0
+
+
+def report(results: dict[tuple[int, int], tuple[float, float]], clips: int) -> str:
+    """Return the section's Markdown: one row per layout, the default's marked."""
+    default = (CORES, ffmpeg_threads(CORES))  # the unit's: one pool process per core
     best = min(results, key=lambda k: results[k][0])
     lines = [
-        "## Splitting a host's cores",
+        "## A backlog on one worker host, and how to split its cores",
         "",
-        f"Written by `python -m bench.concurrency --clips {args.clips}` (in `make bench`): the same backlog of "
-        f"{args.clips} clips ({CLIP[0]}x{CLIP[1]}, {CLIP[2]} s) drained by one worker host per layout, on {machine()}.",
+        f"Written by `python -m bench.concurrency --clips {clips}` (in `make bench`) on {machine()}: the same "
+        f"backlog of {clips} uploads ({SECONDS:g} s of the {INPUT} reference input; {SECONDS:g} s + bumpers out) "
+        "uploaded at once through the API and drained by one worker host per layout, one after the other in one "
+        "run: first upload's 202 to the last `processed`. Target: CPUs at least 90% busy.",
         "",
-        "| Pool processes x FFmpeg threads | Drain s | Clips per hour | CPUs busy |",
-        "|---|---|---|---|",
+        "| Pool processes x FFmpeg threads | Drain s | Videos per hour | Instance-s per video | CPU-s per video "
+        "| CPUs busy |",
+        "|---|---|---|---|---|---|",
     ]
-    for (concurrency, threads), (seconds, cpu) in results.items():
-        mark = " (fastest)" if (concurrency, threads) == best else ""
+    for layout, (seconds, cpu) in results.items():
+        marks = [m for m, on in (("default", layout == default), ("fastest", layout == best)) if on]
         lines.append(
-            f"| {concurrency} x {threads}{mark} | {seconds:.1f} | {3600 * args.clips / seconds:.0f} | "
-            f"{cpu / seconds / CORES:.0%} |"
+            f"| {layout[0]} x {layout[1]}{' (' + ', '.join(marks) + ')' if marks else ''} | {seconds:.1f} | "
+            f"{3600 * clips / seconds:.0f} | {seconds / clips:.2f} | {cpu / clips:.2f} | {cpu / seconds / CORES:.0%} |"
         )
     lines.append("")
-    write_section("concurrency", "\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Measure the whole worker job on a local stack: what a clip costs in worker time.
+"""Measure the whole worker job on a local stack: from the upload's 202 to ``processed``.
 
 Starts moto server, a database, and a real ``celery -A tasks worker`` at the production
-unit's concurrency, then uploads through the API: one clip on an idle worker (upload's 202
-to ``processed``, next to ``Pipeline.run`` alone on the same clip), and a backlog of clips
-drained by the one worker host (instance-seconds and CPU-seconds per clip, the CPUs' use).
-Writes its section of docs/benchmarks.md; docs/deploy-aws.md prices these numbers.
+unit's concurrency, then uploads the 1080p reference input through the API to the idle
+worker: the time to publish (download, probe, encode, poster, upload, database), next to
+FFmpeg's floor and ``Pipeline.run`` alone on the same file, interleaved; and the pickup
+latency over many uploads. Writes its section of docs/benchmarks.md (unless ``--quick``).
+The backlog a host drains is ``bench.concurrency``'s.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,15 @@ from app import create_app
 from app.aws import ensure_bucket, ensure_queues
 from app.extensions import db, get_settings
 from app.models import Video
-from bench.pipeline import PROFILE, SANDBOX, bar, machine, timed, write_section
+from bench import reference
+from bench.pipeline import PROFILE, SANDBOX, Runs, bar, machine, spread, write_section
 from media.pipeline import Pipeline
 from media.probe import probe
 from tests.clips import make_clip
 from tests.conftest import GENEROUS, ROOT, Worker, free_port, post_upload, signup_and_login
 
-CLIP = (1080, 1920, 35)  # a portrait phone clip; the profile keeps 30 s of it
-CONCURRENCY = 2  # deploy/systemd/videoproc-worker.service
+INPUT = "1080p landscape"  # bench.reference's; the profile keeps 30 s of its 45
+CONCURRENCY = CORES = os.cpu_count() or 2  # deploy/systemd/videoproc-worker.service: one pool process per core
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -100,63 +102,63 @@ def environment(work: Path, aws: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one clip on an idle worker, then a backlog of ``--clips``; write the section."""
+    """Time publishing on an idle worker next to the floor and the pipeline, then pickups; write the section."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--clips", type=int, default=6, help="backlog size (default 6)")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved runs of each (default 3)")
     parser.add_argument("--pickups", type=int, default=50, help="uploads whose pickup is timed (default 50)")
-    parser.add_argument("--quick", action="store_true", help="2 clips, 10 pickups")
+    parser.add_argument("--quick", action="store_true", help="5 s of the input, one run, 5 pickups; docs untouched")
     args = parser.parse_args(argv)
+    seconds = 5.0 if args.quick else None
     if args.quick:
-        args.clips, args.pickups = 2, 10
+        args.runs, args.pickups = 1, 5
     with tempfile.TemporaryDirectory(prefix="videoproc-bench-job-") as tmp:
         work = Path(tmp)
         (work / "scratch").mkdir()
         with local_aws() as aws:
             env = environment(work, aws)
             os.environ.update(env)  # the API in this process reads the same settings
-            result = measure(work, env, args.clips, args.pickups)
-    w, h, seconds = CLIP
+            runs, picked = measure(work, env, reference.reference(INPUT, seconds), args.runs, args.pickups)
+    p50, p95 = percentile(picked, 0.5), percentile(picked, 0.95)
     lines = [
-        "## The whole job on a worker host",
+        "## The whole job on an idle worker",
         "",
-        f"Written by `python -m bench.job --clips {args.clips} --pickups {args.pickups}` (in `make bench`): moto "
-        f"server, SQLite, one `celery -A tasks worker --concurrency {CONCURRENCY}` (the unit's) on {machine()}, "
-        f"{w}x{h} {seconds} s clips (FFmpeg's testsrc2 with a tone) uploaded through the API; the profile as above.",
+        f"Written by `python -m bench.job --runs {args.runs} --pickups {args.pickups}` (in `make bench`) on "
+        f"{machine()}: moto server, SQLite, one `celery -A tasks worker --concurrency {CONCURRENCY}` (the unit's), "
+        f"FFmpeg threads {SANDBOX.threads}; the {INPUT} reference input ({reference.REFERENCES[INPUT][3]:g} s, "
+        f"{PROFILE.max_duration:g} s kept) uploaded through the API. {args.runs} interleaved runs each, medians "
+        "(min to max). Targets: the whole job ≤ 1.10x the floor; publish ≤ 1.3x the pipeline; pickup p95 ≤ 1 s.",
         "",
-        "| What | Value |",
-        "|---|---|",
-        f"| `Pipeline.run` alone on the clip (warm, bumpers cached) | {result['pipeline']:.2f} s |",
-        f"| one clip on an idle worker: upload's 202 → `processed` | {result['publish']:.2f} s "
-        f"({result['publish'] / result['pipeline']:.2f}x the pipeline) |",
-        f"| backlog of {args.clips} drained (first 202 → last `processed`) | {result['drain']:.1f} s |",
-        f"| instance-seconds per clip (drain ÷ clips, one host) | **{result['drain'] / args.clips:.2f} s** |",
-        f"| worker CPU-seconds per clip (worker, pool and FFmpeg processes) | {result['cpu'] / args.clips:.2f} s |",
-        f"| CPUs busy during the drain | {result['cpu'] / result['drain'] / (os.cpu_count() or 1):.0%} |",
-        f"| throughput | {3600 * args.clips / result['drain']:.0f} clips per hour per host |",
-        f"| pickup on an idle worker: upload's 202 → the task's claim, {args.pickups} uploads | "
-        f"p50 {result['pickup_p50'] * 1000:.0f} ms, **p95 {result['pickup_p95'] * 1000:.0f} ms** "
-        f"(max {result['pickup_max'] * 1000:.0f} ms) |",
+        "| What | Time | Ratio |",
+        "|---|---|---|",
+        f"| floor: one FFmpeg command on the local file (as in the pipeline's table) | {spread(runs.times['floor'])} "
+        "| 1 |",
+        f"| probe + `Pipeline.run` alone (warm, bumpers cached) | {spread(runs.times['pipeline'])} | "
+        f"{runs.ratio('pipeline', 'floor'):.3f}x the floor |",
+        f"| the whole job: upload's 202 → `processed` on an idle worker | {spread(runs.times['publish'])} | "
+        f"**{runs.ratio('publish', 'floor'):.2f}x the floor**, {runs.ratio('publish', 'pipeline'):.2f}x the pipeline |",
+        f"| pickup: upload's 202 → the task's claim, {args.pickups} uploads of a 4 s clip | "
+        f"p50 {p50 * 1000:.0f} ms, **p95 {p95 * 1000:.0f} ms** | max {picked[-1] * 1000:.0f} ms |",
         "",
     ]
-    write_section("job", "\n".join(lines))
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    if not args.quick:
+        write_section("job", text)
+    print(text)
     return 0
 
 
-def measure(work: Path, env: dict[str, str], clips: int, pickups: int) -> dict[str, float]:
-    """Return the pipeline's, one published clip's and the drained backlog's times, and the pickups'."""
-    steps = 5 + clips
-    bar(0, steps, "making the clips")
-    src = make_clip(work / "clip.mp4", *CLIP)
+def percentile(values: list[float], share: float) -> float:
+    """Return the ``share`` percentile of sorted ``values`` (nearest rank)."""
+    return values[min(len(values) - 1, int(share * len(values)))]
+
+
+def measure(work: Path, env: dict[str, str], src: Path, runs: int, pickups: int) -> tuple[Runs, list[float]]:
+    """Return the floor's, the pipeline's and publishing's times (interleaved), and the sorted pickups."""
+    steps = 3 + runs
+    bar(0, steps, "starting")
     small = make_clip(work / "small.mp4", 640, 480, 4)
     pipeline = Pipeline(PROFILE, work / "bumpers", SANDBOX)
     pipeline.bumpers()
-    info = probe(str(src))
-    bar(1, steps, "pipeline alone")
-    runs = []
-    for n in range(2):
-        (job := work / f"pipeline-{n}").mkdir()
-        runs.append(timed(lambda j=job: pipeline.run(src, info, j)))
     app = create_app()
     with app.app_context():
         flask_migrate.upgrade(directory=str(ROOT / "migrations"))
@@ -164,57 +166,40 @@ def measure(work: Path, env: dict[str, str], clips: int, pickups: int) -> dict[s
         ensure_queues(get_settings(app))
     for name in ("", "werkzeug"):  # this process's API and moto server (alembic's logging config): quiet
         logging.getLogger(name).setLevel(logging.WARNING)
-    bar(2, steps, "starting the worker")
+    result = Runs()
     worker = Worker(env, work / "worker.log", "bench", concurrency=CONCURRENCY)
     try:
         worker.wait_ready()
         client = app.test_client()
         headers = signup_and_login(client, "bench@example.com")
 
-        def upload() -> str:
+        def encode(job: Path) -> None:
+            pipeline.run(src, probe(str(src)), job)
+
+        def publish() -> None:
             answer = post_upload(client, headers, src)
             assert answer.status_code == 202, answer.json
-            return answer.json["video_id"]
-
-        def wait(ids: list[str]) -> None:
+            started, video_id = time.monotonic(), answer.json["video_id"]
             with app.app_context():
-                while True:
-                    statuses = dict(db.session.execute(select(Video.id, Video.status).where(Video.id.in_(ids))).all())
-                    assert "failed" not in statuses.values(), worker.text()[-2000:]
-                    if all(statuses.get(i) == "processed" for i in ids):
-                        return
+                while (status := db.session.scalar(select(Video.status).where(Video.id == video_id))) != "processed":
+                    assert status != "failed", worker.text()[-2000:]
                     db.session.rollback()
-                    time.sleep(0.1)
+                    time.sleep(0.05)
+            result.times.setdefault("publish", []).append(time.monotonic() - started)
 
-        bar(3, steps, "one clip, idle worker")
-        started = time.monotonic()
-        wait([upload()])
-        publish = time.monotonic() - started
-        cpu_before = tree_cpu_seconds(worker.proc.pid)
-        started = time.monotonic()
-        ids = []
-        for n in range(clips):
-            bar(4 + n, steps, f"backlog: upload {n + 1}")
-            ids.append(upload())
-        wait(ids)
-        drain = time.monotonic() - started
-        cpu = tree_cpu_seconds(worker.proc.pid) - cpu_before
-        bar(4 + clips, steps, f"{pickups} pickups")
-        picked = [pickup(app, client, headers, small) for _ in range(pickups)]
+        for run in range(runs):  # interleaved: every variant sees the same machine load
+            bar(1 + run, steps, f"run {run + 1}: floor, pipeline, whole job")
+            (job := work / f"run-{run}").mkdir()
+            result.time("floor", partial(reference.floor, src, job / "floor.mp4", PROFILE))
+            result.time("pipeline", partial(encode, job))
+            publish()
+        bar(1 + runs, steps, f"{pickups} pickups")
+        picked = sorted(pickup(app, client, headers, small) for _ in range(pickups))
         bar(steps, steps, "done")
         sys.stderr.write("\n")
     finally:
         worker.stop()
-    picked.sort()
-    return {
-        "pipeline": statistics.median(runs),
-        "publish": publish,
-        "drain": drain,
-        "cpu": cpu,
-        "pickup_p50": picked[len(picked) // 2],
-        "pickup_p95": picked[min(len(picked) - 1, int(0.95 * len(picked)))],
-        "pickup_max": picked[-1],
-    }
+    return result, picked
 
 
 def pickup(app: Any, client: Any, headers: dict[str, str], clip: Path) -> float:

@@ -10,7 +10,7 @@ and the web tier as deployed (nginx → gunicorn, 2 workers x 4 threads). Then, 
    against boto3's own ``upload_file`` to the same endpoint, and the web processes' memory
    (RSS of gunicorn's processes) before and at its peak during the upload.
 
-Writes its section of docs/benchmarks.md.
+Writes its section of docs/benchmarks.md (unless ``--quick``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from botocore.config import Config
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from app import create_app
+from app import create_app, timing
 from app.aws import ensure_bucket, ensure_queues
 from app.extensions import get_settings
 from bench.job import environment
@@ -67,6 +68,12 @@ def pct(values: list[float], q: float) -> float:
     """Return the ``q`` quantile (0..1) of ``values``."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def ms_row(label: str, values: list[float], bold: bool = False) -> str:
+    """Return a table row of ``values``' p50 and p95 in milliseconds (no error count)."""
+    p95 = f"{pct(values, 0.95) * 1000:.0f} ms"
+    return f"| {label} | {pct(values, 0.5) * 1000:.0f} ms | {f'**{p95}**' if bold else p95} | |"
 
 
 def rss_mib(pids: list[int]) -> float:
@@ -143,25 +150,27 @@ def direct_upload(url: str, token: str, clip: Path) -> tuple[list[float], float]
     return [api, end - before], end - started
 
 
-def api_calls(url: str, tokens: list[str], clip: Path) -> tuple[list[float], list[float]]:
+def api_calls(url: str, tokens: list[str], clip: Path) -> list[tuple[float, Any, dict[str, float]]]:
     """Time the API's two calls alone: every client starts at once, the parts go up, every client completes at once.
+
+    Returns each call's (seconds, answer, Server-Timing durations in ms).
 
     (In the whole flow, the API's calls wait on S3 answers while moto, on these same CPUs, parses
     every client's part; on AWS the parts never touch them.)
     """
     body = {"title": "bench", "filename": clip.name, "size": clip.stat().st_size, "content_type": "video/mp4"}
 
-    def start(token: str) -> tuple[float, Any]:
+    def start(token: str) -> tuple[float, Any, dict[str, float]]:
         began = time.perf_counter()
         plan = requests.post(f"{url}/api/uploads", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60)
         plan.raise_for_status()
-        return time.perf_counter() - began, plan.json()
+        return time.perf_counter() - began, plan.json(), timing.parse(plan.headers["Server-Timing"])
 
     started, _ = concurrent(len(tokens), lambda i: start(tokens[i]))
     data = clip.read_bytes()
-    etags = [requests.put(plan["parts"][0]["url"], data=data, timeout=60).headers["ETag"] for _, plan in started]
+    etags = [requests.put(plan["parts"][0]["url"], data=data, timeout=60).headers["ETag"] for _, plan, _ in started]
 
-    def complete(i: int) -> float:
+    def complete(i: int) -> tuple[float, Any, dict[str, float]]:
         plan, parts = started[i][1], {"parts": [{"part_number": 1, "etag": etags[i]}]}
         began = time.perf_counter()
         done = requests.post(
@@ -171,14 +180,14 @@ def api_calls(url: str, tokens: list[str], clip: Path) -> tuple[list[float], lis
             timeout=60,
         )
         done.raise_for_status()
-        return time.perf_counter() - began
+        return time.perf_counter() - began, None, timing.parse(done.headers["Server-Timing"])
 
     completed, _ = concurrent(len(tokens), complete)
-    return [t for t, _ in started], completed
+    return started + completed
 
 
-def form_upload(url: str, token: str, clip: Path) -> float:
-    """Upload ``clip`` through the form route; return its seconds."""
+def form_upload(url: str, token: str, clip: Path) -> tuple[float, dict[str, Any]]:
+    """Upload ``clip`` through the form route; return its seconds and the answer."""
     started = time.perf_counter()
     with clip.open("rb") as f:
         answer = requests.post(
@@ -189,7 +198,7 @@ def form_upload(url: str, token: str, clip: Path) -> float:
             timeout=120,
         )
     answer.raise_for_status()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, answer.json()
 
 
 def concurrent(clients: int, action: Callable[[int], Any]) -> tuple[list[Any], int]:
@@ -229,7 +238,7 @@ def measure(url: str, aws: str, work: Path, clients: int, big_mib: int) -> dict[
     direct, direct_errors = concurrent(clients, lambda i: direct_upload(url, tokens[i], clip))
     bar(2, steps, f"{clients} form uploads; the API calls alone")
     form, form_errors = concurrent(clients, lambda i: form_upload(url, tokens[i], clip))
-    starts, completes = api_calls(url, tokens, clip)
+    calls = api_calls(url, tokens, clip)
 
     bar(3, steps, f"{big_mib} MiB file")
     big = big_file(work / "big.mp4", big_mib * MiB)
@@ -277,11 +286,15 @@ def measure(url: str, aws: str, work: Path, clients: int, big_mib: int) -> dict[
     sys.stderr.write("\n")
     return {
         "clip_mb": clip.stat().st_size / 1e6,
-        "api": starts + completes,
+        "api": [seconds for seconds, _, _ in calls],
+        # Server-Timing: the app's time less its waits on S3 and SQS; and the time before the app had it
+        "own": [(t["app"] - t["s3"] - t["sqs"]) / 1000 for _, _, t in calls],
+        "aws": [(t["s3"] + t["sqs"]) / 1000 for _, _, t in calls],
+        "queued": [seconds - t["app"] / 1000 for seconds, _, t in calls],
         "flow_api": [t for calls, _ in direct for t in calls],
         "direct": [whole for _, whole in direct],
         "direct_errors": direct_errors,
-        "form": form,
+        "form": [seconds for seconds, _ in form],
         "form_errors": form_errors,
         "ours": runs["ours"],
         "theirs": runs["theirs"],
@@ -290,38 +303,47 @@ def measure(url: str, aws: str, work: Path, clients: int, big_mib: int) -> dict[
     }
 
 
+@contextmanager
+def web_stack(work: Path, queue: str) -> Iterator[tuple[str, str, str]]:
+    """Run moto server, a database and the web tier as deployed; yield (its URL, moto's URL, the database's kind)."""
+    (work / "scratch").mkdir(exist_ok=True)
+    port = free_port()
+    # Its own process, as in the Procfile: in this one it would share the GIL with the clients.
+    moto = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(moto, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    aws = f"http://127.0.0.1:{port}"
+    wait_for(lambda: answers(f"{aws}/moto-api/"), timeout=30)
+    db_url, drop = database(work)
+    env = environment(work, aws) | {"DATABASE_URL": db_url, "SQS_QUEUE_NAME": queue}
+    env |= {"UPLOADS_PER_ADDRESS": "1000", "LOG_LEVEL": "WARNING", "RATELIMIT_ENABLED": "false"}
+    os.environ.update(env)
+    try:
+        app = create_app()
+        with app.app_context():
+            flask_migrate.upgrade(directory=str(ROOT / "migrations"))
+            ensure_bucket(get_settings(app))
+            ensure_queues(get_settings(app))
+        with serving({}, env) as url:
+            yield url, aws, "PostgreSQL" if db_url.startswith("postgresql") else "SQLite"
+    finally:
+        server.terminate()
+        server.wait(10)
+        drop()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start the stack, measure, write the section."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--big-mib", type=int, default=1024, help="the large upload's size (default 1 GiB)")
+    parser.add_argument("--quick", action="store_true", help="10 clients, 64 MiB; docs untouched")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.clients, args.big_mib = 10, 64
     with tempfile.TemporaryDirectory(prefix="videoproc-bench-uploads-") as tmp:
         work = Path(tmp)
-        (work / "scratch").mkdir()
-        port = free_port()
-        # Its own process, as in the Procfile: in this one it would share the GIL with the clients.
-        moto = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-        server = subprocess.Popen(moto, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        aws = f"http://127.0.0.1:{port}"
-        wait_for(lambda: answers(f"{aws}/moto-api/"), timeout=30)
-        db_url, drop = database(work)
-        env = environment(work, aws) | {"DATABASE_URL": db_url, "SQS_QUEUE_NAME": "bench-uploads"}
-        env |= {"UPLOADS_PER_ADDRESS": "1000", "LOG_LEVEL": "WARNING", "RATELIMIT_ENABLED": "false"}
-        os.environ.update(env)
-        try:
-            app = create_app()
-            with app.app_context():
-                flask_migrate.upgrade(directory=str(ROOT / "migrations"))
-                ensure_bucket(get_settings(app))
-                ensure_queues(get_settings(app))
-            with serving({}, env) as url:
-                r = measure(url, aws, work, args.clients, args.big_mib)
-        finally:
-            server.terminate()
-            server.wait(10)
-            drop()
-    database_kind = "PostgreSQL" if db_url.startswith("postgresql") else "SQLite"
+        with web_stack(work, "bench-uploads") as (url, aws, database_kind):
+            r = measure(url, aws, work, args.clients, args.big_mib)
     big = args.big_mib * MiB
     ratio = statistics.median(r["theirs"]) / statistics.median(r["ours"])
     lines = [
@@ -336,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|",
         f"| direct: each API call (start, complete), all clients at once | {pct(r['api'], 0.5) * 1000:.0f} ms | "
         f"**{pct(r['api'], 0.95) * 1000:.0f} ms** | {r['direct_errors']} |",
+        ms_row("of which the app's own work (Server-Timing: `app` less `s3` and `sqs`)", r["own"], bold=True),
+        ms_row("of which waiting on moto (S3, SQS)", r["aws"]),
+        ms_row("of which queued for a gunicorn thread, and the network (the call less `app`)", r["queued"]),
         f"| the same calls inside the whole flow (moto parsing the parts on the same CPUs) | "
         f"{pct(r['flow_api'], 0.5) * 1000:.0f} ms | {pct(r['flow_api'], 0.95) * 1000:.0f} ms | |",
         f"| direct: the whole upload (start, PUT to S3, complete) | {pct(r['direct'], 0.5):.2f} s | "
@@ -362,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         "complete puts most of its time in moto's answers. On AWS, S3 and SQS run elsewhere.",
         "",
     ]
-    write_section("uploads", "\n".join(lines))
+    if not args.quick:
+        write_section("uploads", "\n".join(lines))
     print("\n".join(lines))
     print(f"median direct upload {statistics.median(r['direct']):.2f} s", file=sys.stderr)
     return 0

@@ -37,10 +37,15 @@ PASSED_THROUGH = ("AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SE
 
 
 def environment(
-    config: Mapping[str, str], secret: Callable[[str], str], passed: Mapping[str, str], role: str
+    config: Mapping[str, str], secret: Callable[[str], str], passed: Mapping[str, str], role: str, cores: int = 0
 ) -> dict[str, str]:
-    """Return a ``role`` instance's environment: the configuration, its secrets resolved, ``APP_ENV=production``."""
+    """Return a ``role`` instance's environment: the configuration, its secrets resolved, ``APP_ENV=production``.
+
+    A worker without ``WORKER_CONCURRENCY`` gets one pool process per core (``cores``, this host's by default).
+    """
     env = {"APP_ENV": "production"}
+    if role == "worker":
+        env["WORKER_CONCURRENCY"] = str(cores or os.cpu_count() or 1)
     env |= {k: passed[k] for k in PASSED_THROUGH if passed.get(k)}
     env |= {k: str(v) for k, v in config.items() if k not in SECRET_KEYS + DATABASE_PARTS + COMPOSED}
     if prefix := config.get("LOG_GROUP_PREFIX"):

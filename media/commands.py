@@ -51,11 +51,13 @@ def encode_command(
     input_options: dict[str, Any] | None = None,
     output_options: dict[str, Any] | None = None,
     global_args: list[str] | None = None,
+    poster: tuple[str, float] | None = None,
 ) -> list[str]:
     """Return argv that trims, fits, watermarks and encodes the user's clip in one pass.
 
     ``input_options`` (the sandbox's) restrict how FFmpeg reads the user's file; ``output_options``
-    and ``global_args`` bound the encoder's and the filters' threads.
+    and ``global_args`` bound the encoder's and the filters' threads. ``poster`` (a JPEG's path,
+    seconds into the clip) takes the poster from the same decode: no second FFmpeg reading the video.
     """
     video = _fit(ffmpeg.input(src, t=p.max_duration, **(input_options or {})).video, p)
     if p.watermark_image:
@@ -63,8 +65,15 @@ def encode_command(
         margin = max(p.height // 40, 8)
         video = ffmpeg.overlay(video, logo, x=f"W-w-{margin}", y=f"H-h-{margin}")
     video = video.filter("format", "yuv420p")
+    outputs = []
+    if poster:
+        branches = video.split()
+        video, frame = branches[0], branches[1]
+        path, at = poster
+        still = frame.filter("trim", start=at).filter("setpts", "PTS-STARTPTS")
+        outputs.append(ffmpeg.output(still, path, vframes=1, **{"q:v": 3}))
     out = ffmpeg.output(video, dst, movflags="+faststart", **_encoder_args(p), **(output_options or {}))
-    return _compile(out.global_args(*(global_args or [])))
+    return _compile(ffmpeg.merge_outputs(out, *outputs).global_args(*(global_args or [])))
 
 
 def bumper_command(image: str, dst: str, seconds: float, p: Profile) -> list[str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from media import commands, runner
-from media.probe import MediaInfo, probe
+from media.probe import MediaInfo
 from media.profile import Profile
 from media.sandbox import Limits, Sandbox
 
@@ -94,6 +94,13 @@ class Pipeline:
         intro, outro = self.bumpers()
         final = workdir / "video.mp4"
         body = workdir / "body.mp4" if intro or outro else final
+        poster, poster_at = workdir / "poster.jpg", min(1.0, content / 2)
+        decoded = [0.0]  # seconds encoded, from FFmpeg's progress: no second look at the file
+
+        def progress(done: float) -> None:
+            decoded[0] = max(decoded[0], done)
+            report(ENCODE_SHARE * min(done / content, 1.0))
+
         runner.run(
             commands.encode_command(
                 str(src),
@@ -102,21 +109,21 @@ class Pipeline:
                 self.sandbox.input_options(info.container),
                 self.sandbox.output_options(),
                 self.sandbox.global_options(),
+                poster=(str(poster), poster_at),
             ),
-            on_progress=lambda done: report(ENCODE_SHARE * min(done / content, 1.0)),
+            on_progress=progress,
             limits=limits,
         )
-        decoded = probe(str(body)).duration
-        if decoded < content * MIN_DECODED_SHARE - 0.5:
-            raise TruncatedInput(f"the input ends after {decoded:.1f}s of the {content:.1f}s its header announces")
+        if decoded[0] < content * MIN_DECODED_SHARE - 0.5:
+            raise TruncatedInput(f"the input ends after {decoded[0]:.1f}s of the {content:.1f}s its header announces")
         if body != final:
             pieces = [str(path) for path in (intro, body, outro) if path]
             listing = workdir / "pieces.txt"
             listing.write_text(commands.concat_list(pieces))
             _own(commands.concat_command(str(listing), str(final)), limits)
         report(ENCODE_SHARE + JOIN_SHARE)
-        poster = workdir / "poster.jpg"
-        intro_length = self.profile.intro_seconds if intro else 0.0
-        _own(commands.poster_command(str(final), str(poster), intro_length + min(1.0, content / 2)), limits)
+        if not poster.exists():  # no frame reached the poster's branch: take it from the result instead
+            intro_length = self.profile.intro_seconds if intro else 0.0
+            _own(commands.poster_command(str(final), str(poster), intro_length + poster_at), limits)
         report(1.0)
         return Outputs(video=final, poster=poster, duration=content)

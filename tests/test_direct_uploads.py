@@ -14,7 +14,7 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
-from app import direct
+from app import direct, timing
 from app.extensions import db, get_settings
 from app.models import IdempotencyKey, Video, utcnow
 from app.storage import aws_client, get_storage
@@ -99,6 +99,20 @@ def test_start_checks_the_declared_upload(client: FlaskClient, auth: dict[str, s
     assert other.status_code == 401
     assert client.delete(f"/api/uploads/{plan['upload_id']}", headers=auth).status_code == 204
     assert client.get(f"/api/videos/{plan['video_id']}", headers=auth).status_code == 404
+
+
+def test_answers_say_how_long_they_waited_on_s3_and_sqs(
+    client: FlaskClient, auth: dict[str, str], clip: Callable
+) -> None:
+    path = clip("small.mp4")
+    started = start(client, auth, path)
+    waits = timing.parse(started.headers["Server-Timing"])
+    assert waits["s3"] > 0 and waits["sqs"] == 0 and waits["app"] >= waits["s3"], waits
+    done = complete(client, auth, started.json, put_parts(started.json, path))
+    assert done.status_code == 202, done.json
+    waits = timing.parse(done.headers["Server-Timing"])
+    assert waits["s3"] > 0 and waits["sqs"] > 0 and waits["app"] >= waits["s3"] + waits["sqs"], waits
+    assert set(timing.parse(client.get("/healthz").headers["Server-Timing"])) == {"s3", "sqs", "app"}
 
 
 def test_the_same_idempotency_key_twice_gives_one_video(

@@ -19,6 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import jobs
+from app import storage as storage_module
 from app.aws import queue_url
 from app.extensions import db, get_settings
 from app.models import Status, User, Video, utcnow
@@ -356,3 +357,21 @@ def test_cancel_a_waiting_video(app: Flask, client: FlaskClient, auth: dict) -> 
     assert client.post(f"/api/videos/{done}/cancel", headers=auth).status_code == 409
     other = signup_and_login(client, unique_email())
     assert client.post(f"/api/videos/{waiting}/cancel", headers=other).status_code == 404
+
+
+def test_presigned_urls_are_reused_for_half_their_life(monkeypatch: pytest.MonkeyPatch) -> None:
+    signed = []
+
+    class Client:
+        def generate_presigned_url(self, op: str, Params: dict, ExpiresIn: int) -> str:
+            signed.append(Params["Key"])
+            return f"https://s3/{Params['Key']}?n={len(signed)}"
+
+    clock = [1000.0]
+    monkeypatch.setattr(storage_module.time, "monotonic", lambda: clock[0])
+    store = storage_module.Storage(Client(), "b", url_expires=600)
+    first = store.url("k")
+    clock[0] += 299
+    assert store.url("k") == first and store.url("other") != first and store.url(None) is None
+    clock[0] += 2  # past half of the URL's 600 s: a fresh one, never one about to expire
+    assert store.url("k") != first and signed == ["k", "other", "k"]
