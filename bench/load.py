@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             scenarios = [
                 ("DirectUploader", args.users, args.seconds),
                 ("FormUploader", args.users, args.seconds),
-                ("StatusPoller", pollers, args.seconds),
+                ("StatusPoller", pollers, max(5, args.seconds // 2)),
             ]
             for n, (user, users, seconds) in enumerate(scenarios):
                 bar(n, len(scenarios), f"{user}: {users} users, {seconds} s")
@@ -101,7 +101,8 @@ def report(
         f"(in `make bench`) on {machine()}: locust (`bench/locustfile.py`) against nginx → gunicorn (2 workers x "
         f"4 threads), moto server and {kind}, all on these CPUs. {args.users} users each uploading a {mb:.1f} MB "
         f"clip again and again for {args.seconds} s, by each path; then {pollers} users polling a video's status "
-        "ten times a second each. Each upload is deleted after it is timed (moto keeps objects in memory).",
+        f"ten times a second each for {max(5, args.seconds // 2)} s. Each upload is deleted after it is timed "
+        "(moto keeps objects in memory).",
         "",
         "| Scenario | Request | Requests | Per second | p50 ms | p95 ms | Failures |",
         "|---|---|---|---|---|---|---|",

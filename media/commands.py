@@ -70,7 +70,8 @@ def encode_command(
         branches = video.split()
         video, frame = branches[0], branches[1]
         path, at = poster
-        still = frame.filter("trim", start=at).filter("setpts", "PTS-STARTPTS")
+        # The branch ends after its frame: frames past it are dropped here, not queued for a finished output.
+        still = frame.filter("trim", start=at, end=at + 1.5 / p.fps).filter("setpts", "PTS-STARTPTS")
         outputs.append(ffmpeg.output(still, path, vframes=1, **{"q:v": 3}))
     out = ffmpeg.output(video, dst, movflags="+faststart", **_encoder_args(p), **(output_options or {}))
     return _compile(ffmpeg.merge_outputs(out, *outputs).global_args(*(global_args or [])))

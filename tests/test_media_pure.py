@@ -139,7 +139,7 @@ class TestCommands:
     def test_the_poster_comes_from_the_same_decode(self) -> None:
         argv = commands.encode_command("in.mp4", "body.mp4", self.profile, poster=("p.jpg", 1.0))
         graph = argv[argv.index("-filter_complex") + 1]
-        assert argv.count("-i") == 2 and "split=2" in graph and "trim=start=1.0" in graph
+        assert argv.count("-i") == 2 and "split=2" in graph and "trim=end=1.05:start=1.0" in graph
         assert argv[argv.index("p.jpg") - 2 : argv.index("p.jpg")] == ["-vframes", "1"]
         assert argv.index("body.mp4") < argv.index("p.jpg")  # the video is the first output: -progress follows it
 
