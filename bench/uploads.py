@@ -45,18 +45,10 @@ from bench.job import environment
 from bench.pipeline import bar, write_section
 from client import uploader
 from tests.clips import make_clip
-from tests.conftest import PASSWORD, POSTGRES_URL, ROOT, free_port, get, serving, wait_for
+from tests.conftest import PASSWORD, POSTGRES_URL, ROOT, answers, free_port, serving, wait_for
 
 MiB = 1024**2
 BUCKET = "videoproc-bench"  # bench.job's environment
-
-
-def answers(url: str) -> bool:
-    """Return whether ``url`` answers 200 yet."""
-    try:
-        return get(url)[0] == 200
-    except OSError:
-        return False
 
 
 def span(values: list[float]) -> str:

@@ -327,6 +327,14 @@ def get(url: str, timeout: float = 10) -> tuple[int, bytes, float]:
         return exc.code, exc.read(), time.monotonic() - start
 
 
+def answers(url: str) -> bool:
+    """Return whether ``url`` answers 200 (False while nothing listens there yet)."""
+    try:
+        return get(url)[0] == 200
+    except OSError:  # refused: not listening yet
+        return False
+
+
 @contextmanager
 def serving(base_env: dict[str, str], env: dict[str, str]) -> Iterator[str]:
     """gunicorn (2 workers x 4 threads, as in the Procfile) on a socket, nginx on a port; yield nginx's URL."""
@@ -342,7 +350,7 @@ def serving(base_env: dict[str, str], env: dict[str, str]) -> Iterator[str]:
     nginx = subprocess.Popen([sys.executable, "-m", "deploy.nginx", *proxy], cwd=ROOT, env=full)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: sock.exists() and get(f"{url}/healthz")[0] == 200, timeout=60)
+        wait_for(lambda: sock.exists() and answers(f"{url}/healthz"), timeout=60)
         yield url
     finally:
         for proc in (nginx, gunicorn):
