@@ -45,8 +45,14 @@ PROCESSING_SPEED = Histogram(
     "Output seconds per wall-clock second of a processed job",
     buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12),
 )
+STEP_SECONDS = Histogram(
+    "videoproc_job_step_seconds",
+    "Wall time of a processed job's steps: download (the original), encode (probe, FFmpeg, poster), upload",
+    ["step"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120, 300, 600, 1200),
+)
 RETRIES = Counter("videoproc_retries", "Retries of a job, by reason", ["reason"])
-OWN = (UPLOADS, REQUEST_SECONDS, JOBS, PROCESSING_SECONDS, PROCESSING_SPEED, RETRIES)
+OWN = (UPLOADS, REQUEST_SECONDS, JOBS, PROCESSING_SECONDS, PROCESSING_SPEED, STEP_SECONDS, RETRIES)
 UPLOAD_ENDPOINT = "api.upload"  # app/api/videos.py: upload
 
 

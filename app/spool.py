@@ -36,21 +36,30 @@ def alive(pid: int) -> bool:
         return True
 
 
-def remove_orphans(base: str | None, prefix: str) -> int:
-    """Delete files and directories named ``<prefix><pid>-…`` whose process is gone; return how many."""
-    removed = 0
+def owners(base: str | None, prefix: str) -> dict[int, list[Path]]:
+    """Return the files and directories named ``<prefix><pid>-…`` in ``base``, by the pid that made them."""
+    found: dict[int, list[Path]] = {}
     for path in Path(base or tempfile.gettempdir()).glob(f"{prefix}*"):
         try:
             pid = int(path.name[len(prefix) :].split("-", 1)[0])
         except ValueError:
             continue
+        found.setdefault(pid, []).append(path)
+    return found
+
+
+def remove_orphans(base: str | None, prefix: str) -> int:
+    """Delete files and directories named ``<prefix><pid>-…`` whose process is gone; return how many."""
+    removed = 0
+    for pid, paths in owners(base, prefix).items():
         if alive(pid):
             continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed += 1
+        for path in paths:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed += 1
     if removed:
         logger.info("orphans removed", extra={"count": removed, "prefix": prefix})
     return removed

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -40,8 +41,15 @@ from tests.clips import make_clip
 from tests.conftest import GENEROUS, ROOT, Worker, free_port, post_upload, signup_and_login
 
 INPUT = "1080p landscape"  # bench.reference's; the profile keeps 30 s of its 45
-CONCURRENCY = CORES = os.cpu_count() or 2  # deploy/systemd/videoproc-worker.service: one pool process per core
+CORES = os.cpu_count() or 2
+CONCURRENCY = CORES + 1  # deploy/envfile.py: a worker instance's pool, one process more than cores
 TICKS = os.sysconf("SC_CLK_TCK")
+STEP = re.compile(r"\b(download|encode|upload)_seconds=([\d.]+)")  # tasks/process.py's "processed" line
+STEPS = (
+    ("download", "downloading the original"),
+    ("encode", "probe, encode, poster"),
+    ("upload", "uploading the results"),
+)
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -106,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs of each (default 3)")
     parser.add_argument("--pickups", type=int, default=50, help="uploads whose pickup is timed (default 50)")
-    parser.add_argument("--quick", action="store_true", help="5 s of the input, one run, 5 pickups; docs untouched")
+    parser.add_argument("--quick", action="store_true", help="5 s of the input, one run, 3 pickups; docs untouched")
     args = parser.parse_args(argv)
     seconds = 5.0 if args.quick else None
     if args.quick:
-        args.runs, args.pickups = 1, 5
+        args.runs, args.pickups = 1, 3
     with tempfile.TemporaryDirectory(prefix="videoproc-bench-job-") as tmp:
         work = Path(tmp)
         (work / "scratch").mkdir()
@@ -124,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Written by `python -m bench.job --runs {args.runs} --pickups {args.pickups}` (in `make bench`) on "
         f"{machine()}: moto server, SQLite, one `celery -A tasks worker --concurrency {CONCURRENCY}` (the unit's), "
-        f"FFmpeg threads {SANDBOX.threads}; the {INPUT} reference input ({reference.REFERENCES[INPUT][3]:g} s, "
+        f"FFmpeg's threads shared ({SANDBOX.threads} for a lone job); the {INPUT} reference input "
+        f"({reference.REFERENCES[INPUT][3]:g} s, "
         f"{PROFILE.max_duration:g} s kept) uploaded through the API. {args.runs} interleaved runs each, medians "
         "(min to max). Targets: the whole job ≤ 1.10x the floor; publish ≤ 1.3x the pipeline; pickup p95 ≤ 1 s.",
         "",
@@ -136,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{runs.ratio('pipeline', 'floor'):.3f}x the floor |",
         f"| the whole job: upload's 202 → `processed` on an idle worker | {spread(runs.times['publish'])} | "
         f"**{runs.ratio('publish', 'floor'):.2f}x the floor**, {runs.ratio('publish', 'pipeline'):.2f}x the pipeline |",
+        *(
+            f"| of which {what} (the worker's log) | {spread(runs.times[step], digits=2)} | "
+            f"{runs.ratio(step, 'publish'):.0%} of the whole job |"
+            for step, what in STEPS
+            if step in runs.times
+        ),
         f"| pickup: upload's 202 → the task's claim, {args.pickups} uploads of a 4 s clip | "
         f"p50 {p50 * 1000:.0f} ms, **p95 {p95 * 1000:.0f} ms** | max {picked[-1] * 1000:.0f} ms |",
         "",
@@ -186,6 +201,12 @@ def measure(work: Path, env: dict[str, str], src: Path, runs: int, pickups: int)
                     db.session.rollback()
                     time.sleep(0.05)
             result.times.setdefault("publish", []).append(time.monotonic() - started)
+            for _ in range(50):  # the worker logs the job's steps as it records `processed`
+                if line := worker.lines("msg=processed", f"video_id={video_id}"):
+                    for step, seconds in STEP.findall(line[0]):
+                        result.times.setdefault(step, []).append(float(seconds))
+                    break
+                time.sleep(0.1)
 
         for run in range(runs):  # interleaved: every variant sees the same machine load
             bar(1 + run, steps, f"run {run + 1}: floor, pipeline, whole job")
@@ -219,7 +240,7 @@ def pickup(app: Any, client: Any, headers: dict[str, str], clip: Path) -> float:
     assert client.post(f"/api/videos/{video_id}/cancel", headers=headers).status_code in (200, 409)
     while not ffmpeg_gone(video_id):
         time.sleep(0.05)
-    time.sleep(0.5)
+    time.sleep(0.2)
     return max(0.0, ((claimed if claimed.tzinfo else claimed.replace(tzinfo=UTC)) - accepted).total_seconds())
 
 

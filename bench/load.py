@@ -55,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=50, help="concurrent uploading clients (default 50)")
     parser.add_argument("--seconds", type=int, default=60, help="each upload scenario's length (default 60)")
     parser.add_argument("--rate", type=int, default=200, help="status requests per second (default 200)")
-    parser.add_argument("--quick", action="store_true", help="10 users, 5 s each; docs untouched")
+    parser.add_argument(
+        "--quick", action="store_true", help="10 users, 5 s each, 50 status reads a second; docs untouched"
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.users, args.seconds = 10, 5
+        args.users, args.seconds, args.rate = 10, 5, 50
     pollers = max(1, args.rate // 10)
     results = {}
     with tempfile.TemporaryDirectory(prefix="videoproc-bench-load-") as tmp:

@@ -196,7 +196,7 @@ class Settings:
     FFPROBE_TIMEOUT: float
     FFPROBE_MEMORY_MB: int
     FFMPEG_MEMORY_MB: int
-    FFMPEG_THREADS: int
+    FFMPEG_THREADS: int  # 0: the host's cores shared among its running jobs (media.sandbox.share)
     FFMPEG_TIMEOUT_BASE: float
     FFMPEG_TIMEOUT_PER_SECOND: float
     FFMPEG_CPU_PER_SECOND: float
@@ -302,15 +302,6 @@ def check_names(env: Mapping[str, str]) -> None:
             raise ConfigError(f"{name} is not a setting; did you mean {close[0]}?")
 
 
-def ffmpeg_threads(concurrency: int, cores: int | None = None) -> int:
-    """Return the default FFmpeg threads: the host's cores shared by the worker's pool processes, at most 16.
-
-    ``make bench`` (bench.concurrency) measured one FFmpeg per core with one thread each draining a
-    backlog faster than one FFmpeg on every core, or one per core with every core's threads each.
-    """
-    return max(1, min((cores or os.cpu_count() or 2) // max(concurrency, 1), 16))
-
-
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Return the settings for ``APP_ENV`` (development by default)."""
     env = os.environ if env is None else env
@@ -391,7 +382,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         FFPROBE_TIMEOUT=env_float(env, "FFPROBE_TIMEOUT", 30),
         FFPROBE_MEMORY_MB=env_int(env, "FFPROBE_MEMORY_MB", 512),
         FFMPEG_MEMORY_MB=env_int(env, "FFMPEG_MEMORY_MB", 1536),
-        FFMPEG_THREADS=env_int(env, "FFMPEG_THREADS", ffmpeg_threads(env_int(env, "WORKER_CONCURRENCY", 1))),
+        FFMPEG_THREADS=env_int(env, "FFMPEG_THREADS", 0),
         FFMPEG_TIMEOUT_BASE=env_float(env, "FFMPEG_TIMEOUT_BASE", 60),
         FFMPEG_TIMEOUT_PER_SECOND=env_float(env, "FFMPEG_TIMEOUT_PER_SECOND", 10),
         FFMPEG_CPU_PER_SECOND=env_float(env, "FFMPEG_CPU_PER_SECOND", 20),

@@ -41,11 +41,12 @@ def environment(
 ) -> dict[str, str]:
     """Return a ``role`` instance's environment: the configuration, its secrets resolved, ``APP_ENV=production``.
 
-    A worker without ``WORKER_CONCURRENCY`` gets one pool process per core (``cores``, this host's by default).
+    A worker without ``WORKER_CONCURRENCY`` gets one pool process more than it has cores (``cores``, this
+    host's by default): one job's download and upload overlap the others' encodes (bench.concurrency).
     """
     env = {"APP_ENV": "production"}
     if role == "worker":
-        env["WORKER_CONCURRENCY"] = str(cores or os.cpu_count() or 1)
+        env["WORKER_CONCURRENCY"] = str((cores or os.cpu_count() or 1) + 1)
     env |= {k: passed[k] for k in PASSED_THROUGH if passed.get(k)}
     env |= {k: str(v) for k, v in config.items() if k not in SECRET_KEYS + DATABASE_PARTS + COMPOSED}
     if prefix := config.get("LOG_GROUP_PREFIX"):

@@ -82,15 +82,18 @@ class Pipeline:
         info: MediaInfo,
         workdir: Path,
         on_progress: Callable[[float], None] | None = None,
+        jobs: int = 1,
     ) -> Outputs:
         """Encode ``src`` into ``workdir``; ``on_progress`` gets a fraction 0..1.
 
         The user's file is read in the sandbox, with the demuxer ``info`` names forced;
-        ``runner.FFmpegError`` says which limit stopped FFmpeg, if one did.
+        ``runner.FFmpegError`` says which limit stopped FFmpeg, if one did. ``jobs``: how many
+        encodes share this host's cores now, this one included (``Sandbox.for_jobs``).
         """
         report = on_progress or (lambda _fraction: None)
+        sandbox = self.sandbox.for_jobs(jobs)
         content = min(info.duration, self.profile.max_duration) or self.profile.max_duration
-        limits = self.sandbox.encode_limits(content)
+        limits = sandbox.encode_limits(content)
         intro, outro = self.bumpers()
         final = workdir / "video.mp4"
         body = workdir / "body.mp4" if intro or outro else final
@@ -106,9 +109,9 @@ class Pipeline:
                 str(src),
                 str(body),
                 self.profile,
-                self.sandbox.input_options(info.container),
-                self.sandbox.output_options(),
-                self.sandbox.global_options(),
+                sandbox.input_options(info.container),
+                sandbox.output_options(),
+                sandbox.global_options(),
                 poster=(str(poster), poster_at),
             ),
             on_progress=progress,

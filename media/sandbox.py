@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -30,6 +30,16 @@ DEMUXERS = {
 }
 # The only variables an FFmpeg child sees: no credentials, no proxies, no FFREPORT.
 SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+def share(jobs: int, cores: int | None = None) -> int:
+    """Return one FFmpeg's threads when ``jobs`` share the host's cores: cores ÷ jobs, at least 1, at most 16.
+
+    ``make bench`` measured both ends: a lone job on an idle host publishes soonest on every
+    core (bench.job), and a backlog drains fastest with single-threaded FFmpegs, one more
+    than cores (bench.concurrency).
+    """
+    return max(1, min((cores or os.cpu_count() or 2) // max(jobs, 1), 16))
 
 
 class UnknownContainer(ValueError):
@@ -73,6 +83,7 @@ class Sandbox:
     formats: tuple[str, ...] = ("mp4", "mov")
     max_pixels: int = 7680 * 4320
     threads: int = 2
+    share_cores: bool = False  # ``threads`` is set per encode by ``for_jobs`` (FFMPEG_THREADS=0)
     probe_memory: int = 512 * MiB
     probe_seconds: float = 30.0
     encode_memory: int = 1536 * MiB
@@ -86,7 +97,8 @@ class Sandbox:
         return cls(
             formats=tuple(s.VIDEO_ALLOWED_FORMATS),
             max_pixels=s.VIDEO_MAX_WIDTH * s.VIDEO_MAX_HEIGHT,
-            threads=s.FFMPEG_THREADS,
+            threads=s.FFMPEG_THREADS or share(1),
+            share_cores=not s.FFMPEG_THREADS,
             probe_memory=s.FFPROBE_MEMORY_MB * MiB,
             probe_seconds=s.FFPROBE_TIMEOUT,
             encode_memory=s.FFMPEG_MEMORY_MB * MiB,
@@ -94,6 +106,10 @@ class Sandbox:
             timeout_per_second=s.FFMPEG_TIMEOUT_PER_SECOND,
             cpu_per_second=s.FFMPEG_CPU_PER_SECOND,
         )
+
+    def for_jobs(self, jobs: int) -> Sandbox:
+        """Return the sandbox for an encode that starts while ``jobs`` run on this host (itself included)."""
+        return replace(self, threads=share(jobs)) if self.share_cores else self
 
     @property
     def demuxers(self) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from app import jobs
 from app.extensions import db, get_settings
 from app.logs import log_context
 from app.models import Status, Video
-from app.prometheus import JOBS, PROCESSING_SECONDS, PROCESSING_SPEED, RETRIES
+from app.prometheus import JOBS, PROCESSING_SECONDS, PROCESSING_SPEED, RETRIES, STEP_SECONDS
 from app.storage import Storage, get_storage, poster_key, processed_video_key
 from celeryconfig import PROCESS_TASK
 from media import runner
@@ -29,7 +29,7 @@ from media.runner import FFmpegError
 from media.sandbox import Sandbox
 from media.validate import Limits, MediaRejected, check, rejection
 from tasks.errors import PermanentError, backoff, is_missing, is_transient
-from tasks.scratch import job_dir
+from tasks.scratch import job_dir, running_jobs
 
 logger = get_task_logger(__name__)
 # Progress: the download takes the first 10%, the pipeline up to 90%, the upload the rest.
@@ -139,13 +139,15 @@ class VideoJob:
                 if is_missing(exc):
                     raise PermanentError("original_missing", f"The original {original} is not in S3.") from exc
                 raise
+            steps = {"download": time.monotonic() - started}
             self.progress(DOWNLOADED)
             limits = Limits.from_settings(config)
             try:
                 info = probe(str(src), pipeline().sandbox)
                 check(info, limits)  # the same rules as the upload: the worker trusts no earlier check
+                sharing = running_jobs(config.WORKER_TMP_DIR)  # FFmpeg's threads: the host's cores shared by these
                 outputs = pipeline().run(
-                    src, info, workdir, lambda f: self.progress(DOWNLOADED + int((ENCODED - DOWNLOADED) * f))
+                    src, info, workdir, lambda f: self.progress(DOWNLOADED + int((ENCODED - DOWNLOADED) * f)), sharing
                 )
             except (ProbeError, FFmpegError) as exc:
                 if self.lost.is_set():  # killed by the heartbeat: not a fault of the video
@@ -161,10 +163,12 @@ class VideoJob:
                 raise PermanentError(exc.code, exc.message) from exc
             except TruncatedInput as exc:
                 raise PermanentError("undecodable", f"The video is cut off: {exc}.") from exc
+            steps["encode"] = time.monotonic() - started - steps["download"]
             self.progress(ENCODED)
             video_key, image_key = processed_video_key(self.video_id), poster_key(self.video_id)
             storage.upload_file(outputs.video, video_key, "video/mp4")
             storage.upload_file(outputs.poster, image_key, "image/jpeg")
+            steps["upload"] = time.monotonic() - started - steps["download"] - steps["encode"]
         # Not recorded when the row was deleted, cancelled or taken over while we worked: leave nothing
         # behind for a deleted or cancelled video.
         probed = {"duration": info.duration, "width": info.width, "height": info.height}
@@ -177,7 +181,13 @@ class VideoJob:
             PROCESSING_SECONDS.observe(wall)
             PROCESSING_SPEED.observe(outputs.duration / wall if wall > 0 else 0)
             JOBS.labels("processed").inc()
-            logger.info("processed", extra={"state": Status.PROCESSED.value, "duration": outputs.duration})
+            for step, seconds in steps.items():
+                STEP_SECONDS.labels(step).observe(seconds)
+            timings = {f"{step}_seconds": round(seconds, 3) for step, seconds in steps.items()}
+            logger.info(
+                "processed",
+                extra={"state": Status.PROCESSED.value, "duration": outputs.duration, "sharing": sharing, **timings},
+            )
         return video_key
 
 

@@ -269,14 +269,14 @@ class Worker:
         """Return the log lines that contain every needle."""
         return [line for line in self.text().splitlines() if all(n in line for n in needles)]
 
-    def wait_ready(self, timeout: float = 90) -> None:
+    def wait_ready(self, timeout: float = 90, poll: float = 0.2) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if "ready." in self.text():
                 return
             if self.proc.poll() is not None:
                 break
-            time.sleep(0.2)
+            time.sleep(poll)
         raise RuntimeError(f"worker did not start:\n{self.log.read_text(errors='replace')[-3000:]}")
 
     def stop(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 
 import pytest
@@ -12,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 import celeryconfig
 from config import ConfigError, load_settings
-from config.settings import ROOT, broker_url, ffmpeg_threads
+from config.settings import ROOT, broker_url
 from deploy.envfile import environment
 from tasks.errors import backoff, is_missing, is_transient
 
@@ -196,15 +195,7 @@ def test_values_are_checked_and_secrets_kept_out_of_reprs() -> None:
     assert "kkkk" not in repr(s) and "pw-1" not in repr(s) and "testing@" not in repr(s)
 
 
-def test_ffmpeg_threads_share_the_cores_among_the_pool_processes() -> None:
-    assert [ffmpeg_threads(c, cores=4) for c in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
-    assert ffmpeg_threads(1, cores=64) == 16 and ffmpeg_threads(0, cores=2) == 2
-    cores = os.cpu_count() or 2
-    assert load_settings({"WORKER_CONCURRENCY": str(cores)}).FFMPEG_THREADS == 1
-    assert load_settings({"WORKER_CONCURRENCY": str(cores), "FFMPEG_THREADS": "3"}).FFMPEG_THREADS == 3
-
-
-def test_a_worker_instance_gets_one_pool_process_per_core() -> None:
-    assert environment({}, str, {}, "worker", cores=4)["WORKER_CONCURRENCY"] == "4"
+def test_a_worker_instance_gets_one_pool_process_more_than_cores() -> None:
+    assert environment({}, str, {}, "worker", cores=4)["WORKER_CONCURRENCY"] == "5"
     assert environment({"WORKER_CONCURRENCY": "1"}, str, {}, "worker", cores=4)["WORKER_CONCURRENCY"] == "1"
     assert "WORKER_CONCURRENCY" not in environment({}, str, {}, "web", cores=4)

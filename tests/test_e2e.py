@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -55,7 +56,13 @@ def download(url: str, path: Path) -> Path:
 
 @pytest.mark.parametrize(("name", "content_seconds"), [("portrait.mp4", 30), ("small.mp4", 4)])
 def test_upload_is_processed(
-    e2e_app: Flask, e2e_client: FlaskClient, clip: Callable, tmp_path: Path, name: str, content_seconds: float
+    e2e_app: Flask,
+    e2e_client: FlaskClient,
+    worker: Worker,
+    clip: Callable,
+    tmp_path: Path,
+    name: str,
+    content_seconds: float,
 ) -> None:
     headers = signup_and_login(e2e_client, unique_email())
     accepted = upload(e2e_client, headers, clip(name))
@@ -86,6 +93,11 @@ def test_upload_is_processed(
         f"processed/{video_id}/poster.jpg",
         f"processed/{video_id}/video.mp4",
     ]
+    # The log says where the job's time went, and how many jobs shared the host's cores (this one at least).
+    (line,) = wait_for(lambda: worker.lines("msg=processed", video_id), timeout=5)
+    steps = dict(re.findall(r"\b(download|encode|upload)_seconds=([\d.]+)", line))
+    assert sorted(steps) == ["download", "encode", "upload"] and float(steps["encode"]) > 0
+    assert int(re.findall(r"\bsharing=(\d+)", line)[0]) >= 1
 
 
 def test_portrait_upload_reports_progress(e2e_client: FlaskClient, clip: Callable) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from media import runner
 from media.probe import MediaInfo, ProbeError, frame_rate, parse_probe
-from media.sandbox import Limits, MiB, Sandbox, UnknownContainer, child_env, demuxers
+from media.sandbox import Limits, MiB, Sandbox, UnknownContainer, child_env, demuxers, share
 from media.validate import Limits as MediaLimits
 from media.validate import MediaRejected, check, rejection
 from tests.conftest import wait_for
@@ -53,6 +53,17 @@ class TestOptions:
         box = Sandbox.from_settings(s)
         assert (box.threads, box.demuxers, box.max_pixels) == (3, ("mov", "matroska"), 7680 * 4320)
         assert (box.probe_memory, box.encode_memory) == (512 * MiB, 1536 * MiB)
+        assert box.for_jobs(5) is box  # a fixed FFMPEG_THREADS is the operator's
+
+    def test_threads_share_the_cores_among_the_running_jobs(self) -> None:
+        from config import load_settings
+
+        assert [share(jobs, cores=4) for jobs in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
+        assert share(1, cores=64) == 16 and share(0, cores=2) == 2
+        box = Sandbox.from_settings(load_settings({"APP_ENV": "testing"}))
+        assert box.share_cores and box.threads == share(1)  # the probe's and the bumpers'
+        assert box.for_jobs(64).threads == 1 and box.for_jobs(1).threads == share(1)
+        assert box.for_jobs(64).output_options() == {"threads": 1}
 
     def test_child_environment_carries_no_secrets(self) -> None:
         env = child_env({"PATH": "/bin", "AWS_SECRET_ACCESS_KEY": "x", "SECRET_KEY": "y", "http_proxy": "z"})

@@ -13,7 +13,7 @@ import pytest
 
 from config import load_settings
 from tasks.heartbeat import MessageKeeper
-from tasks.scratch import PREFIX, alive, remove_orphans
+from tasks.scratch import PREFIX, alive, job_dir, remove_orphans, running_jobs
 
 SETTINGS = load_settings({"SECRET_KEY": "x", "SQS_QUEUE_URL": "https://sqs.example/1/work"})
 
@@ -70,5 +70,8 @@ def test_orphan_scratch_directories_are_removed(tmp_path: Path) -> None:
         folder.mkdir()
         (folder / "original").write_bytes(b"x")
     assert not alive(dead.pid) and alive(os.getpid())
+    assert running_jobs(str(tmp_path)) == 1  # only the living count: FFmpeg's threads follow them
     assert remove_orphans(str(tmp_path)) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])
+    with job_dir("video-ghi", str(tmp_path)):  # this same process: still one job's owner
+        assert running_jobs(str(tmp_path)) == 1
