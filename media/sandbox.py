@@ -131,8 +131,12 @@ class Sandbox:
             options["f"] = names[0]
         if names == ("mov",):
             options["enable_drefs"] = 0
-        options.update(max_pixels=self.max_pixels, threads=self.threads)
+        options.update(max_pixels=self.max_pixels, threads=self.decoder_threads())
         return options
+
+    def decoder_threads(self) -> int:
+        """Return the decoder's threads: libavcodec's own default (cores + 1 for frame threads), from ``threads``."""
+        return self.threads + 1 if self.threads > 1 else 1
 
     def output_options(self) -> dict[str, Any]:
         """Return the encoder's thread bound: x264's own default (1.5 per core) taken from ``threads``, not the host."""

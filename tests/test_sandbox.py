@@ -28,7 +28,7 @@ class TestOptions:
             "protocol_whitelist": "file",
             "enable_drefs": 0,
             "max_pixels": 100,
-            "threads": 3,
+            "threads": 4,  # libavcodec's cores + 1
         }
 
     def test_drefs_option_only_when_mov_is_the_only_demuxer(self) -> None:
@@ -64,6 +64,7 @@ class TestOptions:
         assert box.share_cores and box.threads == share(1)  # the probe's and the bumpers'
         assert box.for_jobs(64).threads == 1 and box.for_jobs(1).threads == share(1)
         assert box.for_jobs(64).output_options() == {"threads": 1}
+        assert box.for_jobs(64).input_options()["threads"] == 1 and Sandbox(threads=2).input_options()["threads"] == 3
 
     def test_child_environment_carries_no_secrets(self) -> None:
         env = child_env({"PATH": "/bin", "AWS_SECRET_ACCESS_KEY": "x", "SECRET_KEY": "y", "http_proxy": "z"})
