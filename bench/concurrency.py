@@ -30,7 +30,7 @@ from bench.job import CORES, INPUT, environment, local_aws, tree_cpu_seconds
 from bench.pipeline import bar, machine, write_section
 from tests.conftest import ROOT, Worker, post_upload, signup_and_login
 
-SECONDS = 10.0  # of the reference input: with the bumpers, 14 s out
+SECONDS = 6.0  # of the reference input: with the bumpers, 10 s out
 # (pool processes, FFMPEG_THREADS): the default (one pool process more than cores, so that one job's
 # download and upload overlap the others' encodes; FFmpeg's threads the cores shared among the running
 # jobs: one each in a backlog), one per core, and one FFmpeg using every core. (One per core with every

@@ -49,6 +49,11 @@ def row_numbers(row: dict[str, str]) -> dict[str, float]:
     return {key: float(row[key] or 0) if row[key] != "N/A" else 0.0 for key in keys}
 
 
+def poll_seconds(args: argparse.Namespace) -> int:
+    """Return how long the status polling runs: a third of an upload scenario, at least 5 s."""
+    return max(5, args.seconds // 3)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the three scenarios; write the section."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,14 +75,15 @@ def main(argv: list[str] | None = None) -> int:
             accounts = []
             for n in range(max(args.users, pollers)):
                 token = login(url, f"load-{n}@example.com")
-                _, video = form_upload(url, token, clip)
-                accounts.append({"token": token, "video_id": video["video_id"]})
+                # The pollers (each scenario's users take the accounts from the first) read a video of their own.
+                video_id = form_upload(url, token, clip)[1]["video_id"] if n < pollers else ""
+                accounts.append({"token": token, "video_id": video_id})
             (work / "accounts.json").write_text(json.dumps(accounts))
             env = {"BENCH_ACCOUNTS": str(work / "accounts.json"), "BENCH_CLIP": str(clip)}
             scenarios = [
                 ("DirectUploader", args.users, args.seconds),
                 ("FormUploader", args.users, args.seconds),
-                ("StatusPoller", pollers, max(5, args.seconds // 2)),
+                ("StatusPoller", pollers, poll_seconds(args)),
             ]
             for n, (user, users, seconds) in enumerate(scenarios):
                 bar(n, len(scenarios), f"{user}: {users} users, {seconds} s")
@@ -103,7 +109,7 @@ def report(
         f"(in `make bench`) on {machine()}: locust (`bench/locustfile.py`) against nginx → gunicorn (2 workers x "
         f"4 threads), moto server and {kind}, all on these CPUs. {args.users} users each uploading a {mb:.1f} MB "
         f"clip again and again for {args.seconds} s, by each path; then {pollers} users polling a video's status "
-        f"ten times a second each for {max(5, args.seconds // 2)} s. Each upload is deleted after it is timed "
+        f"ten times a second each for {poll_seconds(args)} s. Each upload is deleted after it is timed "
         "(moto keeps objects in memory).",
         "",
         "| Scenario | Request | Requests | Per second | p50 ms | p95 ms | Failures |",

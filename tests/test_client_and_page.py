@@ -132,6 +132,18 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
+def sign_up(browser: Any, site: str) -> None:
+    """Open the page and sign up a new account through its form."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(site + "/")
+    assert browser.title == "videoproc"
+    browser.find_element(By.ID, "email").send_keys(unique_email())
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "signup").click()
+    wait_for(lambda: browser.find_element(By.ID, "uploader").is_displayed(), timeout=20)
+
+
 def test_the_page_signs_up_uploads_with_progress_and_plays_the_result(
     site: str,
     browser: Any,
@@ -139,13 +151,7 @@ def test_the_page_signs_up_uploads_with_progress_and_plays_the_result(
 ) -> None:
     from selenium.webdriver.common.by import By
 
-    browser.get(site + "/")
-    assert browser.title == "videoproc"
-    email = unique_email()
-    browser.find_element(By.ID, "email").send_keys(email)
-    browser.find_element(By.ID, "password").send_keys(PASSWORD)
-    browser.find_element(By.ID, "signup").click()
-    wait_for(lambda: browser.find_element(By.ID, "uploader").is_displayed(), timeout=20)
+    sign_up(browser, site)
     # Every control is labelled, and the file input can be reached by keyboard.
     labels = {e.get_attribute("for") for e in browser.find_elements(By.CSS_SELECTOR, "label[for]")}
     assert {"email", "password", "files"} <= labels
@@ -172,3 +178,38 @@ def test_the_page_signs_up_uploads_with_progress_and_plays_the_result(
         browser.set_window_size(412, 1280)
         time.sleep(1)
         browser.save_screenshot(str(ROOT / os.environ["VIDEOPROC_SCREENSHOTS"] / "page.png"))
+
+
+KEPT_FILES = """
+const done = arguments[arguments.length - 1];
+const open = indexedDB.open("videoproc", 1);
+open.onupgradeneeded = () => open.result.createObjectStore("files");
+open.onsuccess = () => {
+  const count = open.result.transaction("files").objectStore("files").count();
+  count.onsuccess = () => done(count.result);
+};
+"""
+
+
+def test_a_reload_resumes_the_upload_without_picking_the_file_again(
+    site: str,
+    browser: Any,
+    big_clip: Path,  # noqa: F811
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    sign_up(browser, site)
+    # The network drops every part: the upload is started, the file kept, nothing reaches S3.
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*partNumber=*"]})
+    browser.find_element(By.ID, "files").send_keys(str(big_clip))
+    started = "return Object.keys(localStorage).some((k) => k.startsWith('videoproc.upload.'))"
+    wait_for(lambda: browser.execute_script(started) and browser.execute_async_script(KEPT_FILES) == 1, timeout=20)
+
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+    browser.refresh()  # the user reloads; nobody picks the file again
+    wait_for(lambda: "queued for processing" in browser.find_element(By.ID, "transfers").text, timeout=60)
+    wait_for(lambda: browser.execute_async_script(KEPT_FILES) == 0, timeout=10)  # the copy is gone once done
+    token = browser.execute_script("return localStorage.getItem('videoproc.token')")
+    page = requests.get(f"{site}/api/videos", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+    assert [v["status"] != "uploading" for v in page["items"]] == [True], "one video, its upload completed"

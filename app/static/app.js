@@ -1,6 +1,7 @@
 // The page: sign up or log in, upload straight to S3 in parts (resumable), watch the videos.
 // Plain DOM and fetch; the API is /api (see /api/docs). The token stays in localStorage so a
-// reload keeps the session and can resume an upload: pick the same file again.
+// reload keeps the session, and a picked file stays in IndexedDB until its upload completes, so
+// a reload resumes it (larger files than KEEP_MAX resume when picked again).
 
 const PARALLEL = 4;
 const ATTEMPTS = 5;
@@ -44,6 +45,7 @@ async function logIn(email, password) {
 function logOut() {
   token = null;
   localStorage.removeItem("videoproc.token");
+  forgetAll(); // nothing of the user's stays in this browser
   show();
 }
 
@@ -54,7 +56,10 @@ function show() {
   $("library").hidden = !signedIn;
   $("who").hidden = !signedIn;
   $("who-email").textContent = localStorage.getItem("videoproc.email") || "";
-  if (signedIn) refresh();
+  if (signedIn) {
+    refresh();
+    resumeKept();
+  }
 }
 
 $("login-form").addEventListener("submit", async (event) => {
@@ -157,8 +162,44 @@ function transferRow(file) {
   return { item, bar, status };
 }
 
-async function uploadFile(file) {
+// Files kept across a reload, as Uppy's Golden Retriever does: each picked file up to KEEP_MAX
+// is put in IndexedDB (the browser keeps a copy) until its upload completes or is refused, and
+// the next page load resumes it. Quota or a private window only lose the convenience.
+
+const KEEP_MAX = 512 * 1024 * 1024;
+const owner = () => localStorage.getItem("videoproc.email") || "";
+let resumed = false; // once per page load: a second login does not start them twice
+
+function kept(mode, use) {
+  return new Promise((resolve, reject) => {
+    if (!window.indexedDB) return resolve(null);
+    const open = indexedDB.open("videoproc", 1);
+    open.onupgradeneeded = () => open.result.createObjectStore("files");
+    open.onerror = () => reject(open.error);
+    open.onsuccess = () => {
+      const request = use(open.result.transaction("files", mode).objectStore("files"));
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = () => reject(request.error);
+    };
+  }).catch(() => null);
+}
+
+const keep = (file) =>
+  file.size <= KEEP_MAX && kept("readwrite", (files) => files.put({ file, owner: owner() }, fileKey(file)));
+const forget = (file) => kept("readwrite", (files) => files.delete(fileKey(file)));
+const forgetAll = () => kept("readwrite", (files) => files.clear());
+
+async function resumeKept() {
+  if (resumed) return;
+  resumed = true;
+  for (const entry of (await kept("readonly", (files) => files.getAll())) || []) {
+    if (entry.owner === owner()) uploadFile(entry.file, true);
+  }
+}
+
+async function uploadFile(file, isKept = false) {
   const row = transferRow(file);
+  if (!isKept) await keep(file);
   try {
     const plan = await startOrResume(file);
     const etags = new Map(plan.parts_done.map((part) => [part.part_number, part.etag]));
@@ -190,11 +231,15 @@ async function uploadFile(file) {
     row.status.textContent = "checking…";
     await api("POST", `/api/uploads/${plan.upload_id}/complete`, { parts });
     localStorage.removeItem(fileKey(file));
+    forget(file);
     row.bar.value = file.size;
     row.status.textContent = "uploaded: queued for processing";
     refresh();
   } catch (error) {
-    row.status.textContent = `${error.message} (pick the file again to resume)`;
+    // The API said no (S3's own errors, such as an expired part URL, carry no code): a reload would be told again.
+    const refused = Boolean(error.code) && error.status >= 400 && error.status < 500 && ![401, 429].includes(error.status);
+    if (refused) forget(file);
+    row.status.textContent = refused ? error.message : `${error.message} (reload or pick the file again to resume)`;
     row.status.classList.add("error");
   }
 }
