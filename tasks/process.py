@@ -101,6 +101,32 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
+class Steps:
+    """Wall time of a job's steps, each from the end of the one before."""
+
+    def __init__(self) -> None:
+        self.started = self._last = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[name], self._last = now - self._last, now
+
+    def record(self, content_seconds: float, sharing: int) -> None:
+        """Count a processed job in the metrics and log it, with where its time went."""
+        wall = time.monotonic() - self.started
+        PROCESSING_SECONDS.observe(wall)
+        PROCESSING_SPEED.observe(content_seconds / wall if wall > 0 else 0)
+        JOBS.labels("processed").inc()
+        for step, seconds in self.seconds.items():
+            STEP_SECONDS.labels(step).observe(seconds)
+        timings = {f"{step}_seconds": round(seconds, 3) for step, seconds in self.seconds.items()}
+        logger.info(
+            "processed",
+            extra={"state": Status.PROCESSED.value, "duration": content_seconds, "sharing": sharing, **timings},
+        )
+
+
 class VideoJob:
     """One delivery of one video's processing, holding the row under ``token``."""
 
@@ -123,7 +149,7 @@ class VideoJob:
 
     def run(self) -> str:
         """Process the claimed video; return the processed key."""
-        started = time.monotonic()
+        steps = Steps()
         video = db.session.get(Video, self.video_id)
         assert video is not None
         original = video.original_key
@@ -139,7 +165,7 @@ class VideoJob:
                 if is_missing(exc):
                     raise PermanentError("original_missing", f"The original {original} is not in S3.") from exc
                 raise
-            steps = {"download": time.monotonic() - started}
+            steps.lap("download")
             self.progress(DOWNLOADED)
             limits = Limits.from_settings(config)
             try:
@@ -163,12 +189,12 @@ class VideoJob:
                 raise PermanentError(exc.code, exc.message) from exc
             except TruncatedInput as exc:
                 raise PermanentError("undecodable", f"The video is cut off: {exc}.") from exc
-            steps["encode"] = time.monotonic() - started - steps["download"]
+            steps.lap("encode")  # probe, FFmpeg and the poster
             self.progress(ENCODED)
             video_key, image_key = processed_video_key(self.video_id), poster_key(self.video_id)
             storage.upload_file(outputs.video, video_key, "video/mp4")
             storage.upload_file(outputs.poster, image_key, "image/jpeg")
-            steps["upload"] = time.monotonic() - started - steps["download"] - steps["encode"]
+            steps.lap("upload")
         # Not recorded when the row was deleted, cancelled or taken over while we worked: leave nothing
         # behind for a deleted or cancelled video.
         probed = {"duration": info.duration, "width": info.width, "height": info.height}
@@ -177,17 +203,7 @@ class VideoJob:
                 storage.delete_prefix(f"processed/{self.video_id}/")
             logger.warning("row changed during processing; result not recorded")
         else:
-            wall = time.monotonic() - started
-            PROCESSING_SECONDS.observe(wall)
-            PROCESSING_SPEED.observe(outputs.duration / wall if wall > 0 else 0)
-            JOBS.labels("processed").inc()
-            for step, seconds in steps.items():
-                STEP_SECONDS.labels(step).observe(seconds)
-            timings = {f"{step}_seconds": round(seconds, 3) for step, seconds in steps.items()}
-            logger.info(
-                "processed",
-                extra={"state": Status.PROCESSED.value, "duration": outputs.duration, "sharing": sharing, **timings},
-            )
+            steps.record(outputs.duration, sharing)
         return video_key
 
 
