@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         "## The whole job on an idle worker",
         "",
         f"Written by `python -m bench.job --runs {args.runs} --pickups {args.pickups}` (in `make bench`) on "
-        f"{machine()}: moto server, SQLite, one `celery -A tasks worker --concurrency {CONCURRENCY}` (the unit's), "
-        f"FFmpeg's threads shared ({SANDBOX.threads} for a lone job); the {INPUT} reference input "
+        f"{machine()}: moto server, SQLite, one `celery -A tasks worker --concurrency {CONCURRENCY}` (a worker "
+        f"instance's), FFmpeg's threads shared ({SANDBOX.threads} for a lone job); the {INPUT} reference input "
         f"({reference.REFERENCES[INPUT][3]:g} s, "
         f"{PROFILE.max_duration:g} s kept) uploaded through the API. {args.runs} interleaved runs each, medians "
         "(min to max). Targets: the whole job ≤ 1.10x the floor; publish ≤ 1.3x the pipeline; pickup p95 ≤ 1 s.",

@@ -236,8 +236,10 @@ async function uploadFile(file, isKept = false) {
     row.status.textContent = "uploaded: queued for processing";
     refresh();
   } catch (error) {
-    // The API said no (S3's own errors, such as an expired part URL, carry no code): a reload would be told again.
-    const refused = Boolean(error.code) && error.status >= 400 && error.status < 500 && ![401, 429].includes(error.status);
+    // The API said no (S3's own errors, such as an expired part URL, carry no code): a reload
+    // would be told again.
+    const refused =
+      Boolean(error.code) && error.status >= 400 && error.status < 500 && ![401, 429].includes(error.status);
     if (refused) forget(file);
     row.status.textContent = refused ? error.message : `${error.message} (reload or pick the file again to resume)`;
     row.status.classList.add("error");
