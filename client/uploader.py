@@ -24,6 +24,7 @@ import requests
 
 PART_ATTEMPTS = 5
 TIMEOUT = (10, 300)  # connect, read (a part is up to tens of MiB)
+_local = threading.local()
 
 
 class ClientError(Exception):
@@ -100,6 +101,13 @@ class State:
         tmp.replace(self.path)
 
 
+def _session() -> requests.Session:
+    """Return this thread's session: each thread sending parts keeps its connection to S3 open."""
+    if (session := getattr(_local, "session", None)) is None:
+        session = _local.session = requests.Session()
+    return session
+
+
 def _put_part(url: str, file: Path, offset: int, length: int, sent: Callable[[int], None]) -> str:
     """PUT one part (retried with backoff); return S3's ETag."""
     for attempt in range(PART_ATTEMPTS):
@@ -107,7 +115,7 @@ def _put_part(url: str, file: Path, offset: int, length: int, sent: Callable[[in
             f.seek(offset)
             body = f.read(length)
         try:
-            response = requests.put(url, data=body, timeout=TIMEOUT)
+            response = _session().put(url, data=body, timeout=TIMEOUT)
             if response.status_code == 200 and response.headers.get("ETag"):
                 sent(length)
                 return response.headers["ETag"]

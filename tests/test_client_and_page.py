@@ -59,16 +59,16 @@ def test_the_client_resumes_and_the_command_waits_and_downloads(
     api = uploader.Api(site, token_for(site))
     state = uploader.State(tmp_path / "state" / "uploads.json")
     sent: list[int] = []
-    real_put = requests.put
+    real_put = requests.Session.put
 
-    def flaky_put(url: str, data: bytes, **kwargs: Any) -> Any:
+    def flaky_put(session: requests.Session, url: str, data: bytes, **kwargs: Any) -> Any:
         number = int(url.split("partNumber=")[1].split("&")[0])
         if number == 3 and len(sent) < 10:  # the network dies at the last part, every try
             raise requests.ConnectionError("dropped")
         sent.append(number)
-        return real_put(url, data=data, **kwargs)
+        return real_put(session, url, data=data, **kwargs)
 
-    monkeypatch.setattr(uploader.requests, "put", flaky_put)
+    monkeypatch.setattr(requests.Session, "put", flaky_put)
     monkeypatch.setattr(uploader.time, "sleep", lambda _: None)
     with pytest.raises(uploader.ClientError, match="could not be sent"):
         uploader.upload(api, big_clip, state, parallel=1)
