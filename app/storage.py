@@ -78,6 +78,14 @@ class Storage:
         """Download an object to a local file."""
         self.client.download_file(self.bucket, key, str(path), Config=TRANSFER)
 
+    def size(self, key: str) -> int:
+        """Return the object's size in bytes (raises ``ClientError`` 404 when there is none)."""
+        return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+
+    def read_range(self, key: str, first: int, last: int) -> Any:
+        """Return the body (a stream to ``read`` and ``close``) of bytes ``first`` to ``last`` included."""
+        return self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={first}-{last}")["Body"]
+
     def start_multipart(self, key: str, content_type: str) -> str:
         """Start a multipart upload of ``key``; return S3's upload id."""
         return str(

@@ -46,8 +46,8 @@ CONCURRENCY = CORES + 1  # deploy/envfile.py: a worker instance's pool, one proc
 TICKS = os.sysconf("SC_CLK_TCK")
 STEP = re.compile(r"\b(download|encode|upload)_seconds=([\d.]+)")  # tasks/process.py's "processed" line
 STEPS = (
-    ("download", "downloading the original"),
-    ("encode", "probe, encode, poster"),
+    ("download", "opening the original (its download then runs under the encode: tasks/relay.py)"),
+    ("encode", "probe, encode, poster, reading the original as it arrives"),
     ("upload", "uploading the results"),
 )
 

@@ -78,13 +78,13 @@ class Pipeline:
 
     def run(
         self,
-        src: Path,
+        src: str | Path,
         info: MediaInfo,
         workdir: Path,
         on_progress: Callable[[float], None] | None = None,
         jobs: int = 1,
     ) -> Outputs:
-        """Encode ``src`` into ``workdir``; ``on_progress`` gets a fraction 0..1.
+        """Encode ``src`` (a path, or the worker's relay URL) into ``workdir``; ``on_progress`` gets a fraction 0..1.
 
         The user's file is read in the sandbox, with the demuxer ``info`` names forced;
         ``runner.FFmpegError`` says which limit stopped FFmpeg, if one did. ``jobs``: how many
@@ -109,7 +109,7 @@ class Pipeline:
                 str(src),
                 str(body),
                 self.profile,
-                sandbox.input_options(info.container),
+                sandbox.input_options(info.container, str(src)),
                 sandbox.output_options(),
                 sandbox.global_options(),
                 poster=(str(poster), poster_at),

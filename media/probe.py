@@ -128,7 +128,8 @@ def probe(path: str, sandbox: Sandbox | None = None) -> MediaInfo:
     """
     sandbox = sandbox or Sandbox()
     try:
-        out = runner.run(probe_args(path, sandbox.input_options()), limits=sandbox.probe_limits(), capture=True)
+        argv = probe_args(path, sandbox.input_options(source=path))
+        out = runner.run(argv, limits=sandbox.probe_limits(), capture=True)
     except runner.FFmpegError as exc:
         reason = "format" if NOT_WHITELISTED in exc.stderr else exc.reason
         lines = exc.stderr.strip().splitlines()

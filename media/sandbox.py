@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from config import Settings
@@ -40,6 +41,12 @@ def share(jobs: int, cores: int | None = None) -> int:
     than cores (bench.concurrency).
     """
     return max(1, min((cores or os.cpu_count() or 2) // max(jobs, 1), 16))
+
+
+def is_relay(source: str) -> bool:
+    """Return whether ``source`` is a URL of the worker's relay: plain HTTP to this host's loopback address."""
+    url = urlsplit(source)
+    return url.scheme == "http" and url.hostname == "127.0.0.1" and url.username is None
 
 
 class UnknownContainer(ValueError):
@@ -115,8 +122,12 @@ class Sandbox:
     def demuxers(self) -> tuple[str, ...]:
         return demuxers(self.formats)
 
-    def input_options(self, container: str | None = None) -> dict[str, Any]:
+    def input_options(self, container: str | None = None, source: str = "") -> dict[str, Any]:
         """Return the options for a user's file as an input (before ``-i``).
+
+        ``source`` is what FFmpeg opens: a path reads over the ``file`` protocol only; the
+        worker's loopback relay (``http://127.0.0.1:…``, tasks/relay.py) over ``http`` and
+        ``tcp`` only, and nothing the file names can be opened either way.
 
         With ``container`` known (the worker probed it first) the demuxer is forced to
         exactly that one. Otherwise FFmpeg detects the format from the first bytes and
@@ -126,7 +137,8 @@ class Sandbox:
         another demuxer would reject it as unknown (and it is off by default).
         """
         names = (DEMUXERS[container],) if container in DEMUXERS else self.demuxers
-        options: dict[str, Any] = {"format_whitelist": ",".join(names), "protocol_whitelist": "file"}
+        protocols = "http,tcp" if is_relay(source) else "file"
+        options: dict[str, Any] = {"format_whitelist": ",".join(names), "protocol_whitelist": protocols}
         if container in DEMUXERS:
             options["f"] = names[0]
         if names == ("mov",):

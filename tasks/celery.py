@@ -40,6 +40,7 @@ from celery.signals import (
 
 from app import create_app, jobs, logs, prometheus
 from app.extensions import db, get_settings
+from app.storage import get_storage
 from celeryconfig import PROCESS_TASK
 from tasks import heartbeat, instance, monitoring, sqs
 from tasks.scratch import remove_orphans
@@ -96,6 +97,15 @@ def _fresh_engine(**_: Any) -> None:
     """Drop database connections inherited from the parent (never share them across fork)."""
     with flask_app.app_context():
         db.engine.dispose(close=False)
+
+
+@worker_process_init.connect
+def _make_storage(**_: Any) -> None:
+    """Make this pool process's S3 client before its first job, which would wait about 0.2 s for it."""
+    with flask_app.app_context():
+        storage = get_storage()
+        # Signing a request (no network) loads what the first real one would: endpoint rules, signer.
+        storage.client.generate_presigned_url("head_object", Params={"Bucket": storage.bucket, "Key": "warm-up"})
 
 
 @worker_process_init.connect

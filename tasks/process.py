@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from media.runner import FFmpegError
 from media.sandbox import Sandbox
 from media.validate import Limits, MediaRejected, check, rejection
 from tasks.errors import PermanentError, backoff, is_missing, is_transient
+from tasks.relay import Relay
 from tasks.scratch import job_dir, running_jobs
 
 logger = get_task_logger(__name__)
@@ -143,6 +146,22 @@ class VideoJob:
             jobs.beat(self.video_id, self.token, percent)
             self._last_beat, self._last_progress = now, percent
 
+    @staticmethod
+    def _missing(key: str) -> PermanentError:
+        return PermanentError("original_missing", f"The original {key} is not in S3.")
+
+    @contextlib.contextmanager
+    def _original(self, storage: Storage, key: str, workdir: str) -> Iterator[Relay]:
+        """Serve the original to FFmpeg as it downloads into ``workdir`` (tasks/relay.py)."""
+        try:
+            relay = Relay(storage, key, Path(workdir) / "original")
+        except Exception as exc:
+            if is_missing(exc):
+                raise self._missing(key) from exc
+            raise
+        with relay:
+            yield relay
+
     def _drop_original(self, storage: Storage) -> None:
         """Delete an original the rules refuse: it can never be processed (a direct upload's first real check)."""
         storage.delete_prefix(f"originals/{self.video_id}/")
@@ -156,25 +175,23 @@ class VideoJob:
         db.session.commit()  # hold no transaction open through the long part
         storage = get_storage()
         config = get_settings()
-        with job_dir(self.video_id, config.WORKER_TMP_DIR) as tmp:
+        with job_dir(self.video_id, config.WORKER_TMP_DIR) as tmp, self._original(storage, original, tmp) as relay:
             workdir = Path(tmp)
-            src = workdir / "original"
-            try:
-                storage.download_file(original, src)
-            except Exception as exc:
-                if is_missing(exc):
-                    raise PermanentError("original_missing", f"The original {original} is not in S3.") from exc
-                raise
-            steps.lap("download")
+            steps.lap("download")  # until the original can be read: FFmpeg reads it as it arrives
             self.progress(DOWNLOADED)
             limits = Limits.from_settings(config)
             try:
-                info = probe(str(src), pipeline().sandbox)
-                check(info, limits)  # the same rules as the upload: the worker trusts no earlier check
-                sharing = running_jobs(config.WORKER_TMP_DIR)  # FFmpeg's threads: the host's cores shared by these
-                outputs = pipeline().run(
-                    src, info, workdir, lambda f: self.progress(DOWNLOADED + int((ENCODED - DOWNLOADED) * f)), sharing
-                )
+                with relay.checked():  # an S3 failure mid-read is raised as itself, not as a broken video
+                    info = probe(relay.url, pipeline().sandbox)
+                    check(info, limits)  # the same rules as the upload: the worker trusts no earlier check
+                    sharing = running_jobs(config.WORKER_TMP_DIR)  # FFmpeg's threads: the cores shared by these
+                    outputs = pipeline().run(
+                        relay.url,
+                        info,
+                        workdir,
+                        lambda f: self.progress(DOWNLOADED + int((ENCODED - DOWNLOADED) * f)),
+                        sharing,
+                    )
             except (ProbeError, FFmpegError) as exc:
                 if self.lost.is_set():  # killed by the heartbeat: not a fault of the video
                     raise JobLost() from exc
@@ -189,6 +206,13 @@ class VideoJob:
                 raise PermanentError(exc.code, exc.message) from exc
             except TruncatedInput as exc:
                 raise PermanentError("undecodable", f"The video is cut off: {exc}.") from exc
+            except Exception as exc:  # S3, while FFmpeg read the original
+                if self.lost.is_set():
+                    raise JobLost() from exc
+                if is_missing(exc):
+                    raise self._missing(original) from exc
+                raise
+            relay.close()  # FFmpeg is done with the original: fetch no more of it
             steps.lap("encode")  # probe, FFmpeg and the poster
             self.progress(ENCODED)
             video_key, image_key = processed_video_key(self.video_id), poster_key(self.video_id)

@@ -44,8 +44,12 @@ class TcpProxy:
             server, self._server = self._server, None
             conns, self._conns = self._conns, []
         if server is not None:
+            with contextlib.suppress(OSError):
+                server.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept(): no more connections
             server.close()
         for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)  # close() alone would not wake a thread blocked reading it
             with contextlib.suppress(OSError):
                 conn.close()
 

@@ -218,6 +218,31 @@ def test_s3_outage_is_retried_then_processed(
     proxy.cut()
 
 
+def test_s3_lost_while_ffmpeg_reads_the_original_is_retried_not_failed(
+    stack: Callable, start_worker: Callable[..., Worker], slow_s3: Callable, tmp_path: Path
+) -> None:
+    s = stack({})
+    # Index first (a phone's "optimised for streaming"): FFmpeg reads the original as it arrives (tasks/relay.py).
+    original = make_clip(tmp_path / "portrait.mp4", 720, 1280, 20, extra=("-movflags", "+faststart"))
+    slow = slow_s3(original, seconds=16)
+    a = start_worker("a", {**s.env, "S3_ENDPOINT_URL": slow.url})
+    video_id = s.upload(original).json["video_id"]
+    wait_encoding(s, video_id)
+    assert s.row(video_id).progress < 50, "cut while FFmpeg still reads"
+    slow.cut()
+    wait_for(lambda: a.lines("will retry", video_id), timeout=60)
+    slow.restore()
+    done = s.wait_status(video_id, "processed", timeout=180)
+    print(f"\nS3 lost mid-encode: {len(a.lines('will retry', video_id))} retries, then processed")
+    assert done.attempts == 1 and done.error_code is None
+    assert not a.lines("ffmpeg failed", video_id) and not a.lines("probe failed", video_id)
+    assert s.keys(video_id) == [
+        f"originals/{video_id}/portrait.mp4",  # kept: a broken read is not a broken video
+        f"processed/{video_id}/poster.jpg",
+        f"processed/{video_id}/video.mp4",
+    ]
+
+
 def test_uploads_accepted_while_sqs_is_down_are_swept_in(
     stack: Callable, start_worker: Callable[..., Worker], clip: Callable, aws_endpoint: str
 ) -> None:
