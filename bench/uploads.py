@@ -397,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         "The two boto3 rows differ in the work they ask of S3, not in the client: boto3's default sends a CRC32 "
         "with each part, and moto checks it cheaply; a multipart upload started without a checksum (the direct "
         "upload's: a browser's presigned PUT carries none) gets S3's default whole-object CRC64NVME, which AWS "
-        "derives from the parts as they arrive and moto computes at the end, in Python, over a copy of the whole object. "
+        "derives from the parts as they arrive and moto computes at the end, in Python, over a copy of the whole "
+        "object. "
         "The same-checksum row is the like-for-like comparison of the two clients.",
         "",
     ]
