@@ -27,12 +27,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from app.storage import Storage
+from app.storage import TRANSFER, Storage
 
 MiB = 1024**2
-CHUNK = 8 * MiB  # one ranged GET to S3, as boto3's transfers
-FETCHERS = 4  # ranged GETs in flight, as app.storage.TRANSFER
-WINDOW = 8  # chunks fetched ahead of the reader
+CHUNK = TRANSFER.multipart_chunksize  # one ranged GET to S3, as the worker's other transfers
+FETCHERS = TRANSFER.max_request_concurrency  # ranged GETs in flight
+WINDOW = 4  # chunks fetched ahead of the reader
 BLOCK = 256 * 1024  # copied at a time: to the file from S3, to FFmpeg from the file
 ATTEMPTS = 3  # of each chunk, when S3 breaks off mid-body
 RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
