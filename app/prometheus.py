@@ -47,7 +47,8 @@ PROCESSING_SPEED = Histogram(
 )
 STEP_SECONDS = Histogram(
     "videoproc_job_step_seconds",
-    "Wall time of a processed job's steps: download (the original), encode (probe, FFmpeg, poster), upload",
+    "Wall time of a processed job's steps: download (opening the original; FFmpeg reads the rest as it arrives), "
+    "encode (probe, FFmpeg, poster), upload",
     ["step"],
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120, 300, 600, 1200),
 )

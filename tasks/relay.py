@@ -129,10 +129,10 @@ class Relay:
     def _fetch(self) -> None:
         while True:
             with self._cond:
-                while not (self._closed or self._error) and (index := self._next()) is None:
+                while (index := self._next()) is None or self._closed or self._error:
+                    if self._closed or self._error:
+                        return
                     self._cond.wait()
-                if self._closed or self._error:
-                    return
                 self._busy[index] = True
             try:
                 self._fetch_chunk(index)
