@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +45,8 @@ CORES = os.cpu_count() or 2
 CONCURRENCY = CORES + 1  # deploy/envfile.py: a worker instance's pool, one process more than cores
 TICKS = os.sysconf("SC_CLK_TCK")
 STEP = re.compile(r"\b(download|encode|upload)_seconds=([\d.]+)")  # tasks/process.py's "processed" line
+# What tasks/process.py logs as a job ends, its scratch directory and FFmpeg gone.
+JOB_ENDS = ('msg="stopped:', "msg=processed", "result not recorded", "msg=failed")
 STEPS = (
     ("download", "opening the original (its download then runs under the encode: tasks/relay.py)"),
     ("encode", "probe, encode, poster, reading the original as it arrives"),
@@ -238,7 +239,7 @@ def measure(work: Path, env: dict[str, str], src: Path, runs: int, pickups: int)
             result.time("pipeline", partial(encode, job))
             publish()
         bar(1 + runs, steps, f"{pickups} pickups")
-        picked = sorted(pickup(app, client, headers, small) for _ in range(pickups))
+        picked = sorted(pickup(app, client, headers, small, worker) for _ in range(pickups))
         bar(steps, steps, "done")
         sys.stderr.write("\n")
     finally:
@@ -246,7 +247,7 @@ def measure(work: Path, env: dict[str, str], src: Path, runs: int, pickups: int)
     return result, picked
 
 
-def pickup(app: Any, client: Any, headers: dict[str, str], clip: Path) -> float:
+def pickup(app: Any, client: Any, headers: dict[str, str], clip: Path, worker: Worker) -> float:
     """Upload ``clip`` to the idle worker; return the seconds from the 202 to its claim, then cancel it."""
     answer = post_upload(client, headers, clip)
     accepted = datetime.now(UTC)
@@ -261,14 +262,10 @@ def pickup(app: Any, client: Any, headers: dict[str, str], clip: Path) -> float:
             time.sleep(0.01)
     # Stop it, and wait until the worker is idle again: each pickup is on an idle worker.
     assert client.post(f"/api/videos/{video_id}/cancel", headers=headers).status_code in (200, 409)
-    while not ffmpeg_gone(video_id):
+    while not any(worker.lines(f"video_id={video_id}", end) for end in JOB_ENDS):  # logged once cleaned up
         time.sleep(0.05)
     time.sleep(0.2)
     return max(0.0, ((claimed if claimed.tzinfo else claimed.replace(tzinfo=UTC)) - accepted).total_seconds())
-
-
-def ffmpeg_gone(video_id: str) -> bool:
-    return subprocess.run(["pgrep", "-f", f"ffmpeg.*{video_id}"], capture_output=True).returncode != 0
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ def test_job_three_times_longer_than_visibility_runs_once(
     stack: Callable, start_worker: Callable[..., Worker], clip: Callable, slow_s3: Callable
 ) -> None:
     s = stack({})
-    slow = slow_s3(clip("portrait.mp4"), seconds=12)  # the job outlasts 3 s of visibility 4 times
+    slow = slow_s3(clip("portrait.mp4"), seconds=18)  # the job outlasts 3 s of visibility 3 times, however it reads
     workers = [start_worker(name, {**s.env, "S3_ENDPOINT_URL": slow.url}) for name in ("a", "b")]
     video_id = s.upload(clip("portrait.mp4")).json["video_id"]
     done = s.wait_status(video_id, "processed")
