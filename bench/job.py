@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +46,7 @@ CORES = os.cpu_count() or 2
 CONCURRENCY = CORES + 1  # deploy/envfile.py: a worker instance's pool, one process more than cores
 TICKS = os.sysconf("SC_CLK_TCK")
 STEP = re.compile(r"\b(download|encode|upload)_seconds=([\d.]+)")  # tasks/process.py's "processed" line
+FETCHED = re.compile(r"\bfetched_bytes=(\d+)")
 # What tasks/process.py logs as a job ends, its scratch directory and FFmpeg gone.
 JOB_ENDS = ('msg="stopped:', "msg=processed", "result not recorded", "msg=failed")
 STEPS = (
@@ -133,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         with local_aws() as aws:
             env = environment(work, aws)
             os.environ.update(env)  # the API in this process reads the same settings
-            runs, picked = measure(work, env, reference.reference(INPUT, seconds), args.runs, args.pickups)
+            src = reference.reference(INPUT, seconds)
+            runs, picked = measure(work, env, src, args.runs, args.pickups)
     p50, p95 = percentile(picked, 0.5), percentile(picked, 0.95)
+    fetched, src_mb = runs.times.get("fetched", []), src.stat().st_size / 1e6
     lines = [
         "## The whole job on an idle worker",
         "",
@@ -158,6 +162,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{runs.ratio(step, 'publish'):.0%} of the whole job |"
             for step, what in STEPS
             if step in runs.times
+        ),
+        *(
+            [
+                f"| of the original's {src_mb:.0f} MB, fetched from S3 as FFmpeg read it | "
+                f"{spread(fetched, unit='MB', digits=0)} | {statistics.median(fetched) / src_mb:.0%} of it |"
+            ]
+            if fetched
+            else []
         ),
         f"| CPU seconds: the floor's FFmpeg | {spread(runs.cpu['floor'])} | 1 |",
         f"| CPU seconds: probe + `Pipeline.run` alone | {spread(runs.cpu['pipeline'])} | "
@@ -229,6 +241,7 @@ def measure(work: Path, env: dict[str, str], src: Path, runs: int, pickups: int)
                 if line := worker.lines("msg=processed", f"video_id={video_id}"):
                     for step, seconds in STEP.findall(line[0]):
                         result.times.setdefault(step, []).append(float(seconds))
+                    result.times.setdefault("fetched", []).extend(int(n) / 1e6 for n in FETCHED.findall(line[0]))
                     break
                 time.sleep(0.1)
 

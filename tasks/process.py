@@ -115,8 +115,8 @@ class Steps:
         now = time.monotonic()
         self.seconds[name], self._last = now - self._last, now
 
-    def record(self, content_seconds: float, sharing: int) -> None:
-        """Count a processed job in the metrics and log it, with where its time went."""
+    def record(self, content_seconds: float, sharing: int, fetched: int) -> None:
+        """Count a processed job in the metrics and log it, with where its time went and the bytes it read."""
         wall = time.monotonic() - self.started
         PROCESSING_SECONDS.observe(wall)
         PROCESSING_SPEED.observe(content_seconds / wall if wall > 0 else 0)
@@ -126,7 +126,13 @@ class Steps:
         timings = {f"{step}_seconds": round(seconds, 3) for step, seconds in self.seconds.items()}
         logger.info(
             "processed",
-            extra={"state": Status.PROCESSED.value, "duration": content_seconds, "sharing": sharing, **timings},
+            extra={
+                "state": Status.PROCESSED.value,
+                "duration": content_seconds,
+                "sharing": sharing,
+                "fetched_bytes": fetched,  # of the original: a trimmed encode reads only what it uses
+                **timings,
+            },
         )
 
 
@@ -227,7 +233,7 @@ class VideoJob:
                 storage.delete_prefix(f"processed/{self.video_id}/")
             logger.warning("row changed during processing; result not recorded")
         else:
-            steps.record(outputs.duration, sharing)
+            steps.record(outputs.duration, sharing, relay.fetched)
         return video_key
 
 

@@ -76,6 +76,11 @@ class Relay:
         return self._filled[index] == self._length(index)
 
     @property
+    def fetched(self) -> int:
+        """Return how many bytes of the object are in the local file."""
+        return sum(self._filled)
+
+    @property
     def complete(self) -> bool:
         return all(self._have(index) for index in range(self.chunks))
 

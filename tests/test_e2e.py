@@ -98,6 +98,9 @@ def test_upload_is_processed(
     steps = dict(re.findall(r"\b(download|encode|upload)_seconds=([\d.]+)", line))
     assert sorted(steps) == ["download", "encode", "upload"] and float(steps["encode"]) > 0
     assert int(re.findall(r"\bsharing=(\d+)", line)[0]) >= 1
+    # FFmpeg read the original through the relay: all of a short clip, never more than there is.
+    fetched, size = int(re.findall(r"\bfetched_bytes=(\d+)", line)[0]), clip(name).stat().st_size
+    assert fetched == size if content_seconds < 30 else 0 < fetched <= size
 
 
 def test_portrait_upload_reports_progress(e2e_client: FlaskClient, clip: Callable) -> None:

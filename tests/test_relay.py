@@ -102,6 +102,7 @@ def test_a_seek_to_the_end_is_fetched_first_and_only_a_window_ahead(
         assert get(r, 0, CHUNK - 1).content == blob[:CHUNK]  # back to the start, as FFmpeg does
         r.close()
     fetched = {first // CHUNK for first, _ in counting.ranges}
+    assert CHUNK + 100 <= r.fetched <= 4 * CHUNK + 123 < len(blob)  # what was read, and some of the window
     # The reader's chunk and a window of 4 ahead of it (once at each place it read), not all 41.
     assert fetched <= set(range(0, 4)) | {40} and len(counting.ranges) == len(fetched)
     assert not r.complete
@@ -111,7 +112,7 @@ def test_the_whole_object_lands_in_the_local_file(storage: Storage, blob: bytes,
     path = tmp_path / "original"
     with Relay(storage, "blob", path, chunk=CHUNK, window=4) as r:
         assert get(r).content == blob  # a reader going through moves the window to the end
-        assert r.complete and r.failure() is None
+        assert r.complete and r.failure() is None and r.fetched == len(blob)
     assert path.read_bytes() == blob
 
 
