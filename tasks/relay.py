@@ -29,7 +29,6 @@ from typing import Any
 
 from app.storage import TRANSFER, Storage
 
-MiB = 1024**2
 CHUNK = TRANSFER.multipart_chunksize  # one ranged GET to S3, as the worker's other transfers
 FETCHERS = TRANSFER.max_request_concurrency  # ranged GETs in flight
 WINDOW = 4  # chunks fetched ahead of the reader
@@ -111,10 +110,12 @@ class Relay:
                 return
             self._closed = True
             self._cond.notify_all()
-        self._server.shutdown()
+        if self._threads[-1].is_alive():  # serving: shutdown() waits for serve_forever to return
+            self._server.shutdown()
         self._server.server_close()
         for thread in self._threads:
-            thread.join(timeout=10)
+            if thread.ident is not None:  # started
+                thread.join(timeout=10)
         with self._cond:  # every read and write of the file holds the lock and checks `_closed` first
             os.close(self._fd)
 

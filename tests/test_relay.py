@@ -122,6 +122,19 @@ def test_a_missing_object_fails_before_anything_starts(storage: Storage, tmp_pat
     assert is_missing(caught.value)
 
 
+def test_a_relay_closed_before_it_started_fetches_nothing_and_returns(
+    storage: Storage, blob: bytes, tmp_path: Path
+) -> None:
+    counting = Counting(storage)
+    r = Relay(counting, "blob", tmp_path / "original", chunk=CHUNK)
+    closing = threading.Thread(target=r.close, daemon=True)
+    closing.start()
+    closing.join(timeout=10)
+    assert not closing.is_alive()  # socketserver's shutdown() alone would wait for a serve_forever never run
+    assert counting.ranges == [] and r.fetched == 0
+    r.close()  # again: nothing
+
+
 def test_an_s3_failure_breaks_the_answer_and_is_raised_as_itself(storage: Storage, blob: bytes, tmp_path: Path) -> None:
     failing = Counting(storage, fail_after=2)
     with Relay(failing, "blob", tmp_path / "original", chunk=CHUNK, window=4) as r:
