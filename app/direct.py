@@ -59,7 +59,10 @@ def _storage_unavailable(exc: Exception) -> APIError:
 
 
 def start(user: User, title: str, filename: str, size: int, content_type: str) -> Video:
-    """Check the declared upload against the limits, start its S3 multipart upload and record it."""
+    """Check the declared upload against the limits, start its S3 multipart upload and record it.
+
+    Return the row as recorded, detached from the session.
+    """
     config = get_settings()
     if size > config.MAX_UPLOAD_BYTES:
         raise APIError(413, "file_too_large", f"The upload exceeds the limit of {config.MAX_UPLOAD_BYTES} bytes.")
@@ -94,6 +97,10 @@ def start(user: User, title: str, filename: str, size: int, content_type: str) -
     )
     try:
         db.session.add(video)
+        db.session.flush()
+        # Detached with what it was given, the commit does not expire it: the answer is built
+        # from it without reading the row back (a second transaction, four round trips).
+        db.session.expunge(video)
         db.session.commit()
     except Exception:
         db.session.rollback()

@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import Response, make_response, request
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.api.errors import APIError, error_response
@@ -57,16 +57,18 @@ def _replay(row: IdempotencyKey) -> Response:
     return response
 
 
-def _claim(user_id: int, key: str, fingerprint: str, again: bool = True) -> IdempotencyKey | Response | None:
-    """Record the key for this request, or answer from the request that recorded it first.
+def _claim(user_id: int, key: str, fingerprint: str, again: bool = True) -> int | Response | None:
+    """Record the key for this request and return its row's id, or answer from the request that recorded it first.
 
     None: the key can't be recorded (the token's user is gone): the route runs without it and answers 401.
     """
     row = IdempotencyKey(user_id=user_id, key=key, fingerprint=fingerprint)
     db.session.add(row)
     try:
+        db.session.flush()
+        key_id = row.id  # read before the commit expires it, which would cost a SELECT
         db.session.commit()
-        return row
+        return key_id
     except IntegrityError:
         db.session.rollback()
     first = db.session.scalar(
@@ -116,14 +118,14 @@ def idempotent(fingerprint: Callable[[], str]) -> Callable[[Any], Any]:
                 response.status_code = exc.status
                 response.headers.update(exc.headers)
             except BaseException:
-                _release(claimed.id)
+                _release(claimed)
                 raise
             if _keep(response.status_code):
-                claimed.status_code, claimed.body = response.status_code, response.get_data(as_text=True)
-                db.session.add(claimed)
+                answer = {"status_code": response.status_code, "body": response.get_data(as_text=True)}
+                db.session.execute(update(IdempotencyKey).where(IdempotencyKey.id == claimed).values(answer))
                 db.session.commit()
             else:
-                _release(claimed.id)
+                _release(claimed)
             return response
 
         return wrapped

@@ -42,6 +42,22 @@ def _seconds_until_window_frees(user_id: int) -> int:
     return int((oldest + DAY - utcnow()).total_seconds()) + 1
 
 
+def _usage(user_id: int, lock: bool) -> tuple[int, int, int]:
+    """Return the user's videos in flight, and uploads and bytes in the last day: one round trip.
+
+    With ``lock`` the same statement locks the user's row (``FOR UPDATE OF users``; PostgreSQL
+    refuses a lock beside aggregates, hence the scalar subqueries).
+    """
+    recent = (Video.user_id == user_id, Video.created_at > utcnow() - DAY)
+    query = select(
+        select(func.count()).where(Video.user_id == user_id, Video.status.in_(ACTIVE)).scalar_subquery(),
+        select(func.count()).where(*recent).scalar_subquery(),
+        select(func.coalesce(func.sum(Video.size_bytes), 0)).where(*recent).scalar_subquery(),
+    ).where(User.id == user_id)
+    row = db.session.execute(query.with_for_update(of=User) if lock else query).one_or_none()
+    return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+
+
 def check_upload(user_id: int, incoming_bytes: int, lock: bool = False) -> None:
     """Raise 429 when one more upload of ``incoming_bytes`` would break a limit.
 
@@ -49,28 +65,20 @@ def check_upload(user_id: int, incoming_bytes: int, lock: bool = False) -> None:
     transaction ends: call it right before inserting the video, then commit.
     """
     config = get_settings()
-    if lock:
-        db.session.execute(select(User.id).where(User.id == user_id).with_for_update())
-    active = db.session.scalar(select(func.count()).where(Video.user_id == user_id, Video.status.in_(ACTIVE))) or 0
+    active, count, total = _usage(user_id, lock)
     if active >= config.USER_MAX_ACTIVE_VIDEOS:
         raise _too_many(
             "too_many_active_videos",
             f"You have {active} videos waiting or processing; the limit is {config.USER_MAX_ACTIVE_VIDEOS}.",
             60,
         )
-    since = utcnow() - DAY
-    count, total = db.session.execute(
-        select(func.count(), func.coalesce(func.sum(Video.size_bytes), 0)).where(
-            Video.user_id == user_id, Video.created_at > since
-        )
-    ).one()
     if count >= config.USER_MAX_UPLOADS_PER_DAY:
         raise _too_many(
             "daily_upload_limit",
             f"You uploaded {count} videos in the last 24 hours; the limit is {config.USER_MAX_UPLOADS_PER_DAY}.",
             _seconds_until_window_frees(user_id),
         )
-    if (total or 0) + incoming_bytes > config.USER_MAX_BYTES_PER_DAY:
+    if total + incoming_bytes > config.USER_MAX_BYTES_PER_DAY:
         raise _too_many(
             "daily_bytes_limit",
             f"This upload would take you over {config.USER_MAX_BYTES_PER_DAY} bytes in 24 hours.",

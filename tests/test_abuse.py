@@ -18,11 +18,12 @@ import jwt
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
+from app import quotas
 from app.extensions import db
 from app.logs import KeyValueFormatter
 from app.models import User, Video, utcnow
@@ -266,6 +267,20 @@ class TestFairUse:
             add_video(user_id, status="processed")  # 1000 bytes today
         refused = post_upload(client, headers, clip("small.mp4"))
         assert refused.status_code == 429 and refused.json["error"]["code"] == "daily_bytes_limit"
+
+    def test_the_upload_check_holds_the_users_row_until_the_commit(self, make_app: Callable, app: Flask) -> None:
+        flask_app, _client, _headers, user_id = self.fair(make_app)
+        with flask_app.app_context():
+            if db.engine.dialect.name != "postgresql":
+                pytest.skip("SQLite locks the whole database, not rows")
+            add_video(user_id, status="queued")
+            grab = select(User.id).where(User.id == user_id).with_for_update(nowait=True)
+            quotas.check_upload(user_id, 0, lock=True)  # counts and locks in one statement
+            with db.engine.connect() as other, pytest.raises(DBAPIError, match="could not obtain lock"):
+                other.execute(grab)
+            db.session.commit()
+            with db.engine.connect() as other:
+                assert other.execute(grab).scalar() == user_id, "free again once the caller commits"
 
     def test_retries_only_cure_what_can_be_cured_and_are_counted(self, make_app: Callable, app: Flask) -> None:
         flask_app, client, headers, user_id = self.fair(make_app, VIDEO_MAX_RETRIES="2")

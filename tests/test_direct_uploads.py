@@ -5,7 +5,8 @@ from __future__ import annotations
 import gc
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 from flask.testing import FlaskClient
+from sqlalchemy import event
 
 from app import direct, timing
 from app.extensions import db, get_settings
@@ -113,6 +115,35 @@ def test_answers_say_how_long_they_waited_on_s3_and_sqs(
     waits = timing.parse(done.headers["Server-Timing"])
     assert waits["s3"] > 0 and waits["sqs"] > 0 and waits["app"] >= waits["s3"] + waits["sqs"], waits
     assert set(timing.parse(client.get("/healthz").headers["Server-Timing"])) == {"s3", "sqs", "app"}
+
+
+@contextmanager
+def statements(client: FlaskClient) -> Iterator[list[str]]:
+    """Collect the SQL statements the app sends to its database meanwhile."""
+    sent: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        sent.append(sql.split(None, 1)[0])
+
+    with client.application.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def test_starting_an_upload_costs_three_statements(client: FlaskClient, auth: dict[str, str], clip: Callable) -> None:
+    # Each one a round trip to the database: the token's user, the quotas with the user's row
+    # locked in the same SELECT, the new row; nothing read back after the commit.
+    path = clip("small.mp4")
+    with statements(client) as sent:
+        assert start(client, auth, path).status_code == 201
+    assert sent == ["SELECT", "SELECT", "INSERT"]
+    with statements(client) as sent:
+        assert start(client, {**auth, "Idempotency-Key": "counted"}, path).status_code == 201
+    assert sent == ["INSERT", "SELECT", "SELECT", "INSERT", "UPDATE"], "the key's row, then its answer by id"
 
 
 def test_the_same_idempotency_key_twice_gives_one_video(
