@@ -29,7 +29,7 @@ from app.api.errors import APIError
 from app.extensions import db, get_settings
 from app.models import Status, User, Video, aware, new_id, utcnow
 from app.storage import get_storage, original_key
-from app.uploads import CONTENT_TYPES, clean_filename, queue_stored
+from app.uploads import CONTENT_TYPES, clean_filename, queue_stored, record
 from media.sniff import HEAD_BYTES, may_be
 
 logger = logging.getLogger(__name__)
@@ -96,12 +96,7 @@ def start(user: User, title: str, filename: str, size: int, content_type: str) -
         upload_expires_at=utcnow() + timedelta(seconds=config.UPLOAD_EXPIRES_SECONDS),
     )
     try:
-        db.session.add(video)
-        db.session.flush()
-        # Detached with what it was given, the commit does not expire it: the answer is built
-        # from it without reading the row back (a second transaction, four round trips).
-        db.session.expunge(video)
-        db.session.commit()
+        record(video)
     except Exception:
         db.session.rollback()
         storage.abort_multipart(key, s3_upload)
@@ -154,7 +149,8 @@ def _refuse(video: Video, status: int, code: str, message: str) -> APIError:
 def complete(video: Video, parts: list[dict[str, Any]]) -> tuple[Video, bool]:
     """Complete the multipart upload from the parts' ETags, check the object, enqueue it.
 
-    Return the row and whether it was enqueued (False: stored, the queue unreachable).
+    Return the row (detached, with the status it ends with) and whether it was enqueued (False:
+    stored, the queue unreachable).
     """
     assert video.s3_upload_id and video.part_size and video.size_bytes
     count = part_count(video.size_bytes, video.part_size)
@@ -178,9 +174,11 @@ def complete(video: Video, parts: list[dict[str, Any]]) -> tuple[Video, bool]:
         raise _refuse(video, 400, "size_mismatch", f"The upload is {real} bytes, not the {video.size_bytes} declared.")
     if not may_be(head, get_settings().VIDEO_ALLOWED_FORMATS):
         raise _refuse(video, 415, "not_a_video", "The file is not a readable video.")
+    db.session.expunge(video)  # handed on as read (``queue_stored``): no commit below expires it
     if not jobs.upload_done(video.id):
-        raise APIError(409, "not_uploading", f"This upload is over; the video is {video.status}.")
-    db.session.refresh(video)
+        status = db.session.scalar(select(Video.status).where(Video.id == video.id))
+        raise APIError(409, "not_uploading", f"This upload is over; the video is {status}.")
+    video.status = Status.UPLOADED.value
     logger.info("direct upload stored", extra={"video_id": video.id, "task_id": video.task_id, "bytes": real})
     return video, queue_stored(video)
 

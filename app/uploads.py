@@ -6,6 +6,7 @@ import logging
 import os
 from typing import Any
 
+from sqlalchemy import inspect, select
 from werkzeug.datastructures import FileStorage
 
 from app import jobs, quotas
@@ -84,8 +85,7 @@ def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, boo
     )
     try:
         quotas.check_upload(user.id, size, lock=True)  # again, under the user's lock, with the real size
-        db.session.add(video)
-        db.session.commit()  # the row exists before any worker can see the message
+        record(video)  # the row exists before any worker can see the message
     except Exception:
         db.session.rollback()
         storage.delete_prefix(f"originals/{video_id}/")
@@ -94,13 +94,27 @@ def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, boo
     return video, queue_stored(video)
 
 
+def record(video: Video) -> None:
+    """Insert ``video`` and commit; it stays detached with what it was given, so nothing is read back."""
+    db.session.add(video)
+    db.session.flush()
+    db.session.expunge(video)  # the commit expires what the session holds: reading it again is a transaction
+    db.session.commit()
+
+
 def queue_stored(video: Video) -> bool:
-    """Send an ``uploaded`` video's message and mark it queued; False when SQS is unreachable (the sweeper retries)."""
+    """Send an ``uploaded`` video's message and mark it queued; False when SQS is unreachable (the sweeper retries).
+
+    ``video`` is detached (``record``): its ``status`` is set to the row's, never flushed.
+    """
+    assert inspect(video).detached
     try:
         enqueue_video(video.id, video.task_id)
     except EnqueueError:
         return False
     # Conditional: a fast worker may already have moved the row on to processing.
-    jobs.enqueued(video.id)
-    db.session.refresh(video)
+    if jobs.enqueued(video.id):
+        video.status = Status.QUEUED.value
+    else:
+        video.status = db.session.scalar(select(Video.status).where(Video.id == video.id)) or video.status
     return True

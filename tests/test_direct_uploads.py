@@ -134,13 +134,19 @@ def statements(client: FlaskClient) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", count)
 
 
-def test_starting_an_upload_costs_three_statements(client: FlaskClient, auth: dict[str, str], clip: Callable) -> None:
-    # Each one a round trip to the database: the token's user, the quotas with the user's row
-    # locked in the same SELECT, the new row; nothing read back after the commit.
+def test_the_upload_routes_read_nothing_back(client: FlaskClient, auth: dict[str, str], clip: Callable) -> None:
+    # Each statement a round trip to the database. Start: the token's user, the quotas with the
+    # user's row locked in the same SELECT, the new row. Complete: the user, the upload, its two
+    # moves (uploaded, queued). No row is read again after a commit.
     path = clip("small.mp4")
     with statements(client) as sent:
-        assert start(client, auth, path).status_code == 201
-    assert sent == ["SELECT", "SELECT", "INSERT"]
+        started = start(client, auth, path)
+    assert started.status_code == 201 and sent == ["SELECT", "SELECT", "INSERT"]
+    etags = put_parts(started.json, path)
+    with statements(client) as sent:
+        done = complete(client, auth, started.json, etags)
+    assert done.status_code == 202 and done.json["status"] == "queued", done.json
+    assert sent == ["SELECT", "SELECT", "UPDATE", "UPDATE"]
     with statements(client) as sent:
         assert start(client, {**auth, "Idempotency-Key": "counted"}, path).status_code == 201
     assert sent == ["INSERT", "SELECT", "SELECT", "INSERT", "UPDATE"], "the key's row, then its answer by id"

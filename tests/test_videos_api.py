@@ -168,6 +168,22 @@ def test_broker_down_keeps_the_upload(make_app: Callable, app: Flask, clip: Call
     assert stored_keys(app) == [video.original_key]
 
 
+def test_the_answer_tells_a_worker_faster_than_the_upload(
+    client: FlaskClient, auth: dict, clip: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker that claims the video between its message and the route's own move to queued.
+    from app import uploads
+
+    def send_then_claim(video_id: str, task_id: str) -> None:
+        assert jobs.claim(video_id, f"{task_id}:0", None, stale_after=60)
+
+    monkeypatch.setattr(uploads, "enqueue_video", send_then_claim)
+    response = upload(client, auth, clip("small.mp4"))
+    assert response.status_code == 202 and response.json["status"] == "processing", response.json
+    with client.application.app_context():
+        assert db.session.get(Video, response.json["video_id"]).status == Status.PROCESSING
+
+
 def add_video(user_id: int, **values: Any) -> Video:
     video = Video(user_id=user_id, title="t", original_key="originals/x/a.mp4", **values)
     db.session.add(video)
