@@ -6,7 +6,7 @@ import enum
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -70,11 +70,14 @@ class Video(Model):
     """One upload and the state of its processing."""
 
     __tablename__ = "videos"
+    # The queue position counts the waiting videos uploaded earlier (app/estimates.py): from
+    # this index alone, not the rows. Its leading column serves the lookups by status.
+    __table_args__ = (Index("ix_videos_status_created_at", "status", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     title: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), default=Status.UPLOADED.value, index=True)
+    status: Mapped[str] = mapped_column(String(16), default=Status.UPLOADED.value)
     progress: Mapped[int] = mapped_column(default=0)
     task_id: Mapped[str] = mapped_column(String(36), default=new_id)
     attempts: Mapped[int] = mapped_column(default=0)
