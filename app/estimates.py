@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
 
 from app.extensions import db
 from app.models import Status, Video, utcnow
@@ -12,16 +13,30 @@ from app.models import Status, Video, utcnow
 WAITING = (Status.UPLOADED.value, Status.QUEUED.value)
 
 
-def queue_position(video: Video) -> int | None:
-    """Return the video's place among the waiting videos (1 = next), or None when it isn't waiting.
+def queue_positions(videos: list[Video]) -> dict[str, int]:
+    """Return the place of each waiting video among all the waiting videos (1 = next), by id.
 
     Approximate: the number of waiting videos uploaded before it, plus one. A standard SQS
-    queue is only roughly first in, first out, and several workers take videos at once.
+    queue is only roughly first in, first out, and several workers take videos at once. One
+    statement for the lot (a list page), each count from the (status, created_at) index.
     """
-    if video.status not in WAITING:
-        return None
-    ahead = select(func.count()).where(Video.status.in_(WAITING), Video.created_at < video.created_at)
-    return int(db.session.scalar(ahead) or 0) + 1
+    waiting = [v.id for v in videos if v.status in WAITING]
+    if not waiting:
+        return {}
+    other = aliased(Video)
+    ahead = (
+        select(func.count())
+        .where(other.status.in_(WAITING), other.created_at < Video.created_at)
+        .correlate(Video)
+        .scalar_subquery()
+    )
+    rows = db.session.execute(select(Video.id, ahead).where(Video.id.in_(waiting)))
+    return {video_id: int(count) + 1 for video_id, count in rows}
+
+
+def queue_position(video: Video) -> int | None:
+    """Return the video's place among the waiting videos (1 = next), or None when it isn't waiting."""
+    return queue_positions([video]).get(video.id)
 
 
 def _aware(value: datetime) -> datetime:

@@ -23,7 +23,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from moto.server import ThreadedMotoServer
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from werkzeug.datastructures import FileStorage
@@ -187,6 +187,23 @@ def ctx(app: Flask) -> Iterator[None]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@contextmanager
+def statements(client: FlaskClient) -> Iterator[list[str]]:
+    """Collect the SQL statements the app sends to its database meanwhile."""
+    sent: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        sent.append(sql.split(None, 1)[0])
+
+    with client.application.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
 
 
 def post_upload(client: FlaskClient, headers: dict[str, str], path: Path | None, title: str | None = "My clip") -> Any:

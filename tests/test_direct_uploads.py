@@ -5,8 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ from typing import Any
 import pytest
 import requests
 from flask.testing import FlaskClient
-from sqlalchemy import event
 
 from app import direct, timing
 from app.extensions import db, get_settings
@@ -23,7 +21,7 @@ from app.storage import aws_client, get_storage
 from app.sweeper import sweep
 from media.sniff import may_be
 from tests.clips import ffprobe, make_clip
-from tests.conftest import Worker
+from tests.conftest import Worker, statements
 from tests.test_reliability import Stack, stack  # noqa: F401  (a fixture)
 
 MiB = 1024**2
@@ -115,23 +113,6 @@ def test_answers_say_how_long_they_waited_on_s3_and_sqs(
     waits = timing.parse(done.headers["Server-Timing"])
     assert waits["s3"] > 0 and waits["sqs"] > 0 and waits["app"] >= waits["s3"] + waits["sqs"], waits
     assert set(timing.parse(client.get("/healthz").headers["Server-Timing"])) == {"s3", "sqs", "app"}
-
-
-@contextmanager
-def statements(client: FlaskClient) -> Iterator[list[str]]:
-    """Collect the SQL statements the app sends to its database meanwhile."""
-    sent: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
-        sent.append(sql.split(None, 1)[0])
-
-    with client.application.app_context():
-        engine = db.engine
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield sent
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
 
 
 def test_the_upload_routes_read_nothing_back(client: FlaskClient, auth: dict[str, str], clip: Callable) -> None:

@@ -25,7 +25,7 @@ from app.extensions import db, get_settings
 from app.models import Status, User, Video, utcnow
 from app.storage import aws_client, get_storage
 from celeryconfig import PROCESS_TASK
-from tests.conftest import ROOT, free_port, post_upload, signup_and_login, unique_email, wait_for
+from tests.conftest import ROOT, free_port, post_upload, signup_and_login, statements, unique_email, wait_for
 
 upload = post_upload
 
@@ -355,6 +355,13 @@ def test_queue_position_and_time_left(app: Flask, client: FlaskClient, auth: dic
         ).id
     positions = [client.get(f"/api/videos/{v}", headers=auth).json["queue_position"] for v in waiting]
     assert positions == [1, 2, 3], "the processing video is not in the queue"
+    with statements(client) as sent:
+        listed = client.get("/api/videos", headers=auth).json["items"]
+    assert {v["id"]: v["queue_position"] for v in listed} == {
+        **dict(zip(waiting, [1, 2, 3], strict=True)),
+        running: None,
+    }
+    assert len(sent) == 4, f"the user, the page, its count, the positions of all three: {sent}"
     busy = client.get(f"/api/videos/{running}", headers=auth).json
     assert busy["queue_position"] is None and busy["seconds_left"] == pytest.approx(90, abs=3)  # 30 s for 25 %
 

@@ -38,8 +38,8 @@ def _iso(value: datetime | None) -> str | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
-def video_json(video: Video) -> dict[str, Any]:
-    """Return the public representation of ``video``, with presigned URLs."""
+def video_json(video: Video, position: int | None) -> dict[str, Any]:
+    """Return the public representation of ``video`` at queue ``position``, with presigned URLs."""
     storage = get_storage()
     error = {"code": video.error_code, "message": video.error_message} if video.error_code else None
     return {
@@ -54,7 +54,7 @@ def video_json(video: Video) -> dict[str, Any]:
         "processed_url": storage.url(video.processed_key),
         "poster_url": storage.url(video.poster_key),
         "error": error,
-        "queue_position": estimates.queue_position(video),
+        "queue_position": position,
         "seconds_left": estimates.seconds_left(video),
         "upload_id": video.upload_id if video.status == Status.UPLOADING.value else None,
     }
@@ -136,8 +136,9 @@ def list_videos(args: dict[str, Any]) -> dict[str, Any]:
     """List the caller's videos, newest first."""
     query = select(Video).where(Video.user_id == g.user.id).order_by(Video.created_at.desc(), Video.id)
     result = db.paginate(query, page=args["page"], per_page=args["per_page"], error_out=False)
+    positions = estimates.queue_positions(result.items)
     return {
-        "items": [video_json(v) for v in result.items],
+        "items": [video_json(v, positions.get(v.id)) for v in result.items],
         "page": result.page,
         "per_page": result.per_page,
         "total": result.total,
@@ -152,7 +153,8 @@ def list_videos(args: dict[str, Any]) -> dict[str, Any]:
 @login_required
 def get_video(video_id: str) -> dict[str, Any]:
     """Return one of the caller's videos: status, progress, and presigned URLs of the results."""
-    return video_json(_own_video(video_id))
+    video = _own_video(video_id)
+    return video_json(video, estimates.queue_position(video))
 
 
 @bp.route("/videos/<video_id>/retry", methods=["POST"])
@@ -172,7 +174,7 @@ def retry_video(video_id: str) -> dict[str, Any]:
         db.session.refresh(video)
         raise APIError(409, "not_failed", f"Only failed videos can be retried; this one is {video.status}.")
     db.session.refresh(video)
-    return video_json(video)
+    return video_json(video, estimates.queue_position(video))
 
 
 @bp.route("/videos/<video_id>/cancel", methods=["POST"])
@@ -189,7 +191,7 @@ def cancel_video(video_id: str) -> dict[str, Any]:
             409, "not_cancellable", f"Only waiting or processing videos can be cancelled; this one is {video.status}."
         )
     db.session.refresh(video)
-    return video_json(video)
+    return video_json(video, estimates.queue_position(video))
 
 
 @bp.route("/videos/<video_id>", methods=["DELETE"])
