@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ from app import create_app, timing
 from app.aws import ensure_bucket, ensure_queues
 from app.extensions import get_settings
 from bench.job import environment
-from bench.pipeline import bar, write_section
+from bench.pipeline import bar, machine, write_section
 from client import uploader
 from tests.clips import make_clip
 from tests.conftest import PASSWORD, POSTGRES_URL, ROOT, answers, free_port, serving, wait_for
@@ -357,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         "## Uploads through the web tier",
         "",
         f"Written by `python -m bench.uploads --clients {args.clients} --big-mib {args.big_mib}` (in `make bench`): "
-        f"moto server, {database_kind}, nginx → gunicorn (2 workers x 4 threads) on {os.cpu_count()} CPUs "
-        f"({platform.machine()}, {platform.processor() or 'cpu'}), all on loopback. {args.clients} clients at once, "
+        f"moto server, {database_kind}, nginx → gunicorn (2 workers x 4 threads) on {machine()}, all on loopback. "
+        f"{args.clients} clients at once, "
         f"each with one {r['clip_mb']:.1f} MB clip.",
         "",
         "| What | p50 | p95 | errors |",
