@@ -13,6 +13,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+# Seconds an idle connection from nginx stays open. Longer than nginx's own keepalive_timeout
+# for its upstream connections (deploy/nginx.conf.template): the side that reuses a connection
+# must be the one that closes it, or nginx sends a request on a connection gunicorn is closing
+# that instant and answers 502 (a POST is not retried). gunicorn's default is 2 s.
+keepalive = 75
+
 
 def on_starting(server: Any) -> None:
     """Start with an empty metrics directory."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import time
 import urllib.error
@@ -15,7 +16,8 @@ import pytest
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
-from tests.conftest import PASSWORD, get, unique_email
+from deploy import gunicorn_conf
+from tests.conftest import PASSWORD, ROOT, get, unique_email
 
 pytestmark = pytest.mark.e2e
 SLOW_CLIENTS = 16
@@ -101,3 +103,12 @@ def test_nginx_asks_for_the_token_before_it_takes_an_upload_body(web_tier: str, 
     )
     with urllib.request.urlopen(upload, timeout=30) as response:
         assert response.status == 202 and json.loads(response.read())["status"] == "queued"
+
+
+def test_nginx_closes_idle_upstream_connections_before_gunicorn_does() -> None:
+    # Otherwise a reused connection can meet gunicorn's close: connection reset, a 502 for a POST.
+    template = (ROOT / "deploy" / "nginx.conf.template").read_text()
+    upstream = re.search(r"upstream api \{(.*?)\}", template, re.S)
+    assert upstream, "the template's upstream block"
+    nginx = re.search(r"keepalive_timeout (\d+)s;", upstream.group(1))
+    assert nginx and int(nginx.group(1)) < gunicorn_conf.keepalive, (nginx, gunicorn_conf.keepalive)
