@@ -105,10 +105,14 @@ def test_nginx_asks_for_the_token_before_it_takes_an_upload_body(web_tier: str, 
         assert response.status == 202 and json.loads(response.read())["status"] == "queued"
 
 
-def test_nginx_closes_idle_upstream_connections_before_gunicorn_does() -> None:
+def test_the_side_that_reuses_a_connection_closes_it_first() -> None:
     # Otherwise a reused connection can meet gunicorn's close: connection reset, a 502 for a POST.
     template = (ROOT / "deploy" / "nginx.conf.template").read_text()
     upstream = re.search(r"upstream api \{(.*?)\}", template, re.S)
     assert upstream, "the template's upstream block"
     nginx = re.search(r"keepalive_timeout (\d+)s;", upstream.group(1))
     assert nginx and int(nginx.group(1)) < gunicorn_conf.keepalive, (nginx, gunicorn_conf.keepalive)
+    # The same one hop out: the load balancer's idle timeout (its default 60 s) under nginx's.
+    clients = re.search(r"^    keepalive_timeout (\d+)s;", template, re.M)
+    assert clients and int(clients.group(1)) > 60
+    assert "idle_timeout" not in (ROOT / "deploy" / "cloudformation.yaml").read_text(), "the default 60 s"
