@@ -382,15 +382,15 @@ def web_tier(app: Flask, base_env: dict[str, str]) -> Iterator[str]:
         yield url
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float = 0.2) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_for(predicate: Callable[[], Any], timeout: float = 120, interval: float = 0.2, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds, saying ``what``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
         if result:
             return result
         time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+    raise AssertionError(f"{what or 'condition'} not met within {timeout}s")
 
 
 def queue_empty(flask_app: Flask) -> bool:

@@ -108,6 +108,22 @@ class Fleet:
                 return instance["InstanceId"]
         return None
 
+    def story(self) -> str:
+        """What happened, for a failure: the events, and each worker's exit code and last log line."""
+        start = self.events[0][0] if self.events else 0.0
+        lines = [f"{at - start:.1f}s {what} {self.members[i].worker.log.stem}" for at, what, i in list(self.events)]
+        for member in list(self.members.values()):
+            last = (member.worker.text().strip().splitlines() or [""])[-1]
+            lines.append(f"{member.worker.log.stem} exit={member.worker.proc.poll()} last: {last[:200]}")
+        return "; ".join(lines)
+
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        """``wait_for``, failing with the fleet's story."""
+        try:
+            return wait_for(predicate, timeout, interval=0.5, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.story()}") from None
+
     def event(self, what: str, instance_id: str) -> None:
         self.events.append((time.monotonic(), what, instance_id))
 
@@ -147,7 +163,7 @@ def fleet(
 
 def test_a_burst_on_a_scaling_fleet_processes_every_video_once(fleet: Fleet, clip: Callable[[str], Path]) -> None:
     app = fleet.app
-    wait_for(lambda: any("ready." in m.worker.text() for m in fleet.members.values()), timeout=120)
+    fleet.wait(lambda: any("ready." in m.worker.text() for m in fleet.members.values()), 120, "a worker ready")
     client = app.test_client()
     headers = signup_and_login(client, unique_email())
     started = time.monotonic()
@@ -160,10 +176,10 @@ def test_a_burst_on_a_scaling_fleet_processes_every_video_once(fleet: Fleet, cli
     def processed() -> list[str]:
         return [i for i in ids if (r := row(app, i)) is not None and r.status == "processed"]
 
-    wait_for(lambda: len(processed()) >= 3, timeout=300)
-    spot = wait_for(fleet.spot_notice, timeout=60)
-    wait_for(lambda: fleet.members[spot].worker.proc.poll() is not None, timeout=60)
-    wait_for(lambda: len(processed()) == UPLOADS, timeout=600, interval=0.5)
+    fleet.wait(lambda: len(processed()) >= 3, 300, "3 videos processed")
+    spot = fleet.wait(fleet.spot_notice, 120, "a busy worker for the Spot notice")
+    fleet.wait(lambda: fleet.members[spot].worker.proc.poll() is not None, 180, "the Spot worker gone")
+    fleet.wait(lambda: len(processed()) == UPLOADS, 600, "every video processed")
     drained = time.monotonic() - started
 
     rows = [row(app, i) for i in ids]
@@ -175,7 +191,11 @@ def test_a_burst_on_a_scaling_fleet_processes_every_video_once(fleet: Fleet, cli
     def done_lines() -> list[str]:  # each is logged just after its row's commit
         return [line for m in fleet.members.values() for line in m.worker.lines("msg=processed")]
 
-    done = wait_for(lambda: (d := done_lines()) and all(any(i in line for line in d) for i in ids) and d, timeout=10)
+    def each_done() -> list[str]:
+        done = done_lines()
+        return done if all(any(i in line for line in done) for i in ids) else []
+
+    done = fleet.wait(each_done, 10, "a processed line for each video")
     for video_id in ids:  # exactly once: one worker recorded each result, whatever was handed back
         assert sum(video_id in line for line in done) == 1, video_id
     spot_worker = fleet.members[spot].worker
@@ -185,7 +205,7 @@ def test_a_burst_on_a_scaling_fleet_processes_every_video_once(fleet: Fleet, cli
     scale_ins = [(at, instance) for at, what, instance in fleet.events if what == "scale-in"]
     assert scale_ins, fleet.events
     scaled_in = fleet.members[scale_ins[0][1]]
-    wait_for(lambda: scaled_in.worker.proc.poll() is not None, timeout=60)
+    fleet.wait(lambda: scaled_in.worker.proc.poll() is not None, 180, "the first scaled-in worker gone")
     assert scaled_in.worker.lines("instance leaving: warm shutdown", "reason=scale-in")
     print(
         f"\nfleet: {UPLOADS} videos drained in {drained:.1f}s, largest backlog {fleet.largest_backlog}, "
