@@ -27,47 +27,65 @@ def issue_token(user: User) -> tuple[str, int]:
     return jwt.encode(claims, get_settings().SECRET_KEY, algorithm=ALGORITHM), lifetime
 
 
+def _bearer() -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _claims(token: str) -> dict[str, Any]:
+    return jwt.decode(token, get_settings().SECRET_KEY, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS})
+
+
 def token_subject() -> str | None:
     """Return the ``sub`` of the request's valid bearer token, or None (for rate-limit keys; no database)."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return None
+    token = _bearer()
     try:
-        claims = jwt.decode(
-            token, get_settings().SECRET_KEY, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS}
-        )
+        return str(_claims(token)["sub"]) if token else None
     except jwt.InvalidTokenError:
         return None
-    return str(claims["sub"])
 
 
-def _user_from_request() -> User:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+def token_user_id() -> int:
+    """Return the user id of the request's bearer token; 401 unless the token is present and valid."""
+    token = _bearer()
+    if token is None:
         raise APIError(401, "unauthorized", "Send 'Authorization: Bearer <token>'.")
     try:
-        claims = jwt.decode(
-            token, get_settings().SECRET_KEY, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS}
-        )
-        user_id = int(claims["sub"])
+        user_id = int(_claims(token)["sub"])
     except jwt.ExpiredSignatureError as exc:
         raise APIError(401, "token_expired", "The access token has expired; log in again.") from exc
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError) as exc:
         raise APIError(401, "invalid_token", "The access token is not valid.") from exc
     if not 0 < user_id < 2**63:
         raise APIError(401, "invalid_token", "The access token is not valid.")
-    user = db.session.get(User, user_id)
+    return user_id
+
+
+def known_user(user: User | None) -> User:
+    """Return ``user``, loaded for the token's id; 401 when it no longer exists."""
     if user is None:
         raise APIError(401, "invalid_token", "The token's user no longer exists.")
     return user
 
 
 def login_required(view: F) -> F:
-    """Reject the request with 401 unless it carries a valid token; set ``g.user``."""
+    """Reject the request with 401 unless it carries a valid token of an existing user; set ``g.user``."""
 
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        g.user = _user_from_request()
+        g.user = known_user(db.session.get(User, token_user_id()))
+        return view(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
+
+
+def token_required(view: F) -> F:
+    """Reject the request with 401 unless it carries a valid token; set ``g.user_id``, leaving the
+    view to load the user in its own statement (and answer :func:`known_user`'s 401)."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        g.user_id = token_user_id()
         return view(*args, **kwargs)
 
     return wrapped  # type: ignore[return-value]

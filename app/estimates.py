@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import aliased
 
 from app.extensions import db
@@ -13,15 +13,20 @@ from app.models import Status, Video, utcnow
 WAITING = (Status.UPLOADED.value, Status.QUEUED.value)
 
 
-_OTHER = aliased(Video)
-# Built once: a statement with a new alias each call costs more in Python than the query takes.
-_POSITIONS = select(
-    Video.id,
-    select(func.count())
-    .where(_OTHER.status.in_(WAITING), _OTHER.created_at < Video.created_at)
-    .correlate(Video)
-    .scalar_subquery(),
-).where(Video.id.in_(bindparam("ids", expanding=True)))
+_AHEAD = aliased(Video)
+#: A waiting video's place in the queue (None for any other), for a statement selecting ``Video``.
+#: Built once: a statement with a new alias each call costs more in Python than the query takes.
+POSITION = case(
+    (
+        Video.status.in_(WAITING),
+        select(func.count() + 1)
+        .where(_AHEAD.status.in_(WAITING), _AHEAD.created_at < Video.created_at)
+        .correlate(Video)
+        .scalar_subquery(),
+    ),
+    else_=None,
+)
+_POSITIONS = select(Video.id, POSITION).where(Video.id.in_(bindparam("ids", expanding=True)))
 
 
 def queue_positions(videos: list[Video]) -> dict[str, int]:
@@ -34,7 +39,8 @@ def queue_positions(videos: list[Video]) -> dict[str, int]:
     waiting = [v.id for v in videos if v.status in WAITING]
     if not waiting:
         return {}
-    return {video_id: int(count) + 1 for video_id, count in db.session.execute(_POSITIONS, {"ids": waiting})}
+    rows = db.session.execute(_POSITIONS, {"ids": waiting})
+    return {video_id: int(place) for video_id, place in rows if place is not None}  # None: taken meanwhile
 
 
 def queue_position(video: Video) -> int | None:

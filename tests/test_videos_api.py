@@ -210,9 +210,36 @@ def test_someone_elses_video_is_404(app: Flask, client: FlaskClient, auth: dict)
         owner = db.session.query(User).filter_by(email="player@example.com").one()
         video_id = add_video(owner.id).id
     for method in (client.get, client.delete):
-        response = method(f"/api/videos/{video_id}", headers=other)
-        assert response.status_code == 404 and response.json["error"]["code"] == "not_found"
+        for path in (f"/api/videos/{video_id}", "/api/videos/not-a-uuid"):
+            response = method(path, headers=other)
+            assert response.status_code == 404 and response.json["error"]["code"] == "not_found"
     assert client.get(f"/api/videos/{video_id}", headers=auth).status_code == 200
+
+
+def test_a_status_read_is_one_statement(app: Flask, client: FlaskClient, auth: dict) -> None:
+    with app.app_context():
+        owner = db.session.query(User).one()
+        start = utcnow() - timedelta(minutes=1)
+        ahead, waiting = (
+            add_video(owner.id, status="queued", created_at=start + timedelta(seconds=n)).id for n in (0, 1)
+        )
+        done = add_video(owner.id, status="processed").id
+    with statements(client) as sent:
+        answers = [client.get(f"/api/videos/{v}", headers=auth).json for v in (waiting, done)]
+    assert [(a["id"], a["queue_position"]) for a in answers] == [(waiting, 2), (done, None)], ahead
+    assert sent == ["SELECT", "SELECT"], "the token's user, its video and the queue position at once"
+
+
+def test_a_deleted_users_token_is_401_on_a_status_read(app: Flask, client: FlaskClient, auth: dict) -> None:
+    with app.app_context():
+        owner = db.session.query(User).one()
+        video_id = add_video(owner.id).id
+        db.session.execute(Video.__table__.delete())
+        db.session.delete(owner)
+        db.session.commit()
+    for path in (f"/api/videos/{video_id}", "/api/videos/not-a-uuid"):
+        response = client.get(path, headers=auth)
+        assert response.status_code == 401 and response.json["error"]["code"] == "invalid_token", path
 
 
 def test_delete_removes_row_and_objects(app: Flask, client: FlaskClient, auth: dict, clip: Callable) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app, g, request
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select
 
 from app import estimates, jobs, quotas
 from app.api import BEARER, bp, error_answers
@@ -21,10 +21,10 @@ from app.api.schemas import (
     VideoPageSchema,
     VideoSchema,
 )
-from app.auth import login_required
+from app.auth import known_user, login_required, token_required
 from app.extensions import db, get_settings
 from app.idempotency import idempotent, route_fingerprint
-from app.models import Status, Video
+from app.models import Status, User, Video
 from app.queue import EnqueueError
 from app.ratelimit import per_user
 from app.storage import get_storage, video_prefixes
@@ -60,12 +60,17 @@ def video_json(video: Video, position: int | None) -> dict[str, Any]:
     }
 
 
-def _own_video(video_id: str) -> Video:
+def _video_id(video_id: str) -> str | None:
+    """Return the id in its canonical form, or None when it is not a UUID (no such video)."""
     try:
-        video_id = str(uuid.UUID(video_id))
+        return str(uuid.UUID(video_id))
     except ValueError:
-        raise APIError(404, "not_found", "No such video.") from None
-    video = db.session.get(Video, video_id)
+        return None
+
+
+def _own_video(video_id: str) -> Video:
+    canonical = _video_id(video_id)
+    video = db.session.get(Video, canonical) if canonical else None
     if video is None or video.user_id != g.user.id:
         raise APIError(404, "not_found", "No such video.")
     return video
@@ -146,15 +151,29 @@ def list_videos(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The status read, which clients poll: the token's user, its video and the video's queue position in
+# one statement (one round trip to the database instead of three).
+_STATUS_READ = (
+    select(User, Video, estimates.POSITION)
+    .outerjoin(Video, and_(Video.id == bindparam("video_id"), Video.user_id == User.id))
+    .where(User.id == bindparam("user_id"))
+)
+
+
 @bp.route("/videos/<video_id>", methods=["GET"])
 @bp.doc(security=BEARER)
 @bp.response(200, VideoSchema)
 @error_answers(401, 404)
-@login_required
+@token_required
 def get_video(video_id: str) -> dict[str, Any]:
     """Return one of the caller's videos: status, progress, and presigned URLs of the results."""
-    video = _own_video(video_id)
-    return video_json(video, estimates.queue_position(video))
+    params = {"user_id": g.user_id, "video_id": _video_id(video_id)}
+    db.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})  # one SELECT: no BEGIN, no ROLLBACK
+    user, video, position = db.session.execute(_STATUS_READ, params).one_or_none() or (None, None, None)
+    g.user = known_user(user)
+    if video is None:
+        raise APIError(404, "not_found", "No such video.")
+    return video_json(video, position)
 
 
 @bp.route("/videos/<video_id>/retry", methods=["POST"])
