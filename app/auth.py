@@ -80,8 +80,10 @@ def login_required(view: F) -> F:
 
 
 def token_required(view: F) -> F:
-    """Reject the request with 401 unless it carries a valid token; set ``g.user_id``, leaving the
-    view to load the user in its own statement (and answer :func:`known_user`'s 401)."""
+    """Reject the request with 401 unless it carries a valid token; set ``g.user_id``.
+
+    The view loads the user in a statement of its own, and answers :func:`known_user`'s 401.
+    """
 
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
