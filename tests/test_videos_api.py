@@ -220,13 +220,11 @@ def test_a_status_read_is_one_statement(app: Flask, client: FlaskClient, auth: d
     with app.app_context():
         owner = db.session.query(User).one()
         start = utcnow() - timedelta(minutes=1)
-        ahead, waiting = (
-            add_video(owner.id, status="queued", created_at=start + timedelta(seconds=n)).id for n in (0, 1)
-        )
+        _, waiting = (add_video(owner.id, status="queued", created_at=start + timedelta(seconds=n)).id for n in (0, 1))
         done = add_video(owner.id, status="processed").id
     with statements(client) as sent:
         answers = [client.get(f"/api/videos/{v}", headers=auth).json for v in (waiting, done)]
-    assert [(a["id"], a["queue_position"]) for a in answers] == [(waiting, 2), (done, None)], ahead
+    assert [(a["id"], a["queue_position"]) for a in answers] == [(waiting, 2), (done, None)]
     assert sent == ["SELECT", "SELECT"], "the token's user, its video and the queue position at once"
 
 
