@@ -26,26 +26,21 @@ POSITION = case(
     ),
     else_=None,
 )
-_POSITIONS = select(Video.id, POSITION).where(Video.id.in_(bindparam("ids", expanding=True)))
-
-
-def queue_positions(videos: list[Video]) -> dict[str, int]:
-    """Return the place of each waiting video among all the waiting videos (1 = next), by id.
-
-    Approximate: the number of waiting videos uploaded before it, plus one. A standard SQS
-    queue is only roughly first in, first out, and several workers take videos at once. One
-    statement for the lot (a list page), each count from the (status, created_at) index.
-    """
-    waiting = [v.id for v in videos if v.status in WAITING]
-    if not waiting:
-        return {}
-    rows = db.session.execute(_POSITIONS, {"ids": waiting})
-    return {video_id: int(place) for video_id, place in rows if place is not None}  # None: taken meanwhile
+_POSITION_OF = select(POSITION).where(Video.id == bindparam("video_id"))
 
 
 def queue_position(video: Video) -> int | None:
-    """Return the video's place among the waiting videos (1 = next), or None when it isn't waiting."""
-    return queue_positions([video]).get(video.id)
+    """Return the video's place among the waiting videos (1 = next), or None when it isn't waiting.
+
+    Approximate: the number of waiting videos uploaded before it, plus one. A standard SQS
+    queue is only roughly first in, first out, and several workers take videos at once. The
+    count comes from the (status, created_at) index; the list and status reads select
+    ``POSITION`` with their videos instead.
+    """
+    if video.status not in WAITING:
+        return None
+    place = db.session.scalar(_POSITION_OF, {"video_id": video.id})
+    return None if place is None else int(place)  # None: taken meanwhile
 
 
 def _aware(value: datetime) -> datetime:

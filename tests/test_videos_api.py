@@ -18,7 +18,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import jobs
+from app import estimates, jobs
 from app import storage as storage_module
 from app.aws import queue_url
 from app.extensions import db, get_settings
@@ -202,6 +202,20 @@ def test_list_is_paginated_and_private(app: Flask, client: FlaskClient, auth: di
     pages = [client.get(f"/api/videos?per_page=2&page={n}", headers=auth).json["items"] for n in (1, 2, 3)]
     assert sorted(v["id"] for page in pages for v in page) == sorted(mine)
     assert client.get("/api/videos", headers=other).json["total"] == 1
+    past = client.get("/api/videos?per_page=2&page=4", headers=auth).json
+    assert (past["total"], past["pages"], past["page"], past["items"]) == (5, 3, 4, [])
+
+
+def test_a_list_without_videos_and_a_deleted_users_list(app: Flask, client: FlaskClient, auth: dict) -> None:
+    for page in (1, 2):
+        empty = client.get(f"/api/videos?page={page}", headers=auth).json
+        assert (empty["total"], empty["pages"], empty["items"]) == (0, 0, [])
+    with app.app_context():
+        db.session.delete(db.session.query(User).one())
+        db.session.commit()
+    for page in (1, 2):
+        response = client.get(f"/api/videos?page={page}", headers=auth)
+        assert response.status_code == 401 and response.json["error"]["code"] == "invalid_token"
 
 
 def test_someone_elses_video_is_404(app: Flask, client: FlaskClient, auth: dict) -> None:
@@ -386,9 +400,11 @@ def test_queue_position_and_time_left(app: Flask, client: FlaskClient, auth: dic
         **dict(zip(waiting, [1, 2, 3], strict=True)),
         running: None,
     }
-    assert len(sent) == 4, f"the user, the page, its count, the positions of all three: {sent}"
+    assert sent == ["SELECT"], "the user, the page, its count and the positions of all three at once"
     busy = client.get(f"/api/videos/{running}", headers=auth).json
     assert busy["queue_position"] is None and busy["seconds_left"] == pytest.approx(90, abs=3)  # 30 s for 25 %
+    with app.app_context():  # what the retry and cancel answers give
+        assert [estimates.queue_position(db.session.get(Video, v)) for v in (waiting[1], running)] == [2, None]
 
 
 def test_cancel_a_waiting_video(app: Flask, client: FlaskClient, auth: dict) -> None:
