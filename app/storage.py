@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import threading
 import time
 from typing import Any
 
@@ -163,15 +164,29 @@ class Storage:
         """Raise unless the bucket is reachable."""
         self.client.head_bucket(Bucket=self.bucket)
 
+    def warm(self) -> None:
+        """Load what the client's first request would (endpoint rules, the signer) by signing one; no network."""
+        self.client.generate_presigned_url("head_object", Params={"Bucket": self.bucket, "Key": "warm-up"})
+
+
+_making = threading.Lock()
+
 
 def get_storage() -> Storage:
-    """Return this process's ``Storage``; made after fork, as boto3 clients must not cross one."""
+    """Return this process's ``Storage``; made after fork, as boto3 clients must not cross one.
+
+    Made once: a thread that finds it missing makes it, and the others wait for that one
+    (making a client costs about 60 ms of CPU, loading the service's model).
+    """
     cache = current_app.extensions["storage"]
     pid = os.getpid()
     if pid not in cache:
-        cache.clear()
-        s = get_settings()
-        cache[pid] = Storage(aws_client("s3", s), s.S3_BUCKET, s.PRESIGNED_URL_EXPIRES)
+        with _making:
+            if pid not in cache:
+                s = get_settings()
+                storage = Storage(aws_client("s3", s), s.S3_BUCKET, s.PRESIGNED_URL_EXPIRES)
+                cache.clear()
+                cache[pid] = storage
     return cache[pid]
 
 

@@ -56,17 +56,19 @@ STEPS = (
 )
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU seconds used by ``pid`` and its reaped children (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    # utime, stime, cutime, cstime: a reaped process's time lands in its parent's c* fields
+    return sum(int(f) for f in fields[11:15]) / TICKS
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """Return the CPU seconds used by ``pid`` and all its descendants, living or reaped."""
-    total = 0.0
-    for child in [pid, *_descendants(pid)]:
-        try:
-            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        # utime, stime, cutime, cstime: a reaped process's time lands in its parent's c* fields
-        total += sum(int(f) for f in fields[11:15]) / TICKS
-    return total
+    return sum(cpu_seconds(child) for child in [pid, *_descendants(pid)])
 
 
 def own_cpu() -> float:

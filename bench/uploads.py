@@ -42,7 +42,7 @@ from sqlalchemy.exc import OperationalError
 from app import create_app, timing
 from app.aws import ensure_bucket, ensure_queues
 from app.extensions import get_settings
-from bench.job import environment
+from bench.job import CORES, cpu_seconds, environment, own_cpu
 from bench.pipeline import bar, machine, write_section
 from client import uploader
 from tests.clips import make_clip
@@ -55,6 +55,40 @@ BIG_ROWS = {
     "plain": "boto3 `upload_file`, S3's default checksum (as the direct upload)",
     "theirs": "boto3 `upload_file`, boto3's default CRC32 checksums",
 }
+
+# The processes that share the CPUs during the uploads, by a word of their command line (the
+# first that matches: nginx's wrapper names gunicorn's socket), and the clients, this process.
+PROCESSES = {
+    "clients": "the clients (this process's threads)",
+    "nginx": "nginx",
+    "moto_server": "moto server (S3, SQS)",
+    "gunicorn": "gunicorn: the app",
+    "postgres": "PostgreSQL",
+}
+
+
+def cpu_by_process() -> dict[str, float]:
+    """Return the CPU seconds used so far by the clients and by each kind of process in ``PROCESSES``."""
+    used = dict.fromkeys(PROCESSES, 0.0) | {"clients": own_cpu()}
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+        except OSError:
+            continue
+        if kind := next((k for k in list(PROCESSES)[1:] if k.encode() in cmdline), None):
+            used[kind] += cpu_seconds(int(proc.name))
+    return used
+
+
+@contextmanager
+def cpu_spent(into: dict[str, float]) -> Iterator[None]:
+    """Add to ``into`` the CPU seconds each kind of process uses in the block, and its wall seconds as ``wall``."""
+    before, started = cpu_by_process(), time.perf_counter()
+    yield
+    after = cpu_by_process()
+    for kind in PROCESSES:
+        into[kind] = into.get(kind, 0.0) + after[kind] - before[kind]
+    into["wall"] = into.get("wall", 0.0) + time.perf_counter() - started
 
 
 def span(values: list[float]) -> str:
@@ -148,10 +182,12 @@ def direct_upload(url: str, token: str, clip: Path) -> tuple[list[float], float]
     return [api, end - before], end - started
 
 
-def api_calls(url: str, tokens: list[str], clip: Path) -> list[tuple[float, Any, dict[str, float]]]:
+def api_calls(
+    url: str, tokens: list[str], clip: Path, cpu: dict[str, float]
+) -> list[tuple[float, Any, dict[str, float]]]:
     """Time the API's two calls alone: every client starts at once, the parts go up, every client completes at once.
 
-    Returns each call's (seconds, answer, Server-Timing durations in ms).
+    Returns each call's (seconds, answer, Server-Timing durations in ms); adds the two bursts' CPU to ``cpu``.
 
     (In the whole flow, the API's calls wait on S3 answers while moto, on these same CPUs, parses
     every client's part; on AWS the parts never touch them.)
@@ -164,7 +200,8 @@ def api_calls(url: str, tokens: list[str], clip: Path) -> list[tuple[float, Any,
         plan.raise_for_status()
         return time.perf_counter() - began, plan.json(), timing.parse(plan.headers["Server-Timing"])
 
-    started, _ = concurrent(len(tokens), lambda i: start(tokens[i]))
+    with cpu_spent(cpu):
+        started, _ = concurrent(len(tokens), lambda i: start(tokens[i]))
     data = clip.read_bytes()
     etags = [requests.put(plan["parts"][0]["url"], data=data, timeout=60).headers["ETag"] for _, plan, _ in started]
 
@@ -180,7 +217,8 @@ def api_calls(url: str, tokens: list[str], clip: Path) -> list[tuple[float, Any,
         done.raise_for_status()
         return time.perf_counter() - began, None, timing.parse(done.headers["Server-Timing"])
 
-    completed, _ = concurrent(len(tokens), complete)
+    with cpu_spent(cpu):
+        completed, _ = concurrent(len(tokens), complete)
     return started + completed
 
 
@@ -230,13 +268,16 @@ def measure(url: str, aws: str, work: Path, clients: int, big_mib: int) -> dict[
     bar(0, steps, "making the clip")
     clip = make_clip(work / "clip.mp4", 854, 480, 16, extra=("-crf", "30"))  # about 4.5 MB: one part
     tokens, _ = concurrent(clients, lambda i: login(url, f"bench-{i}@example.com"))
-    for token in tokens[:8]:  # every gunicorn thread's first request makes its clients: not what is measured
+    for token in tokens[:8]:  # a gunicorn thread's first requests open its database and broker connections
         direct_upload(url, token, clip)
     bar(1, steps, f"{clients} direct uploads")
-    direct, direct_errors = concurrent(clients, lambda i: direct_upload(url, tokens[i], clip))
+    flow_cpu: dict[str, float] = {}
+    with cpu_spent(flow_cpu):
+        direct, direct_errors = concurrent(clients, lambda i: direct_upload(url, tokens[i], clip))
     bar(2, steps, f"{clients} form uploads; the API calls alone")
     form, form_errors = concurrent(clients, lambda i: form_upload(url, tokens[i], clip))
-    calls = api_calls(url, tokens, clip)
+    calls_cpu: dict[str, float] = {}
+    calls = api_calls(url, tokens, clip, calls_cpu)
 
     bar(3, steps, f"{big_mib} MiB file")
     big = big_file(work / "big.mp4", big_mib * MiB)
@@ -299,6 +340,8 @@ def measure(url: str, aws: str, work: Path, clients: int, big_mib: int) -> dict[
         "aws": [(t["s3"] + t["sqs"]) / 1000 for _, _, t in calls],
         "queued": [seconds - t["app"] / 1000 for seconds, _, t in calls],
         "flow_api": [t for calls, _ in direct for t in calls],
+        "flow_cpu": flow_cpu,
+        "calls_cpu": calls_cpu,
         "direct": [whole for _, whole in direct],
         "direct_errors": direct_errors,
         "form": [seconds for seconds, _ in form],
@@ -337,6 +380,38 @@ def web_stack(work: Path, queue: str) -> Iterator[tuple[str, str, str]]:
         drop()
 
 
+def cpu_table(flow: dict[str, float], calls: dict[str, float], clients: int) -> list[str]:
+    """Return the table of where the CPU went: per direct upload (the whole flow) and per API call (the bursts)."""
+    per_upload = {kind: flow[kind] / clients * 1000 for kind in PROCESSES}
+    per_call = {kind: calls[kind] / (2 * clients) * 1000 for kind in PROCESSES}  # two bursts: start, complete
+    everything, every_call = sum(per_upload.values()), sum(per_call.values())
+
+    def least(ms: float, wall: float) -> str:  # all the CPU spread on every core, against the time it took
+        busy = ms * clients / 1000 / (wall * CORES)
+        return f"{ms * clients / 1000 / CORES:.2f} s; took {wall:.2f} s, the CPUs {busy:.0%} busy"
+
+    # With every CPU busy, the fastest 95% of n equal jobs on c cores end no sooner than 0.95 * n * cpu / c.
+    budget_upload, budget_call = (target * CORES / (0.95 * clients) * 1000 for target in (1.0, 0.1))
+    return [
+        f"Where the CPU went: CPU milliseconds by process (from `/proc`), per direct upload of the {clients} at "
+        "once, and per API call of the two bursts of the calls alone:",
+        "",
+        "| Process | per direct upload | per API call |",
+        "|---|---|---|",
+        *(f"| {what} | {per_upload[kind]:.1f} | {per_call[kind]:.1f} |" for kind, what in PROCESSES.items()),
+        f"| all | **{everything:.1f}** | **{every_call:.1f}** |",
+        f"| the least time all {clients} could take on {CORES} CPUs (all their CPU on every core) | "
+        f"{least(everything, flow['wall'])} | a burst {least(every_call, calls['wall'] / 2)} |",
+        "",
+        f"Uploads arriving together on {CORES} CPUs end no sooner than their CPU allows: for the p95 of {clients} "
+        f"uploads at once to be within 1 s, the processes together may spend {budget_upload:.0f} ms of CPU per "
+        f"upload, and for the p95 of a burst of {clients} calls to be within 100 ms, {budget_call:.1f} ms per call. "
+        f"Here moto server alone spends {per_upload['moto_server']:.0f} ms per upload and the app "
+        f"{per_call['gunicorn']:.1f} ms per call; on AWS the parts and S3's and SQS's work leave the machine, and "
+        "the clients are elsewhere.",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start the stack, measure, write the section."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -373,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         f"**{pct(r['direct'], 0.95):.2f} s** | |",
         f"| form upload through the API (`POST /api/videos/upload`) | {pct(r['form'], 0.5):.2f} s | "
         f"{pct(r['form'], 0.95):.2f} s | {r['form_errors']} |",
+        "",
+        *cpu_table(r["flow_cpu"], r["calls_cpu"], args.clients),
         "",
         f"One {args.big_mib} MiB direct upload (`client.uploader`, 4 parts in flight) against boto3's `upload_file` "
         "(4 threads) to the same endpoint, interleaved, after one upload not timed (the first upload of a run took "

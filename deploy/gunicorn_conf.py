@@ -1,9 +1,10 @@
-"""gunicorn's settings hooks for the API: Prometheus's multi-process mode (app/prometheus.py).
+"""gunicorn's settings hooks for the API: warm workers, and Prometheus's multi-process mode (app/prometheus.py).
 
 Used as ``gunicorn --config python:deploy.gunicorn_conf``. With ``PROMETHEUS_MULTIPROC_DIR``
 set, every gunicorn worker writes its samples to files there: the directory is emptied when
 gunicorn starts (samples of an earlier run would be added in), and a worker's files are
-marked dead when it exits, so its gauges leave the sum.
+marked dead when it exits, so its gauges leave the sum. Each worker makes its AWS clients
+before it accepts a connection (``app/warmup.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ def on_starting(server: Any) -> None:
     if folder := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         shutil.rmtree(folder, ignore_errors=True)
         Path(folder).mkdir(parents=True)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Make the worker's AWS clients before its first request (app/warmup.py)."""
+    from app.warmup import warm_up
+
+    warm_up(worker.wsgi)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -103,9 +103,7 @@ def _fresh_engine(**_: Any) -> None:
 def _make_storage(**_: Any) -> None:
     """Make this pool process's S3 client before its first job, which would wait about 0.2 s for it."""
     with flask_app.app_context():
-        storage = get_storage()
-        # Signing a request (no network) loads what the first real one would: endpoint rules, signer.
-        storage.client.generate_presigned_url("head_object", Params={"Bucket": storage.bucket, "Key": "warm-up"})
+        get_storage().warm()
 
 
 @worker_process_init.connect

@@ -1,6 +1,6 @@
 """kombu's SQS transport, made to carry Celery's monitoring and remote control.
 
-Everything this project changes in kombu and Celery is listed here (six changes), and pinned by
+Everything this project changes in kombu and Celery is listed here (seven changes), and pinned by
 ``tests/test_upstream.py``, which fails when an upgrade moves what these rely on:
 
 1. **Remote control (fanout).** ``Transport.implements`` adds ``fanout`` to ``direct``:
@@ -31,6 +31,14 @@ Everything this project changes in kombu and Celery is listed here (six changes)
    kombu deleted it (the next broadcast from the same process: same asker id, same name)
    resolves to the dead URL and fails with ``QueueDoesNotExist``. ``Channel._delete``
    drops the SQS name's entry too.
+7. **One client per process.** kombu makes a boto3 session and client for every channel,
+   and every connection of a producer pool has its own: on a web process's first burst of
+   uploads each gunicorn thread's first enqueue made one (about 60 ms of CPU each, loading
+   the service's model), as did each of a worker's connections at its start.
+   ``Channel._new_boto_client`` makes each kind of client once per process and settings and
+   shares it (boto3's clients are thread-safe); clients with expiring STS credentials, or
+   with a configuration of their own (kombu's short-timeout release client), are still made
+   each time.
 
 Queues and topics this makes on an account (names carry ``SQS_QUEUE_PREFIX``): the SNS
 topics ``<prefix>celery-pidbox`` and ``<prefix>celeryev``; one mailbox queue per worker,
@@ -44,6 +52,8 @@ queue per Flower process (``tasks/monitoring.py``).
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from typing import Any
 
@@ -53,6 +63,8 @@ from kombu.transport import SQS
 logger = logging.getLogger(__name__)
 MAILBOX_SUFFIX, REPLY_SUFFIX = "-celery-pidbox", "-reply-celery-pidbox"
 REPLY_EXCHANGE = Mailbox.reply_exchange_fmt  # 'reply.%s.pidbox'
+_clients: dict[tuple[Any, ...], Any] = {}  # this process's boto3 clients, by what made them (change 7)
+_clients_lock = threading.Lock()
 
 
 def _is_reply_exchange(exchange: str) -> bool:
@@ -76,6 +88,32 @@ class Channel(SQS.Channel):
         if self.connection is None:  # closed while this poll was in flight: nothing more to poll
             return
         super()._loop1(queue, messages_fetched)
+
+    def _new_boto_client(
+        self,
+        service: Any,
+        region: Any,
+        access_key_id: Any,
+        secret_access_key: Any,
+        session_token: Any = None,
+        config: Any = None,
+    ) -> Any:
+        """Return this process's client for these settings, made on first use (change 7)."""
+        if session_token is not None or config is not None:
+            return super()._new_boto_client(service, region, access_key_id, secret_access_key, session_token, config)
+        made = (service, region, access_key_id, secret_access_key)
+        with _clients_lock:  # one thread makes it; the others wait for it rather than make their own
+            if (client := _clients.get(key := self._client_key(*made))) is None:
+                for forked in [k for k in _clients if k[0] != key[0]]:  # a parent's: not to be used after fork
+                    del _clients[forked]
+                client = _clients[key] = super()._new_boto_client(*made)
+                # botocore rewrites the retries of the options it is given, in place: file it under both
+                _clients[self._client_key(*made)] = client
+        return client
+
+    def _client_key(self, *made: Any) -> tuple[Any, ...]:
+        options = repr(self.transport_options.get("client-config"))
+        return (os.getpid(), *made, self.endpoint_url, self.is_secure, options)
 
     def _delete_message(self, queue_name: str, message: dict[str, Any]) -> None:
         if self.hub is not None:
