@@ -172,6 +172,14 @@ class Storage:
 _making = threading.Lock()
 
 
+def _after_fork() -> None:
+    global _making
+    _making = threading.Lock()  # a parent's thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def get_storage() -> Storage:
     """Return this process's ``Storage``; made after fork, as boto3 clients must not cross one.
 

@@ -67,6 +67,16 @@ _clients: dict[tuple[Any, ...], Any] = {}  # this process's boto3 clients, by wh
 _clients_lock = threading.Lock()
 
 
+def _after_fork() -> None:
+    """A child starts with no clients and a free lock (a parent's thread may have held it at the fork)."""
+    global _clients_lock
+    _clients.clear()
+    _clients_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 def _is_reply_exchange(exchange: str) -> bool:
     head, _, tail = REPLY_EXCHANGE.partition("%s")
     return exchange.startswith(head) and exchange.endswith(tail)

@@ -6,6 +6,7 @@ Against moto server: the channels are real kombu SQS channels, which list the qu
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import pytest
@@ -69,3 +70,15 @@ def test_warm_up_with_the_broker_down_logs_and_returns(
         logger.removeHandler(caplog.handler)
     assert [r.getMessage() for r in caplog.records if r.name == "app.warmup"] == ["broker warm-up failed"]
     assert flask_app.extensions["storage"], "the S3 client is made all the same"
+
+
+def test_a_forked_child_starts_without_the_parents_clients(app: Flask) -> None:
+    with app.extensions["celery"].connection_for_write() as conn:
+        conn.default_channel.sqs()
+    assert sqs._clients
+    read, write = os.pipe()
+    if (child := os.fork()) == 0:  # as a prefork pool process starts
+        os.write(write, b"%d %d" % (len(sqs._clients), not sqs._clients_lock.locked()))
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert os.read(read, 16) == b"0 1"
