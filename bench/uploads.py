@@ -11,6 +11,9 @@ and the web tier as deployed (nginx → gunicorn, 2 workers x 4 threads). Then, 
    and with none, as the direct upload), and the web processes' memory
    (RSS of gunicorn's processes) before and at its peak during the upload.
 
+And where the CPU went: each process's CPU (from ``/proc``) per upload and per API call, against
+the most the targets leave on these cores.
+
 Writes its section of docs/benchmarks.md (unless ``--quick``).
 """
 
@@ -406,9 +409,10 @@ def cpu_table(flow: dict[str, float], calls: dict[str, float], clients: int) -> 
         f"Uploads arriving together on {CORES} CPUs end no sooner than their CPU allows: for the p95 of {clients} "
         f"uploads at once to be within 1 s, the processes together may spend {budget_upload:.0f} ms of CPU per "
         f"upload, and for the p95 of a burst of {clients} calls to be within 100 ms, {budget_call:.1f} ms per call. "
-        f"Here moto server alone spends {per_upload['moto_server']:.0f} ms per upload and the app "
-        f"{per_call['gunicorn']:.1f} ms per call; on AWS the parts and S3's and SQS's work leave the machine, and "
-        "the clients are elsewhere.",
+        f"Here moto server alone spends {per_upload['moto_server']:.0f} ms per upload and "
+        f"{per_call['moto_server']:.1f} ms per call, before the app's {per_upload['gunicorn']:.0f} and "
+        f"{per_call['gunicorn']:.1f}: on AWS the parts and S3's and SQS's work leave the machine, and the clients "
+        "are elsewhere.",
     ]
 
 
