@@ -48,7 +48,9 @@ def test_other_settings_expiring_credentials_and_a_forked_process_get_clients_of
 
 
 def test_warm_up_makes_the_s3_client_and_a_broker_connection(make_app: Callable[..., Flask]) -> None:
-    flask_app = make_app({"SQS_QUEUE_NAME": "api-tests"})
+    # kombu keeps producer pools per process, by the connection's settings (kombu.pools.producers):
+    # settings of its own give this app a pool no earlier test has opened, as a new web process has
+    flask_app = make_app({"SQS_QUEUE_NAME": "api-tests", "SQS_POLLING_INTERVAL": "0.25"})
     sqs._clients.clear()
     assert flask_app.extensions["storage"] == {}
     warm_up(flask_app)
