@@ -8,7 +8,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from app.storage import aws_client
+from app.storage import QUARANTINE, aws_client
 from config import Settings
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def queue_attributes(s: Settings, dlq_arn: str | None) -> dict[str, str]:
 
 
 def ensure_bucket(s: Settings) -> None:
-    """Create the bucket if missing; abort multipart uploads left incomplete for a day; CORS for the site."""
+    """Create the bucket if missing; abort multipart uploads left for a day, expire the quarantine; CORS."""
     s3 = aws_client("s3", s)
     bucket = s.S3_BUCKET
     try:
@@ -77,7 +77,13 @@ def ensure_bucket(s: Settings) -> None:
                     "Status": "Enabled",
                     "Filter": {"Prefix": ""},
                     "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
-                }
+                },
+                {  # refused originals (``Storage.quarantine``): kept for a look, then gone
+                    "ID": "expire-quarantine",
+                    "Status": "Enabled",
+                    "Filter": {"Prefix": QUARANTINE},
+                    "Expiration": {"Days": s.QUARANTINE_DAYS},
+                },
             ]
         },
     )

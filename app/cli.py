@@ -27,7 +27,10 @@ def aws_init() -> None:
     """Create the bucket, the dead-letter queue and the work queue; reconcile their settings (idempotent)."""
     s = get_settings()
     ensure_bucket(s)
-    click.echo(f"bucket  {s.S3_BUCKET}: ready (incomplete multipart uploads aborted after 1 day)")
+    click.echo(
+        f"bucket  {s.S3_BUCKET}: ready (incomplete multipart uploads aborted after 1 day,"
+        f" quarantine/ expired after {s.QUARANTINE_DAYS} days)"
+    )
     work, dead = ensure_queues(s)
     click.echo(f"queue   {work}: ready (visibility {s.SQS_VISIBILITY_TIMEOUT}s)")
     click.echo(f"dlq     {dead}: ready (after {s.SQS_MAX_RECEIVE_COUNT} receives)")
@@ -90,13 +93,16 @@ def _prune_mailboxes() -> None:
 @click.option("--every", type=float, default=0, help="Repeat every N seconds (0: once).")
 @click.option("--metrics/--no-metrics", "with_metrics", default=False, help="Also publish the backlog metrics.")
 @click.option("--mailboxes/--no-mailboxes", default=False, help="Also delete the mailboxes of gone workers.")
-def videos_sweep(every: float, with_metrics: bool, mailboxes: bool) -> None:
-    """Re-enqueue uploads that never reached the queue and jobs whose worker died."""
+@click.option("--storage/--no-storage", default=True, help="Also delete objects and abort uploads that have no row.")
+def videos_sweep(every: float, with_metrics: bool, mailboxes: bool, storage: bool) -> None:
+    """Re-enqueue uploads that never reached the queue and jobs whose worker died; reconcile with SQS and S3."""
     while True:
-        report = sweep(get_settings())
+        report = sweep(get_settings(), storage)
         click.echo(
-            f"requeued {len(report.requeued)}, failed {len(report.failed)}, expired uploads {len(report.expired)}"
-            + (" (SQS unreachable: the rest waits)" if report.unreachable else "")
+            f"requeued {len(report.requeued)}, failed {len(report.failed)}, expired uploads {len(report.expired)},"
+            f" dead-lettered {len(report.dead_lettered)}, orphans deleted {len(report.orphans)},"
+            f" uploads aborted {len(report.aborted)}"
+            + (" (AWS unreachable: the rest waits)" if report.unreachable else "")
         )
         if with_metrics:
             _publish_metrics()

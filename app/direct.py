@@ -4,11 +4,11 @@ The API only starts the S3 multipart upload, signs the part URLs, and completes 
 byte of the video passes through a web process. Then the object is checked where that is
 cheap and safe: its real size against the declared one, and its first 64 KiB (one ranged
 GET) for a container signature (``media.sniff``). A plainly wrong file is refused at once
-and deleted; the rest is probed in the worker's sandbox with the form upload's rules
-(``media.validate``), and a video refused there ends ``failed`` with the same codes, its
-original deleted. Running ffprobe in the web tier would mean letting it read from the
-network, or copying up to ``MAX_UPLOAD_BYTES`` through the web tier: the very thing this
-path avoids.
+and quarantined (``Storage.quarantine``: kept until the bucket's lifecycle rule expires it);
+the rest is probed in the worker's sandbox with the form upload's rules (``media.validate``),
+and a video refused there ends ``failed`` with the same codes, its original quarantined too.
+Running ffprobe in the web tier would mean letting it read from the network, or copying up
+to ``MAX_UPLOAD_BYTES`` through the web tier: the very thing this path avoids.
 
 An upload not completed by ``upload_expires_at`` is aborted and its row removed by the
 sweeper; the bucket's lifecycle rule (abort incomplete multipart uploads after a day) is
@@ -27,9 +27,10 @@ from sqlalchemy import select
 from app import jobs, quotas
 from app.api.errors import APIError
 from app.extensions import db, get_settings
-from app.models import Status, User, Video, aware, new_id, utcnow
+from app.models import Status, User, Video, new_id, utcnow
 from app.storage import get_storage, original_key
 from app.uploads import CONTENT_TYPES, clean_filename, queue_stored, record
+from config import Settings
 from media.sniff import HEAD_BYTES, may_be
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def describe(video: Video, sent: list[dict[str, Any]] | None = None) -> dict[str
     assert video.s3_upload_id and video.part_size and video.size_bytes and video.upload_expires_at
     storage = get_storage()
     done = {p["part_number"] for p in sent or []}
-    expires = aware(video.upload_expires_at)
+    expires = video.upload_expires_at
     seconds = max(1, min(get_settings().PRESIGNED_URL_EXPIRES, int((expires - utcnow()).total_seconds())))
     urls = [
         {"part_number": n, "url": storage.part_url(video.original_key, video.s3_upload_id, n, seconds)}
@@ -139,16 +140,42 @@ def sent_parts(video: Video) -> list[dict[str, Any]]:
 
 
 def _refuse(video: Video, status: int, code: str, message: str) -> APIError:
-    """End the upload ``failed`` with ``code``, leaving nothing in S3; return the error to answer."""
-    get_storage().delete_prefix(f"originals/{video.id}/")
-    jobs.refuse_upload(video.id, code, message)
+    """End the upload ``failed`` with ``code``, its object quarantined (never deleted in line); return the error."""
+    moved = get_storage().quarantine(video.id)
+    jobs.refuse_upload(video.id, code, message, moved)
     logger.info("direct upload refused", extra={"video_id": video.id, "code": code})
     return APIError(status, code, message)
+
+
+def _over(video_id: str) -> APIError:
+    status = db.session.scalar(select(Video.status).where(Video.id == video_id)) or "deleted"
+    return APIError(409, "not_uploading", f"This upload is over; the video is {status}.")
+
+
+def _join(video: Video, parts: list[dict[str, Any]]) -> None:
+    """Complete the S3 multipart upload; one that an earlier complete of ours finished counts as done."""
+    assert video.s3_upload_id
+    storage = get_storage()
+    try:
+        storage.complete_multipart(
+            video.original_key, video.s3_upload_id, [(p["part_number"], p["etag"]) for p in parts]
+        )
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchUpload" and storage.exists(video.original_key):  # a retry after the join succeeded
+            return
+        if code not in BAD_PARTS:
+            raise _storage_unavailable(exc) from exc
+        raise APIError(400, "invalid_parts", f"S3 refused the parts ({code}): send each part's own ETag.") from exc
+    except EndpointConnectionError as exc:
+        raise _storage_unavailable(exc) from exc
 
 
 def complete(video: Video, parts: list[dict[str, Any]]) -> tuple[Video, bool]:
     """Complete the multipart upload from the parts' ETags, check the object, enqueue it.
 
+    The row moves to ``completing`` first: an abort or an expiry racing this complete then
+    finds nothing to remove (409), and a second complete finds nothing to complete (409).
     Return the row (detached, with the status it ends with) and whether it was enqueued (False:
     stored, the queue unreachable).
     """
@@ -157,44 +184,50 @@ def complete(video: Video, parts: list[dict[str, Any]]) -> tuple[Video, bool]:
     numbers = [p["part_number"] for p in parts]
     if numbers != list(range(1, count + 1)):
         raise APIError(400, "invalid_parts", f"Send the ETag of every part, 1 to {count}, in order.")
-    storage = get_storage()
+    db.session.expunge(video)  # handed on as read (``queue_stored``): no commit below expires it
+    if not jobs.begin_complete(video.id):
+        raise _over(video.id)
     try:
-        storage.complete_multipart(
-            video.original_key, video.s3_upload_id, [(p["part_number"], p["etag"]) for p in parts]
-        )
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code not in BAD_PARTS:
-            raise _storage_unavailable(exc) from exc
-        raise APIError(400, "invalid_parts", f"S3 refused the parts ({code}): send each part's own ETag.") from exc
-    except EndpointConnectionError as exc:
+        _join(video, parts)
+        head, real = get_storage().head_bytes(video.original_key, HEAD_BYTES)
+    except (ClientError, EndpointConnectionError) as exc:
+        jobs.reopen(video.id)  # the client may complete again
         raise _storage_unavailable(exc) from exc
-    head, real = storage.head_bytes(video.original_key, HEAD_BYTES)
+    except APIError:
+        jobs.reopen(video.id)
+        raise
     if real != video.size_bytes:
         raise _refuse(video, 400, "size_mismatch", f"The upload is {real} bytes, not the {video.size_bytes} declared.")
     if not may_be(head, get_settings().VIDEO_ALLOWED_FORMATS):
         raise _refuse(video, 415, "not_a_video", "The file is not a readable video.")
-    db.session.expunge(video)  # handed on as read (``queue_stored``): no commit below expires it
     if not jobs.upload_done(video.id):
-        status = db.session.scalar(select(Video.status).where(Video.id == video.id))
-        raise APIError(409, "not_uploading", f"This upload is over; the video is {status}.")
+        raise _over(video.id)
     video.status = Status.UPLOADED.value
     logger.info("direct upload stored", extra={"video_id": video.id, "task_id": video.task_id, "bytes": real})
     return video, queue_stored(video)
 
 
 def abort(video: Video) -> None:
-    """Abort the S3 multipart upload and remove the row."""
+    """Remove the row of an upload still ``uploading`` (409 when a complete took it), then abort its S3 upload.
+
+    The row goes first: an S3 upload left by a failed abort has no row, and the sweeper aborts
+    it (``reconcile``); a row left with no S3 upload could never be completed.
+    """
     assert video.s3_upload_id
+    key, s3_upload = video.original_key, video.s3_upload_id
+    if not jobs.discard_upload(video.id):
+        raise _over(video.id)
     try:
-        get_storage().abort_multipart(video.original_key, video.s3_upload_id)
+        get_storage().abort_multipart(key, s3_upload)
     except (ClientError, EndpointConnectionError) as exc:
-        raise _storage_unavailable(exc) from exc
-    jobs.discard_upload(video.id)
+        logger.warning("abort failed; the sweeper aborts it", extra={"video_id": video.id, "error": repr(exc)})
 
 
-def expire() -> list[str]:
-    """Abort the uploads past ``upload_expires_at`` and remove their rows; return their video ids."""
+def expire(settings: Settings) -> list[str]:
+    """Abort the uploads past ``upload_expires_at``, and reopen completes that died; return the expired ids."""
+    for video_id in db.session.scalars(select(Video.id).where(Video.status == Status.COMPLETING.value)).all():
+        if jobs.reopen(video_id, stale_after=settings.ORPHAN_AFTER_SECONDS):
+            logger.warning("complete never ended; upload reopened", extra={"video_id": video_id})
     overdue = db.session.scalars(
         select(Video).where(Video.status == Status.UPLOADING.value, Video.upload_expires_at < utcnow())
     ).all()
@@ -202,7 +235,7 @@ def expire() -> list[str]:
     for video in overdue:
         try:
             abort(video)
-        except APIError:  # S3 unreachable: the next sweep tries again
+        except APIError:  # completed meanwhile
             continue
         gone.append(video.id)
         logger.info("direct upload expired", extra={"video_id": video.id})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import aliased
@@ -43,10 +43,6 @@ def queue_position(video: Video) -> int | None:
     return None if place is None else int(place)  # None: taken meanwhile
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite keeps no time zone
-
-
 def seconds_left(video: Video, now: datetime | None = None) -> float | None:
     """Return the processing time left, from the pace so far (None when not processing or too early to say).
 
@@ -54,5 +50,5 @@ def seconds_left(video: Video, now: datetime | None = None) -> float | None:
     """
     if video.status != Status.PROCESSING.value or not video.started_at or not 0 < video.progress < 100:
         return None
-    taken = ((now or utcnow()) - _aware(video.started_at)).total_seconds()
+    taken = ((now or utcnow()) - video.started_at).total_seconds()
     return round(max(0.0, taken * (100 - video.progress) / video.progress), 1)

@@ -6,7 +6,9 @@ answers from it. Once the first request has answered, its status and body are st
 every retry with the same key gets them back (with ``Idempotent-Replayed: true``). A retry
 that arrives while the first is still running gets 409 ``request_in_progress``; the same
 key on a different request gets 422 ``idempotency_key_reused``. Answers a retry could
-change (429, 5xx) are not kept: the key is released and the retry runs. Keys are removed
+change (429, 5xx) are not kept, and the retry runs, unless the request created something
+(``APIError.final``: the 503 of an upload stored while the queue was down): that answer is
+kept whatever its status, so a replay never creates a second video. Keys are removed
 by the sweeper after ``IDEMPOTENCY_KEY_SECONDS``.
 """
 
@@ -25,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from app.api.errors import APIError, error_response
 from app.auth import token_subject
 from app.extensions import db
-from app.models import IdempotencyKey, aware, utcnow
+from app.models import IdempotencyKey, utcnow
 
 HEADER = "Idempotency-Key"
 MAX_KEY = 255
@@ -80,7 +82,7 @@ def _claim(user_id: int, key: str, fingerprint: str, again: bool = True) -> int 
         raise APIError(422, "idempotency_key_reused", f"This {HEADER} was used for a different request.")
     if first.status_code is not None:
         return _replay(first)
-    if aware(first.created_at) < utcnow() - ABANDONED_AFTER:
+    if first.created_at < utcnow() - ABANDONED_AFTER:
         db.session.delete(first)
         db.session.commit()
         return _claim(user_id, key, fingerprint, again=False) if again else None
@@ -111,16 +113,18 @@ def idempotent(fingerprint: Callable[[], str]) -> Callable[[Any], Any]:
                 return claimed
             if claimed is None:
                 return view(*args, **kwargs)
+            final = False
             try:
                 response = make_response(view(*args, **kwargs))
             except APIError as exc:
                 response, _ = error_response(exc.status, exc.code, exc.message, exc.extra)
                 response.status_code = exc.status
                 response.headers.update(exc.headers)
+                final = exc.final
             except BaseException:
                 _release(claimed)
                 raise
-            if _keep(response.status_code):
+            if final or _keep(response.status_code):
                 answer = {"status_code": response.status_code, "body": response.get_data(as_text=True)}
                 db.session.execute(update(IdempotencyKey).where(IdempotencyKey.id == claimed).values(answer))
                 db.session.commit()

@@ -10,8 +10,10 @@ both win: the loser's WHERE no longer matches, whatever either of them read befo
 ===========  =========================================  ==========  ==================================
 transition   from                                       to          guard (besides the status)
 ===========  =========================================  ==========  ==================================
-upload_done  uploading                                  uploaded    (S3 has the whole, checked object)
-refuse       uploading                                  failed      (the object is not what was declared)
+complete     uploading                                  completing  (the owner completes; an abort now loses)
+reopen       completing                                 uploading   (S3 refused the parts, or was unreachable)
+upload_done  completing                                 uploaded    (S3 has the whole, checked object)
+refuse       completing                                 failed      (the object is not what was declared)
 enqueued     uploaded                                   queued      (its message was sent)
 claim        uploaded, queued; processing; retrying     processing  waiting; stale heartbeat; the retry
                                                                     of ``previous`` (see below)
@@ -22,11 +24,15 @@ release      processing                                 queued      held by the 
 wait_retry   processing                                 retrying    held by the caller
 give_up      processing                                 failed      too many attempts, worker dead
 reset        processing, retrying                       uploaded    stale heartbeat; retry overdue
-renew        uploaded, failed                           uploaded    lease on ``updated_at`` (sweeper)
+dead_letter  queued                                     failed      its message is in the DLQ (sweeper)
+renew        uploaded, queued, failed                   uploaded    lease on ``updated_at`` (sweeper;
+                                                                    queued: its message is lost)
 cancel       uploaded, queued, processing, retrying     cancelled   (the owner, or a revoke)
 ===========  =========================================  ==========  ==================================
 
-An ``uploading`` row that is aborted or expires is deleted (``discard_upload``), not moved.
+An ``uploading`` row that is aborted or expires is deleted (``discard_upload``), not moved; a
+``completing`` one can't be (the complete won the race), and one whose complete died with its
+process is reopened by the sweeper.
 
 Tokens: a delivery holds the row as ``<task id>:<retries>``. A delivery may take over its
 ``previous`` token's row when that try is known to be over: it is ``retrying`` (the try
@@ -47,8 +53,10 @@ from app.models import Status, Video, new_id, utcnow
 S = Status
 # name: (the statuses it moves from, the status it moves to)
 TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
-    "upload_done": (frozenset({S.UPLOADING}), S.UPLOADED),
-    "refuse": (frozenset({S.UPLOADING}), S.FAILED),
+    "complete": (frozenset({S.UPLOADING}), S.COMPLETING),
+    "reopen": (frozenset({S.COMPLETING}), S.UPLOADING),
+    "upload_done": (frozenset({S.COMPLETING}), S.UPLOADED),
+    "refuse": (frozenset({S.COMPLETING}), S.FAILED),
     "enqueued": (frozenset({S.UPLOADED}), S.QUEUED),
     "claim": (frozenset({S.UPLOADED, S.QUEUED, S.PROCESSING, S.RETRYING}), S.PROCESSING),
     "beat": (frozenset({S.PROCESSING}), S.PROCESSING),
@@ -58,7 +66,8 @@ TRANSITIONS: dict[str, tuple[frozenset[Status], Status]] = {
     "wait_retry": (frozenset({S.PROCESSING}), S.RETRYING),
     "give_up": (frozenset({S.PROCESSING}), S.FAILED),
     "reset": (frozenset({S.PROCESSING, S.RETRYING}), S.UPLOADED),
-    "renew": (frozenset({S.UPLOADED, S.FAILED}), S.UPLOADED),
+    "dead_letter": (frozenset({S.QUEUED}), S.FAILED),
+    "renew": (frozenset({S.UPLOADED, S.QUEUED, S.FAILED}), S.UPLOADED),
     "cancel": (frozenset({S.UPLOADED, S.QUEUED, S.PROCESSING, S.RETRYING}), S.CANCELLED),
 }
 # What no longer holds a worker: the row's lease is over.
@@ -83,14 +92,26 @@ def _stale(column: Any, stale_after: float) -> ColumnElement[bool]:
 UPLOAD_OVER = {"s3_upload_id": None, "part_size": None, "upload_expires_at": None}
 
 
+def begin_complete(video_id: str) -> bool:
+    """Take a direct upload's row for its complete: from here an abort or an expiry can't remove it."""
+    return _move("complete", video_id)
+
+
+def reopen(video_id: str, stale_after: float | None = None) -> bool:
+    """Give a ``completing`` upload back to its client (the complete failed, or, ``stale_after``, died)."""
+    guards = [_stale(Video.updated_at, stale_after)] if stale_after is not None else []
+    return _move("reopen", video_id, *guards)
+
+
 def upload_done(video_id: str) -> bool:
     """Mark a direct upload's video stored, once S3 has the whole object and it passed the checks."""
     return _move("upload_done", video_id, **UPLOAD_OVER)
 
 
-def refuse_upload(video_id: str, code: str, message: str) -> bool:
-    """End a direct upload ``failed``: its object was not what was declared."""
-    return _move("refuse", video_id, error_code=code, error_message=message, **UPLOAD_OVER)
+def refuse_upload(video_id: str, code: str, message: str, original_key: str | None = None) -> bool:
+    """End a direct upload ``failed``: its object was not what was declared (and went to ``original_key``)."""
+    moved = {"original_key": original_key} if original_key else {}
+    return _move("refuse", video_id, error_code=code, error_message=message, **UPLOAD_OVER, **moved)
 
 
 def discard_upload(video_id: str) -> bool:
@@ -164,10 +185,17 @@ def finish(video_id: str, token: str, video_key: str, poster_key: str, probed: d
     )
 
 
-def fail(video_id: str, token: str, code: str, message: str) -> bool:
-    """Record why the holder's job failed for good."""
+def fail(video_id: str, token: str, code: str, message: str, original_key: str | None = None) -> bool:
+    """Record why the holder's job failed for good, and where its original went when it was quarantined."""
+    moved = {"original_key": original_key} if original_key else {}
     return _move(
-        "fail", video_id, Video.claimed_by == token, error_code=code, error_message=message[:2000], heartbeat_at=None
+        "fail",
+        video_id,
+        Video.claimed_by == token,
+        error_code=code,
+        error_message=message[:2000],
+        heartbeat_at=None,
+        **moved,
     )
 
 
@@ -239,6 +267,18 @@ def renew(
     if reset_attempts:
         values |= {"attempts": 0, "error_code": None, "error_message": None}
     return task_id if _move("renew", video_id, *guards, **values) else None
+
+
+def dead_letter(video_id: str, older_than: float) -> bool:
+    """Fail a ``queued`` row whose message SQS dead-lettered, untouched for ``older_than`` seconds; retryable."""
+    return _move(
+        "dead_letter",
+        video_id,
+        _stale(Video.updated_at, older_than),
+        error_code="dead_lettered",
+        error_message="Its message could not be delivered to a worker; retry it.",
+        **LEASE_OVER,
+    )
 
 
 def cancel(video_id: str) -> bool:

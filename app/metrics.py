@@ -58,7 +58,6 @@ def oldest_waiting_age() -> float:
     db.session.commit()
     if oldest is None:
         return 0.0
-    oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=utcnow().tzinfo)
     return max((utcnow() - oldest).total_seconds(), 0.0)
 
 

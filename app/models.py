@@ -6,7 +6,7 @@ import enum
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import DateTime, Dialect, ForeignKey, Index, String, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -18,9 +18,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def aware(value: datetime) -> datetime:
-    """Return ``value`` with its time zone (SQLite keeps none: its times are UTC)."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is timezone-aware UTC on every database: SQLite keeps no zone, so its values come back UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.astimezone(UTC) if value is not None and value.tzinfo else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def new_id() -> str:
@@ -32,6 +40,7 @@ class Status(enum.StrEnum):
     """Where a video is in its life; app/jobs.py owns every change."""
 
     UPLOADING = "uploading"  # a direct upload: the client is sending its parts to S3
+    COMPLETING = "completing"  # its complete is joining the parts: an abort now loses (409)
     UPLOADED = "uploaded"  # in S3 and the database, not yet on the queue
     QUEUED = "queued"
     PROCESSING = "processing"
@@ -53,7 +62,7 @@ class User(Model):
     last_name: Mapped[str | None] = mapped_column(String(100))
     city: Mapped[str | None] = mapped_column(String(100))
     country: Mapped[str | None] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(db.DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     videos: Mapped[list[Video]] = relationship(back_populates="owner", cascade="all, delete-orphan")
 
@@ -95,17 +104,17 @@ class Video(Model):
     height: Mapped[int | None]
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(db.Text)
-    created_at: Mapped[datetime] = mapped_column(db.DateTime(timezone=True), default=utcnow, index=True)
-    updated_at: Mapped[datetime] = mapped_column(db.DateTime(timezone=True), default=utcnow, onupdate=utcnow)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))
-    retry_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))
-    started_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))  # this attempt's claim
-    processed_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # this attempt's claim
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # A direct upload while it is ``uploading``: its public id, S3's multipart upload, its parts, its deadline.
     upload_id: Mapped[str | None] = mapped_column(String(36), unique=True, index=True)
     s3_upload_id: Mapped[str | None] = mapped_column(String(1024))
     part_size: Mapped[int | None] = mapped_column(db.BigInteger)
-    upload_expires_at: Mapped[datetime | None] = mapped_column(db.DateTime(timezone=True))
+    upload_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     owner: Mapped[User] = relationship(back_populates="videos")
 
@@ -122,4 +131,4 @@ class IdempotencyKey(Model):
     fingerprint: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int | None]  # None while the first request runs
     body: Mapped[str | None] = mapped_column(db.Text)
-    created_at: Mapped[datetime] = mapped_column(db.DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

@@ -18,6 +18,7 @@ from app.models import Status, User, Video, utcnow
 
 ACTIVE = (
     Status.UPLOADING.value,
+    Status.COMPLETING.value,
     Status.UPLOADED.value,
     Status.QUEUED.value,
     Status.PROCESSING.value,
@@ -25,7 +26,7 @@ ACTIVE = (
 )
 DAY = timedelta(days=1)
 # Failures a retry can cure. The others are about the file itself: retrying would only repeat them.
-RETRYABLE = {"internal_error", "retries_exhausted", "worker_lost"}
+RETRYABLE = {"internal_error", "retries_exhausted", "worker_lost", "dead_lettered"}
 
 
 def _too_many(code: str, message: str, retry_after: int) -> APIError:
@@ -38,7 +39,6 @@ def _seconds_until_window_frees(user_id: int) -> int:
     )
     if oldest is None:
         return 60
-    oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=utcnow().tzinfo)
     return int((oldest + DAY - utcnow()).total_seconds()) + 1
 
 

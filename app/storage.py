@@ -22,13 +22,19 @@ from config import Settings
 # Files above 16 MiB go up in 16 MiB parts, four at a time: memory stays bounded.
 MAX_KEY_NAME = 100  # S3 keys are at most 1024 bytes
 MAX_CACHED_URLS = 10_000  # presigned URLs kept per process for reuse
+ORIGINALS, QUARANTINE = "originals/", "quarantine/"
 TRANSFER = TransferConfig(multipart_threshold=16 * 1024**2, multipart_chunksize=16 * 1024**2, max_concurrency=4)
 
 
 def original_key(video_id: str, filename: str | None, container: str) -> str:
     """Return the key of an upload's original file."""
     name = secure_filename(filename or "")[-MAX_KEY_NAME:].lstrip("._") or f"original.{container}"
-    return f"originals/{video_id}/{name}"
+    return f"{ORIGINALS}{video_id}/{name}"
+
+
+def quarantine_key(key: str) -> str:
+    """Return where an original the checks refused is kept until the bucket's lifecycle rule expires it."""
+    return QUARANTINE + key.removeprefix(ORIGINALS)
 
 
 def processed_video_key(video_id: str) -> str:
@@ -43,7 +49,8 @@ def poster_key(video_id: str) -> str:
 
 def video_prefixes(video_id: str) -> list[str]:
     """Return every key prefix that holds objects of one video."""
-    return [f"originals/{video_id}/", posixpath.dirname(processed_video_key(video_id)) + "/"]
+    processed = posixpath.dirname(processed_video_key(video_id)) + "/"
+    return [f"{ORIGINALS}{video_id}/", f"{QUARANTINE}{video_id}/", processed]
 
 
 def aws_client(service: str, s: Settings, **config: Any) -> Any:
@@ -118,6 +125,16 @@ class Storage:
             if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
                 raise
 
+    def exists(self, key: str) -> bool:
+        """Return whether the object exists."""
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
     def head_bytes(self, key: str, count: int) -> tuple[bytes, int]:
         """Return the object's first ``count`` bytes and its whole size, from one ranged GET."""
         got = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{count - 1}")
@@ -135,10 +152,32 @@ class Storage:
                 deleted += len(keys)
         return deleted
 
+    def quarantine(self, video_id: str) -> str | None:
+        """Move a refused video's original under ``quarantine/`` (copied, then deleted); return its new key.
+
+        Never deleted in line: the bucket's lifecycle rule expires it (``QUARANTINE_DAYS``), and
+        deleting the video deletes it.
+        """
+        moved = None
+        for key in self.keys(f"{ORIGINALS}{video_id}/"):
+            moved = quarantine_key(key)
+            self.client.copy({"Bucket": self.bucket, "Key": key}, self.bucket, moved, Config=TRANSFER)
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        return moved
+
+    def objects(self, prefix: str) -> list[dict[str, Any]]:
+        """Return the objects under ``prefix`` as S3 lists them (``Key``, ``LastModified``, ``Size``, ...)."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [obj for page in pages for obj in page.get("Contents", [])]
+
     def keys(self, prefix: str) -> list[str]:
         """Return the keys under ``prefix``."""
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        return [obj["Key"] for obj in self.objects(prefix)]
+
+    def multipart_uploads(self, prefix: str) -> list[dict[str, Any]]:
+        """Return the multipart uploads in progress under ``prefix`` (``Key``, ``UploadId``, ``Initiated``)."""
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [upload for page in pages for upload in page.get("Uploads", [])]
 
     def url(self, key: str | None) -> str | None:
         """Return a presigned GET URL for ``key``, or None.

@@ -1,4 +1,4 @@
-"""Re-enqueue what the queue lost: uploads never queued, and jobs whose worker died.
+"""Re-enqueue what the queue lost: uploads never queued, jobs whose worker died, messages that vanished.
 
 Also the housekeeping of uploads: direct uploads left unfinished past their deadline are
 aborted, and idempotency keys older than ``IDEMPOTENCY_KEY_SECONDS`` removed.
@@ -14,12 +14,14 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import and_, or_, select
 
-from app import direct, idempotency, jobs
+from app import direct, idempotency, jobs, reconcile
 from app.extensions import db
 from app.models import Status, Video, utcnow
 from app.queue import EnqueueError, enqueue_video
+from app.storage import get_storage
 from config import Settings
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ class SweepReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)  # direct uploads never completed
+    dead_lettered: list[str] = field(default_factory=list)  # queued rows whose message died: failed, retryable
+    orphans: list[str] = field(default_factory=list)  # videos with objects and no row: objects deleted
+    aborted: list[str] = field(default_factory=list)  # multipart uploads with no row
     unreachable: bool = False
 
 
@@ -53,26 +58,43 @@ def requeue(
     return True
 
 
-def sweep(settings: Settings) -> SweepReport:
+def _reconcile(settings: Settings, report: SweepReport, storage: bool) -> list[str]:
+    """Fail the rows SQS dead-lettered, clean S3 of what has no row; return the queued rows whose message is lost."""
+    lost: list[str] = []
+    try:
+        report.dead_lettered = reconcile.dead_lettered(settings)
+        lost = reconcile.lost_messages(settings)
+        if storage:
+            report.orphans = reconcile.orphan_objects(get_storage(), settings)
+            report.aborted = reconcile.orphan_uploads(get_storage(), settings)
+    except (BotoCoreError, ClientError) as exc:  # the next sweep tries again
+        db.session.rollback()
+        logger.warning("reconcile failed", extra={"error": repr(exc)})
+        report.unreachable = True
+    return lost
+
+
+def sweep(settings: Settings, storage: bool = True) -> SweepReport:
     """Re-enqueue uploads older than ``SWEEP_AFTER_SECONDS``, stale ``processing`` rows and overdue retries.
 
     What it reads is only a list of candidates: each change re-checks its reason (a stale
     heartbeat, an overdue retry, an old ``updated_at``) in its own UPDATE, so a delivery
-    that claimed a row since this sweep read it keeps it.
+    that claimed a row since this sweep read it keeps it. It also reconciles the rows with
+    SQS and S3 (``app/reconcile.py``; ``storage``: the bucket's listing too).
     """
-    report = SweepReport(expired=direct.expire())
+    report = SweepReport(expired=direct.expire(settings))
     idempotency.prune(timedelta(seconds=settings.IDEMPOTENCY_KEY_SECONDS))
     now = utcnow()
     stale_after = settings.STALE_AFTER_SECONDS
     grace = timedelta(seconds=settings.SWEEP_AFTER_SECONDS)
     stale = now - timedelta(seconds=stale_after)
-    lost = select(Video.id).where(
+    overdue = select(Video.id).where(
         or_(
             and_(Video.status == Status.PROCESSING.value, Video.heartbeat_at < stale),
             and_(Video.status == Status.RETRYING.value, Video.retry_at < stale),
         )
     )
-    for video_id in db.session.scalars(lost).all():
+    for video_id in db.session.scalars(overdue).all():
         if jobs.give_up(video_id, stale_after, settings.MAX_ATTEMPTS):
             report.failed.append(video_id)
         else:  # backdated past the grace, so the loop below enqueues it now
@@ -80,9 +102,10 @@ def sweep(settings: Settings) -> SweepReport:
     waiting = db.session.scalars(
         select(Video.id).where(Video.status == Status.UPLOADED.value, Video.updated_at < now - grace)
     ).all()
-    for video_id in waiting:
+    lost = _reconcile(settings, report, storage)
+    for video_id, sources in [*((v, (Status.UPLOADED,)) for v in waiting), *((v, (Status.QUEUED,)) for v in lost)]:
         try:
-            if requeue(video_id, (Status.UPLOADED,), lease_older_than=grace):
+            if requeue(video_id, sources, lease_older_than=grace):
                 report.requeued.append(video_id)
         except EnqueueError:
             report.unreachable = True
@@ -93,6 +116,9 @@ def sweep(settings: Settings) -> SweepReport:
             "requeued": len(report.requeued),
             "failed": len(report.failed),
             "expired": len(report.expired),
+            "dead_lettered": len(report.dead_lettered),
+            "orphans": len(report.orphans),
+            "aborted": len(report.aborted),
             "unreachable": report.unreachable,
         },
     )

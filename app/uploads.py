@@ -15,6 +15,7 @@ from app.extensions import db, get_settings
 from app.models import Status, User, Video, new_id
 from app.queue import EnqueueError, enqueue_video
 from app.storage import get_storage, original_key
+from media import runner
 from media.probe import ProbeError, probe
 from media.sandbox import Sandbox
 from media.validate import Limits, MediaRejected, check, rejection
@@ -54,6 +55,14 @@ def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, boo
         info = probe(path, Sandbox.from_settings(config))
         check(info, limits)
     except ProbeError as exc:
+        if exc.blame != runner.FILE:  # killed, crashed or slow on a busy host: not the file's verdict
+            logger.warning("probe failed", extra={"reason": exc.reason, "ffprobe": exc.detail[-500:]})
+            raise APIError(
+                503,
+                "probe_unavailable",
+                "The video could not be checked just now; send it again shortly.",
+                headers={"Retry-After": "5"},
+            ) from exc
         refused = rejection(exc, limits)
         logger.info("upload refused", extra={"code": refused.code, "reason": exc.reason, "ffprobe": exc.detail[-500:]})
         raise APIError(refused.status, refused.code, refused.message) from exc
@@ -88,7 +97,10 @@ def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, boo
         record(video)  # the row exists before any worker can see the message
     except Exception:
         db.session.rollback()
-        storage.delete_prefix(f"originals/{video_id}/")
+        try:  # an object with no row: the sweeper deletes what is left (``reconcile``)
+            storage.delete_prefix(f"originals/{video_id}/")
+        except Exception as cleanup:  # the caller gets the error that stopped the upload, not this one
+            logger.warning("clean-up failed", extra={"video_id": video_id, "error": repr(cleanup)})
         raise
     logger.info("upload stored", extra={"video_id": video_id, "task_id": video.task_id, "bytes": size})
     return video, queue_stored(video)

@@ -167,6 +167,10 @@ class Settings:
     UPLOAD_PART_BYTES: int
     UPLOAD_EXPIRES_SECONDS: int
     IDEMPOTENCY_KEY_SECONDS: int
+    # Refused originals are kept under quarantine/ this long (the bucket's lifecycle rule), never deleted in line.
+    QUARANTINE_DAYS: int
+    # An S3 original with no row, or a multipart upload with none, older than this is removed by the sweeper.
+    ORPHAN_AFTER_SECONDS: int
     # Every body but an upload's is small: JSON routes read at most this many bytes.
     MAX_JSON_BYTES: int
     MAX_FORM_PARTS: int
@@ -359,6 +363,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         UPLOAD_PART_BYTES=env_int(env, "UPLOAD_PART_BYTES", 8 * 1024**2),
         UPLOAD_EXPIRES_SECONDS=env_int(env, "UPLOAD_EXPIRES_SECONDS", 12 * 3600),
         IDEMPOTENCY_KEY_SECONDS=env_int(env, "IDEMPOTENCY_KEY_SECONDS", 24 * 3600),
+        QUARANTINE_DAYS=env_int(env, "QUARANTINE_DAYS", 7),
+        ORPHAN_AFTER_SECONDS=env_int(env, "ORPHAN_AFTER_SECONDS", 3600),
         MAX_JSON_BYTES=env_int(env, "MAX_JSON_BYTES", 16 * 1024),
         MAX_FORM_PARTS=env_int(env, "MAX_FORM_PARTS", 4),
         MAX_FORM_MEMORY_SIZE=env_int(env, "MAX_FORM_MEMORY_SIZE", 256 * 1024),

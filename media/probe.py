@@ -29,6 +29,11 @@ class ProbeError(Exception):
         super().__init__(message)
         self.reason, self.detail = reason, detail
 
+    @property
+    def blame(self) -> str:
+        """Whose fault the failure is (``runner.BLAME``): a container off the whitelist is the file's."""
+        return runner.FILE if self.reason == "format" else runner.BLAME.get(self.reason, runner.FILE)
+
 
 @dataclass(frozen=True)
 class MediaInfo:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
+import os
 import re
 import resource
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO
 
 from media.progress import out_time_seconds
@@ -24,25 +26,49 @@ MAX_OUTPUT_BYTES = 8 * 1024**2
 # carries on without the picture, exiting 0: the runner stops it at the first such line.
 PICTURE_TOO_LARGE = re.compile(r"Picture size (\d+)x(\d+) (?:is invalid|exceeds)")
 OUT_OF_MEMORY = "Cannot allocate memory"
-CRASH_SIGNALS = {-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS}
-# This process's running children, so that another thread can stop them (``stop_all``).
-_running: set[subprocess.Popen[bytes]] = set()
+CRASH_SIGNALS = {-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE}
+# Whose fault an ending is. The file's: a verdict it earned under our own limits (FFmpeg's own error, a limit the
+# runner set and saw reached). The host's: killed from outside (the OOM killer, an operator) or stopped by us. Not
+# known yet: a crash, or the wall limit (slow may mean a busy host), to be tried once more in a fresh process.
+FILE, HOST, SUSPECT = "file", "host", "suspect"
+BLAME: dict[str | None, str] = {
+    None: FILE,
+    "resolution": FILE,
+    "output": FILE,
+    "cpu": FILE,
+    "memory": FILE,
+    "killed": HOST,
+    "stopped": HOST,
+    "timeout": SUSPECT,
+    "crashed": SUSPECT,
+}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The kernel's RLIMIT_CPU kill comes at the limit, give or take a tick; a SIGKILL well before it came from outside.
+CPU_SLACK_SECONDS = 0.5
+# This process's running children and who started them (``owned``), so that another thread can stop one job's.
+_running: dict[subprocess.Popen[bytes], str | None] = {}
 _stopped: set[subprocess.Popen[bytes]] = set()
 _lock = threading.Lock()
+_owner = threading.local()
 
 
 class FFmpegError(Exception):
     """FFmpeg failed. ``reason`` says why when it is one of ours, ``stderr`` holds its last lines.
 
-    Reasons: ``stopped`` (``stop_all``), ``timeout`` (the wall limit), ``cpu`` (the CPU-time limit), ``memory`` (the
-    address-space limit), ``resolution`` (a picture over ``max_pixels``), ``output`` (too much of it), ``crashed``, or
-    None for FFmpeg's own errors. ``stderr`` is for the log, never for the user.
+    Reasons: ``stopped`` (``stop``), ``timeout`` (the wall limit), ``cpu`` (the CPU-time limit, its CPU time seen
+    at it), ``memory`` (the address-space limit), ``resolution`` (a picture over ``max_pixels``), ``output`` (too
+    much of it), ``killed`` (SIGKILL from outside: the OOM killer, an operator), ``crashed``, or None for FFmpeg's
+    own errors. ``blame`` says whose fault that is (``BLAME``). ``stderr`` is for the log, never for the user.
     """
 
     def __init__(self, argv: list[str], returncode: int | None, stderr: str, reason: str | None = None) -> None:
         self.argv, self.returncode, self.stderr, self.reason = argv, returncode, stderr, reason
         tail = stderr.strip().splitlines()[-1:] or [f"exit status {returncode}"]
         super().__init__(f"{reason}: {tail[0]}" if reason else tail[0])
+
+    @property
+    def blame(self) -> str:
+        return BLAME.get(self.reason, FILE)
 
 
 # Resolved here, in the parent: the child between fork and exec must not load anything (other threads may hold locks).
@@ -87,18 +113,41 @@ class _Stderr(threading.Thread):
         return "\n".join(self.tail)
 
 
-def stop_all() -> int:
-    """Kill every child ``run`` has going in this process; return how many.
+@contextlib.contextmanager
+def owned(owner: str) -> Iterator[None]:
+    """Mark the children this thread starts meanwhile as ``owner``'s, for ``stop``."""
+    previous = getattr(_owner, "name", None)
+    _owner.name = owner
+    try:
+        yield
+    finally:
+        _owner.name = previous
+
+
+def stop(owner: str) -> int:
+    """Kill the children that ``owner``'s thread has going (``owned``); return how many.
 
     For a job that is cancelled or taken over: its thread may be blocked on a child that
     reports nothing (a stalled decode), so waiting for the next progress line is not enough.
+    Another job's children, in this process now or later, are never touched.
     """
     with _lock:
-        procs = list(_running)
+        procs = [proc for proc, who in _running.items() if who == owner]
         _stopped.update(procs)
     for proc in procs:
         proc.kill()
     return len(procs)
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """Return the CPU time of an exited, not yet reaped child (its zombie's /proc entry); None when unknown."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # wait for the exit, leave the zombie for Popen
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def run(
@@ -125,7 +174,7 @@ def run(
         errors = _Stderr(proc.stderr, proc)
         errors.start()
         with _lock:
-            _running.add(proc)
+            _running[proc] = getattr(_owner, "name", None)
 
         def expire() -> None:
             timed_out.set()
@@ -134,7 +183,7 @@ def run(
         timer = threading.Timer(limits.wall_seconds, expire) if limits.wall_seconds else None
         if timer:
             timer.start()
-        output = b""
+        output, cpu = b"", None
         try:
             if capture:
                 output = proc.stdout.read(MAX_OUTPUT_BYTES + 1)
@@ -146,6 +195,7 @@ def run(
                     seconds = out_time_seconds(raw.decode("ascii", "replace"))
                     if seconds is not None and on_progress:
                         on_progress(seconds)
+            cpu = _cpu_seconds(proc.pid)
             proc.wait()
         finally:
             if timer:
@@ -155,24 +205,30 @@ def run(
                 proc.wait()
             errors.join(timeout=5)
             with _lock:
-                _running.discard(proc)
+                _running.pop(proc, None)
                 stopped = proc in _stopped
                 _stopped.discard(proc)
     if stopped:
         raise FFmpegError(argv, proc.returncode, errors.text(), "stopped")
     # A picture over the limit fails the run even if FFmpeg got to exit 0 before it was killed.
     if proc.returncode != 0 or errors.reason == "resolution":
-        raise FFmpegError(argv, proc.returncode, errors.text(), _reason(proc.returncode, timed_out.is_set(), errors))
+        reason = _reason(proc.returncode, timed_out.is_set(), errors, cpu, limits.cpu_seconds)
+        raise FFmpegError(argv, proc.returncode, errors.text(), reason)
     return output.decode("utf-8", "replace")
 
 
-def _reason(returncode: int, timed_out: bool, errors: _Stderr) -> str | None:
+def _reason(
+    returncode: int, timed_out: bool, errors: _Stderr, cpu: float | None = None, cpu_limit: int | None = None
+) -> str | None:
+    """Return why the child failed, by cause: what we did to it, what it met, or who else stopped it."""
     if errors.reason in ("resolution", "output"):
         return errors.reason
     if timed_out:
         return "timeout"
     if returncode == -signal.SIGKILL:
-        return "cpu"  # not killed by us: the kernel's RLIMIT_CPU
-    if errors.reason == "memory" or returncode in CRASH_SIGNALS:
-        return "memory" if errors.reason == "memory" else "crashed"
-    return None
+        # The kernel kills at RLIMIT_CPU; any other SIGKILL is from outside (the OOM killer, an operator).
+        reached = cpu_limit is not None and cpu is not None and cpu >= cpu_limit - CPU_SLACK_SECONDS
+        return "cpu" if reached else "killed"
+    if errors.reason == "memory":
+        return "memory"
+    return "crashed" if returncode in CRASH_SIGNALS else None

@@ -13,13 +13,27 @@ MISSING = {"NoSuchKey", "404", "NoSuchBucket"}
 class PermanentError(Exception):
     """The job can never succeed as it stands; the video is marked failed with ``code``."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, original_key: str | None = None) -> None:
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.original_key = code, message, original_key
+
+
+class HostFault(Exception):
+    """FFmpeg or ffprobe ended for a reason of the host's, or one not yet known to be the file's: retry.
+
+    ``reason`` is the runner's (``killed``, ``stopped``, ``timeout``, ``crashed``); the retry carries it, so
+    that the same suspect reason on the next attempt, in a fresh process, is taken as the file's verdict.
+    """
+
+    def __init__(self, reason: str | None, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Return whether retrying later may succeed (network, throttling, S3 or database outage)."""
+    """Return whether retrying later may succeed (network, throttling, S3 or database outage, the host's fault)."""
+    if isinstance(exc, HostFault):
+        return True
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)

@@ -30,7 +30,7 @@ from media.profile import Profile
 from media.runner import FFmpegError
 from media.sandbox import Sandbox
 from media.validate import Limits, MediaRejected, check, rejection
-from tasks.errors import PermanentError, backoff, is_missing, is_transient
+from tasks.errors import HostFault, PermanentError, backoff, is_missing, is_transient
 from tasks.relay import Relay
 from tasks.scratch import job_dir, running_jobs
 
@@ -56,14 +56,26 @@ def pipeline() -> Pipeline:
 
 def _ffmpeg_failure(exc: FFmpegError) -> PermanentError:
     """Return the recorded failure for FFmpeg stopped by the sandbox or by the input; stderr goes to the log."""
-    logger.warning("ffmpeg failed", extra={"reason": exc.reason, "ffmpeg": exc.stderr[-1000:]})
     if exc.reason == "resolution":
         return PermanentError("resolution_out_of_bounds", "A picture in the video is larger than the allowed size.")
     if exc.reason == "timeout":
-        return PermanentError("timed_out", "Encoding took longer than this video's time limit.")
+        return PermanentError("timed_out", "Encoding took longer than this video's time limit, twice.")
     if exc.reason in ("memory", "cpu"):
         return PermanentError("too_complex", "Encoding needed more memory or CPU time than allowed.")
+    if exc.reason == "crashed":
+        return PermanentError("undecodable", "FFmpeg crashed on this video, twice.")
     return PermanentError("undecodable", "FFmpeg could not decode the video.")
+
+
+def host_fault(exc: FFmpegError | ProbeError, suspect: str | None) -> HostFault | None:
+    """Return the fault to retry when FFmpeg's end is not (yet) the file's, or None when it is the file's verdict.
+
+    The host's (killed from outside, stopped) is always retried. A suspect one (a crash, the wall
+    limit) is retried once; the same reason again, in a fresh process, is the file's.
+    """
+    if exc.blame == runner.HOST or (exc.blame == runner.SUSPECT and exc.reason != suspect):
+        return HostFault(exc.reason, f"{'ffprobe' if isinstance(exc, ProbeError) else 'FFmpeg'} {exc.reason}")
+    return None
 
 
 class Heartbeat:
@@ -72,7 +84,11 @@ class Heartbeat:
     Every ``HOLD_CHECK_SECONDS`` it also reads whether the row is still held; when it is
     not (cancelled, deleted), ``lost`` is set and this process's FFmpeg is killed at once, even
     one that reports no progress (a stalled decode): the job then stops with ``JobLost``.
+    Only this job's children are stopped (``runner.stop``): a beat that outlives its job (stuck
+    in the database past ``JOIN_SECONDS``) can't touch the next job's FFmpeg.
     """
+
+    JOIN_SECONDS = 5.0
 
     def __init__(self, app: Flask, video_id: str, token: str, every: float) -> None:
         self.app, self.video_id, self.token, self.every = app, video_id, token, every
@@ -90,7 +106,7 @@ class Heartbeat:
                         last_beat = time.monotonic()
                     if not jobs.holds(self.video_id, self.token):
                         self.lost.set()
-                        runner.stop_all()  # one job per pool process: these children are its own
+                        runner.stop(self.token)  # this job's children only: never the next job's
                         return
             except Exception as exc:  # a missed beat is not fatal; enough of them make the row stale
                 logger.warning("heartbeat failed", extra={"video_id": self.video_id, "error": repr(exc)})
@@ -101,7 +117,7 @@ class Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=self.JOIN_SECONDS)
 
 
 class Steps:
@@ -139,8 +155,8 @@ class Steps:
 class VideoJob:
     """One delivery of one video's processing, holding the row under ``token``."""
 
-    def __init__(self, video_id: str, token: str, lost: threading.Event) -> None:
-        self.video_id, self.token, self.lost = video_id, token, lost
+    def __init__(self, video_id: str, token: str, lost: threading.Event, suspect: str | None = None) -> None:
+        self.video_id, self.token, self.lost, self.suspect = video_id, token, lost, suspect
         self._last_beat, self._last_progress = 0.0, -1
 
     def progress(self, percent: int) -> None:
@@ -168,9 +184,9 @@ class VideoJob:
         with relay:
             yield relay
 
-    def _drop_original(self, storage: Storage) -> None:
-        """Delete an original the rules refuse: it can never be processed (a direct upload's first real check)."""
-        storage.delete_prefix(f"originals/{self.video_id}/")
+    def _refused(self, storage: Storage, code: str, message: str) -> PermanentError:
+        """Quarantine an original the rules refuse (never deleted in line); return the failure to record."""
+        return PermanentError(code, message, storage.quarantine(self.video_id))
 
     def run(self) -> str:
         """Process the claimed video; return the processed key."""
@@ -201,15 +217,17 @@ class VideoJob:
             except (ProbeError, FFmpegError) as exc:
                 if self.lost.is_set():  # killed by the heartbeat: not a fault of the video
                     raise JobLost() from exc
+                stderr = exc.stderr if isinstance(exc, FFmpegError) else exc.detail
+                what = "ffmpeg failed" if isinstance(exc, FFmpegError) else "probe failed"
+                logger.warning(what, extra={"reason": exc.reason, "blame": exc.blame, "stderr": stderr[-1000:]})
+                if (fault := host_fault(exc, self.suspect)) is not None:
+                    raise fault from exc
                 if isinstance(exc, FFmpegError):
                     raise _ffmpeg_failure(exc) from exc
                 refused = rejection(exc, limits)
-                logger.warning("probe failed", extra={"reason": exc.reason, "ffprobe": exc.detail[-1000:]})
-                self._drop_original(storage)
-                raise PermanentError(refused.code, refused.message) from exc
+                raise self._refused(storage, refused.code, refused.message) from exc
             except MediaRejected as exc:
-                self._drop_original(storage)
-                raise PermanentError(exc.code, exc.message) from exc
+                raise self._refused(storage, exc.code, exc.message) from exc
             except TruncatedInput as exc:
                 raise PermanentError("undecodable", f"The video is cut off: {exc}.") from exc
             except Exception as exc:  # S3, while FFmpeg read the original
@@ -237,9 +255,9 @@ class VideoJob:
         return video_key
 
 
-def _fail(video_id: str, token: str, code: str, message: str) -> None:
+def _fail(video_id: str, token: str, code: str, message: str, original_key: str | None = None) -> None:
     db.session.rollback()
-    jobs.fail(video_id, token, code, message)
+    jobs.fail(video_id, token, code, message, original_key)
     JOBS.labels("failed").inc()
     logger.error("failed", extra={"state": Status.FAILED.value, "code": code, "reason": message[:500]})
 
@@ -265,17 +283,16 @@ def _held_by(video_id: str, token: str) -> float | None:
     beat = video.heartbeat_at
     if beat is None:
         return 0.0
-    if beat.tzinfo is None:  # SQLite keeps no time zone
-        beat = beat.replace(tzinfo=UTC)
     return max(0.0, stale_after - (datetime.now(UTC) - beat).total_seconds())
 
 
 @shared_task(name=PROCESS_TASK, bind=True, max_retries=None, default_retry_delay=0)
-def process_video(self: Task, video_id: str, recheck: bool = False) -> str | None:
+def process_video(self: Task, video_id: str, recheck: bool = False, suspect: str | None = None) -> str | None:
     """Process one video by id; a delivery for a video that is not waiting is acknowledged and skipped.
 
     ``recheck``: this delivery follows one that found the row held by itself (SQS
     redelivered a message whose run had not ended): take the row only once it is stale.
+    ``suspect``: the previous try's FFmpeg ended for that reason (``host_fault``).
     """
     request = self.request
     token = f"{request.id}:{request.retries}"
@@ -299,8 +316,8 @@ def process_video(self: Task, video_id: str, recheck: bool = False) -> str | Non
         logger.info("claimed", extra={"state": Status.PROCESSING.value, "retries": request.retries})
         try:
             flask_app = current_app._get_current_object()  # type: ignore[attr-defined]  # a proxy's target
-            with Heartbeat(flask_app, video_id, token, config.HEARTBEAT_SECONDS) as beat:
-                return VideoJob(video_id, token, beat.lost).run()
+            with Heartbeat(flask_app, video_id, token, config.HEARTBEAT_SECONDS) as beat, runner.owned(token):
+                return VideoJob(video_id, token, beat.lost, suspect).run()
         except JobLost:  # FFmpeg is stopped and the scratch directory removed on the way out
             db.session.rollback()
             JOBS.labels("stopped").inc()
@@ -311,7 +328,7 @@ def process_video(self: Task, video_id: str, recheck: bool = False) -> str | Non
             logger.warning("interrupted; row handed back", extra={"state": Status.QUEUED.value})
             raise
         except PermanentError as exc:
-            _fail(video_id, token, exc.code, exc.message)
+            _fail(video_id, token, exc.code, exc.message, exc.original_key)
         except SoftTimeLimitExceeded:
             _fail(video_id, token, "timed_out", f"Processing took longer than {config.TASK_SOFT_TIME_LIMIT}s.")
         except Exception as exc:
@@ -329,6 +346,7 @@ def process_video(self: Task, video_id: str, recheck: bool = False) -> str | Non
             # The row waits as `retrying` (the sweeper leaves it until the retry is overdue); SQS holds
             # the retry's message for `delay` seconds (DelaySeconds): no worker keeps it meanwhile.
             jobs.wait_retry(video_id, token, delay)
-            RETRIES.labels("transient").inc()
-            raise self.retry(exc=exc, countdown=0, delay_seconds=delay) from exc
+            RETRIES.labels("host" if isinstance(exc, HostFault) else "transient").inc()
+            again = {"suspect": exc.reason} if isinstance(exc, HostFault) else {}
+            raise self.retry(args=[video_id], kwargs=again, exc=exc, countdown=0, delay_seconds=delay) from exc
         return None

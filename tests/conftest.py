@@ -172,7 +172,7 @@ def _clean(request: pytest.FixtureRequest) -> Iterator[None]:
         db.session.query(Video).delete()
         db.session.query(User).delete()
         db.session.commit()
-        for prefix in ("originals/", "processed/"):
+        for prefix in ("originals/", "processed/", "quarantine/"):
             get_storage().delete_prefix(prefix)
     yield
 

@@ -69,6 +69,8 @@ def test_what_moto_cannot_model_is_in_the_template() -> None:
     # moto's CloudFormation creates the bucket but applies none of these properties
     bucket = resources["VideoBucket"]["Properties"]
     assert bucket["LifecycleConfiguration"]["Rules"][0]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    quarantine = bucket["LifecycleConfiguration"]["Rules"][1]
+    assert (quarantine["Prefix"], quarantine["ExpirationInDays"]) == ("quarantine/", {"Ref": "QuarantineDays"})
     assert all(bucket["PublicAccessBlockConfiguration"].values())
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     secret = resources["SecretKey"]["Properties"]["GenerateSecretString"]

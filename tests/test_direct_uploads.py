@@ -117,8 +117,8 @@ def test_answers_say_how_long_they_waited_on_s3_and_sqs(
 
 def test_the_upload_routes_read_nothing_back(client: FlaskClient, auth: dict[str, str], clip: Callable) -> None:
     # Each statement a round trip to the database. Start: the token's user, the quotas with the
-    # user's row locked in the same SELECT, the new row. Complete: the user, the upload, its two
-    # moves (uploaded, queued). No row is read again after a commit.
+    # user's row locked in the same SELECT, the new row. Complete: the user, the upload, its three
+    # moves (completing, uploaded, queued). No row is read again after a commit.
     path = clip("small.mp4")
     with statements(client) as sent:
         started = start(client, auth, path)
@@ -127,7 +127,7 @@ def test_the_upload_routes_read_nothing_back(client: FlaskClient, auth: dict[str
     with statements(client) as sent:
         done = complete(client, auth, started.json, etags)
     assert done.status_code == 202 and done.json["status"] == "queued", done.json
-    assert sent == ["SELECT", "SELECT", "UPDATE", "UPDATE"]
+    assert sent == ["SELECT", "SELECT", "UPDATE", "UPDATE", "UPDATE"]
     with statements(client) as sent:
         assert start(client, {**auth, "Idempotency-Key": "counted"}, path).status_code == 201
     assert sent == ["INSERT", "SELECT", "SELECT", "INSERT", "UPDATE"], "the key's row, then its answer by id"
@@ -233,7 +233,7 @@ def test_a_resumed_upload_sends_only_the_missing_parts(
 
 
 @pytest.mark.e2e
-def test_content_that_is_not_a_video_is_refused_and_removed(
+def test_content_that_is_not_a_video_is_refused_and_quarantined(
     stack: Callable[..., Stack],  # noqa: F811
     start_worker: Callable[..., Worker],
     tmp_path: Path,
@@ -247,7 +247,8 @@ def test_content_that_is_not_a_video_is_refused_and_removed(
     assert (refused.status_code, refused.json["error"]["code"]) == (415, "not_a_video")
     row = s.row(plan["video_id"])
     assert (row.status, row.error_code) == ("failed", "not_a_video")
-    assert s.keys(plan["video_id"]) == [], "nothing left in S3"
+    quarantined = f"quarantine/{plan['video_id']}/clip.mp4"
+    assert s.keys(plan["video_id"]) == [quarantined] == [row.original_key], "moved, never deleted in line"
 
     # Looks like MP4 to the first bytes (an ftyp box), is not one: the worker's probe refuses it.
     fake = tmp_path / "fake.mp4"
@@ -256,7 +257,10 @@ def test_content_that_is_not_a_video_is_refused_and_removed(
     assert complete(s.client, s.headers, plan, put_parts(plan, fake)).status_code == 202
     row = s.wait_status(plan["video_id"], "failed", timeout=120)
     assert row.error_code == "not_a_video", row.error_message
-    assert s.keys(plan["video_id"]) == [], "the worker removed the original it refused"
+    quarantined = f"quarantine/{plan['video_id']}/fake.mp4"
+    assert s.keys(plan["video_id"]) == [quarantined] == [row.original_key], "the worker quarantined what it refused"
+    assert s.client.delete(f"/api/videos/{plan['video_id']}", headers=s.headers).status_code == 204
+    assert s.keys(plan["video_id"]) == [], "deleting the video deletes its quarantined original"
 
 
 @pytest.mark.e2e
@@ -267,7 +271,7 @@ def test_wrong_size_is_refused(stack: Callable[..., Stack], clip: Callable) -> N
     etags = put_parts(plan, path)
     refused = complete(s.client, s.headers, plan, etags)
     assert (refused.status_code, refused.json["error"]["code"]) == (400, "size_mismatch")
-    assert s.keys(plan["video_id"]) == []
+    assert s.keys(plan["video_id"]) == [f"quarantine/{plan['video_id']}/small.mp4"]
     bad = s.client.post(
         f"/api/uploads/{plan['upload_id']}/complete",
         json={"parts": [{"part_number": 1, "etag": "x"}]},
@@ -305,6 +309,9 @@ def test_an_expired_unfinished_upload_is_cleaned_up(stack: Callable[..., Stack],
         assert db.session.get(IdempotencyKey, old_id) is None, "old idempotency keys are pruned"
     cors = json.dumps(aws_client("s3", get_settings(s.app)).get_bucket_cors(Bucket=settings.S3_BUCKET)["CORSRules"])
     assert "ETag" in cors and "PUT" in cors
+    rules = aws_client("s3", settings).get_bucket_lifecycle_configuration(Bucket=settings.S3_BUCKET)["Rules"]
+    expiry = next(rule for rule in rules if rule["ID"] == "expire-quarantine")
+    assert (expiry["Filter"]["Prefix"], expiry["Expiration"]["Days"]) == ("quarantine/", settings.QUARANTINE_DAYS)
 
 
 def test_a_key_with_the_token_of_a_deleted_user_is_401(

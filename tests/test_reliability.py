@@ -347,6 +347,54 @@ def pool_processes(worker: Worker) -> list[int]:
     return [int(pid) for pid in children]
 
 
+def test_ffmpeg_killed_from_outside_is_retried_not_blamed_on_the_file(
+    stack: Callable, start_worker: Callable[..., Worker], clip: Callable, slow_s3: Callable
+) -> None:
+    """The OOM killer or an operator SIGKILLs FFmpeg mid-encode: a retry processes the video, once."""
+    s = stack({})
+    slow = slow_s3(clip("portrait.mp4"), seconds=8)  # FFmpeg reads as it arrives: mid-encode for seconds
+    a = start_worker("a", {**s.env, "S3_ENDPOINT_URL": slow.url})
+    video_id = s.upload(clip("portrait.mp4")).json["video_id"]
+    wait_encoding(s, video_id)
+    pids = ffmpeg_pids(video_id)
+    assert pids, "FFmpeg is running"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    done = s.wait_status(video_id, "processed", timeout=180)
+    print(f"\nFFmpeg killed from outside: {len(a.lines('will retry', video_id))} retry, then processed")
+    assert a.lines("ffmpeg failed", video_id, "reason=killed", "blame=host"), "the host's fault, not the file's"
+    assert len(a.lines("will retry", video_id)) == 1 and len(a.lines("msg=processed", video_id)) == 1
+    assert done.attempts == 1 and done.error_code is None
+    assert s.keys(video_id) == [
+        f"originals/{video_id}/portrait.mp4",
+        f"processed/{video_id}/poster.jpg",
+        f"processed/{video_id}/video.mp4",
+    ]
+
+
+def test_a_probe_stalled_past_its_timeout_is_retried_and_the_original_kept(
+    stack: Callable, start_worker: Callable[..., Worker], clip: Callable, aws_endpoint: str
+) -> None:
+    """ffprobe times out on a good file (a host too busy, a stalled read): retried in a fresh process, processed."""
+    s = stack({})
+    stalled = TcpProxy(int(aws_endpoint.rsplit(":", 1)[1]), download_rate=1)  # 1 KiB, then nothing for minutes
+    a = start_worker("a", {**s.env, "S3_ENDPOINT_URL": stalled.url, "FFPROBE_TIMEOUT": "3"})
+    video_id = s.upload(clip("small.mp4")).json["video_id"]
+    wait_for(lambda: a.lines("will retry", video_id), timeout=60, what="the first try's retry")
+    stalled.download_rate = None  # the host recovers: new connections are fast, and the old ones dropped
+    stalled.cut()
+    stalled.restore()
+    done = s.wait_status(video_id, "processed", timeout=120)
+    assert a.lines("probe failed", video_id, "reason=timeout", "blame=suspect")
+    assert done.attempts == 1 and done.error_code is None
+    assert s.keys(video_id) == [
+        f"originals/{video_id}/small.mp4",  # never deleted, never quarantined
+        f"processed/{video_id}/poster.jpg",
+        f"processed/{video_id}/video.mp4",
+    ]
+    stalled.cut()
+
+
 def test_a_pool_process_killed_alone_is_taken_over_before_the_row_goes_stale(
     stack: Callable, start_worker: Callable[..., Worker], clip: Callable, base_env: dict, slow_s3: Callable
 ) -> None:

@@ -95,22 +95,51 @@ class TestRealLimits:
             runner.run([sys.executable, "-c", "import time; time.sleep(30)"], limits=Limits(wall_seconds=0.5))
         assert caught.value.reason == "timeout"
 
-    def test_stop_all_kills_a_child_that_reports_nothing(self) -> None:
-        failure: list[runner.FFmpegError] = []
+    def test_a_kill_from_outside_is_the_hosts_fault_not_the_cpu_limit(self) -> None:
+        # The OOM killer, an operator, a container limit: SIGKILL, as the kernel's RLIMIT_CPU sends, long before it.
+        script = "import os, signal, time; time.sleep(0.2); os.kill(os.getpid(), signal.SIGKILL)"
+        with pytest.raises(runner.FFmpegError) as caught:
+            runner.run([sys.executable, "-c", script], limits=Limits(cpu_seconds=30, wall_seconds=30))
+        assert (caught.value.reason, caught.value.blame) == ("killed", runner.HOST)
 
-        def silent() -> None:
+    def test_a_crash_is_not_yet_the_files_fault(self) -> None:
+        script = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+        with pytest.raises(runner.FFmpegError) as caught:
+            runner.run([sys.executable, "-c", script])
+        assert (caught.value.reason, caught.value.blame) == ("crashed", runner.SUSPECT)
+
+    @pytest.mark.parametrize(
+        ("reason", "blame"),
+        [
+            *[(None, "file"), ("cpu", "file"), ("memory", "file"), ("resolution", "file"), ("output", "file")],
+            *[("killed", "host"), ("stopped", "host"), ("timeout", "suspect"), ("crashed", "suspect")],
+        ],
+    )
+    def test_blame_by_cause(self, reason: str | None, blame: str) -> None:
+        assert runner.FFmpegError(["ffmpeg"], 1, "", reason).blame == blame
+
+    def test_stop_kills_only_its_owners_child(self) -> None:
+        failures: dict[str, runner.FFmpegError] = {}
+
+        def silent(owner: str) -> None:
             try:
-                runner.run([sys.executable, "-c", "import time; time.sleep(30)"], limits=Limits(wall_seconds=60))
+                with runner.owned(owner):
+                    runner.run([sys.executable, "-c", "import time; time.sleep(30)"], limits=Limits(wall_seconds=20))
             except runner.FFmpegError as exc:
-                failure.append(exc)
+                failures[owner] = exc
 
-        thread = threading.Thread(target=silent)
-        thread.start()
-        wait_for(lambda: runner._running, timeout=10, interval=0.01)
-        assert runner.stop_all() == 1
-        thread.join(timeout=10)
-        assert not thread.is_alive() and failure[0].reason == "stopped"
-        assert runner._running == set() and runner.stop_all() == 0
+        threads = {owner: threading.Thread(target=silent, args=(owner,)) for owner in ("job-a", "job-b")}
+        for thread in threads.values():
+            thread.start()
+        wait_for(lambda: len(runner._running) == 2, timeout=10, interval=0.01)
+        assert runner.stop("job-a") == 1
+        threads["job-a"].join(timeout=10)
+        assert failures["job-a"].reason == "stopped" and "job-b" not in failures
+        assert list(runner._running.values()) == ["job-b"]  # the other job's child runs on
+        assert runner.stop("job-a") == 0  # a late stop of a job that is over touches nothing
+        assert runner.stop("job-b") == 1
+        threads["job-b"].join(timeout=10)
+        assert failures["job-b"].reason == "stopped" and runner._running == {}
 
     def test_stderr_is_bounded(self) -> None:
         noisy = "import sys\nfor i in range(100000): print('x' * 1000, i, file=sys.stderr)\nsys.exit(1)"

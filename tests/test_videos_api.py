@@ -168,6 +168,20 @@ def test_broker_down_keeps_the_upload(make_app: Callable, app: Flask, clip: Call
     assert stored_keys(app) == [video.original_key]
 
 
+def test_a_retried_503_with_its_idempotency_key_makes_one_video(make_app: Callable, app: Flask, clip: Callable) -> None:
+    """The 503 of a stored upload is final for its key: the client's retry gets it back, not a second video."""
+    broken = make_app(
+        {"SQS_QUEUE_NAME": "api-tests"}, CELERY_BROKER_URL=f"sqs://testing:testing@127.0.0.1:{free_port()}"
+    )
+    client = broken.test_client()
+    headers = {**signup_and_login(client, unique_email()), "Idempotency-Key": "stored-while-sqs-was-down"}
+    first = upload(client, headers, clip("small.mp4"))
+    again = upload(client, headers, clip("small.mp4"))
+    assert first.status_code == again.status_code == 503
+    assert again.json == first.json and again.headers["Idempotent-Replayed"] == "true"
+    assert row_count(app) == 1 and stored_keys(app) == [f"originals/{first.json['video_id']}/small.mp4"]
+
+
 def test_the_answer_tells_a_worker_faster_than_the_upload(
     client: FlaskClient, auth: dict, clip: Callable, monkeypatch: pytest.MonkeyPatch
 ) -> None:

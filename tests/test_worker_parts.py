@@ -5,15 +5,23 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from flask import Flask
 
 from config import load_settings
+from media import runner
+from media.sandbox import Limits
+from tasks import process
 from tasks.heartbeat import MessageKeeper
 from tasks.scratch import PREFIX, alive, job_dir, remove_orphans, running_jobs
+from tests.conftest import wait_for
 
 SETTINGS = load_settings({"SECRET_KEY": "x", "SQS_QUEUE_URL": "https://sqs.example/1/work"})
 
@@ -75,3 +83,36 @@ def test_orphan_scratch_directories_are_removed(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other.name])
     with job_dir("video-ghi", str(tmp_path)):  # this same process: still one job's owner
         assert running_jobs(str(tmp_path)) == 1
+
+
+def test_a_slow_heartbeat_never_stops_the_next_jobs_ffmpeg(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A beat stuck in the database past its job's end finds the row lost: it stops that job's children only."""
+    gate = threading.Event()
+
+    def slow_holds(video_id: str, token: str) -> bool:
+        gate.wait(30)  # the database answers late; by then the row is no longer this job's
+        return False
+
+    monkeypatch.setattr(process.jobs, "holds", slow_holds)
+    monkeypatch.setattr(process.jobs, "beat", lambda *args, **kwargs: True)
+    monkeypatch.setattr(process.Heartbeat, "JOIN_SECONDS", 0.1)
+    with process.Heartbeat(app, "video-1", "job-1", every=0.05):
+        time.sleep(0.2)  # the beat is inside holds()
+    failures: list[runner.FFmpegError] = []
+
+    def next_job() -> None:
+        with runner.owned("job-2"):
+            try:
+                runner.run([sys.executable, "-c", "import time; time.sleep(30)"], limits=Limits(wall_seconds=20))
+            except runner.FFmpegError as exc:
+                failures.append(exc)
+
+    thread = threading.Thread(target=next_job)
+    thread.start()
+    wait_for(lambda: list(runner._running.values()) == ["job-2"], timeout=10, interval=0.01)
+    gate.set()  # the late beat returns "lost" and stops job-1's children: none
+    time.sleep(0.5)
+    assert list(runner._running.values()) == ["job-2"] and failures == [], "the next job's FFmpeg runs on"
+    assert runner.stop("job-2") == 1
+    thread.join(timeout=10)
+    assert failures[0].reason == "stopped"

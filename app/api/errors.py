@@ -15,7 +15,11 @@ logger = logging.getLogger(__name__)
 
 
 class APIError(Exception):
-    """An error the API answers with ``status``, ``code`` and ``message``."""
+    """An error the API answers with ``status``, ``code`` and ``message``.
+
+    ``final``: the request created something before it failed (a 503 for a stored upload), so a
+    retry with its ``Idempotency-Key`` must get this answer back, never run again.
+    """
 
     def __init__(
         self,
@@ -24,10 +28,11 @@ class APIError(Exception):
         message: str,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        final: bool = False,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra or {}
-        self.headers = headers or {}
+        self.headers, self.final = headers or {}, final
 
 
 def error_response(

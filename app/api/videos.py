@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from flask import current_app, g, request
@@ -35,7 +35,7 @@ from app.uploads import accept_upload
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return value.isoformat()
 
 
 def video_json(video: Video, position: int | None) -> dict[str, Any]:
@@ -127,6 +127,7 @@ def accepted(video: Video, queued: bool) -> dict[str, Any]:
             "queue_unavailable",
             "The video is stored, but the processing queue is unreachable: processing is delayed.",
             {"video_id": video.id, "task_id": video.task_id, "status": video.status},
+            final=True,  # the video exists: a retry with the same Idempotency-Key gets this, not a second one
         )
     return {
         "task_id": video.task_id,

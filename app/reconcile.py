@@ -1,0 +1,100 @@
+"""Reconcile the database with SQS and S3: rows whose message is gone, objects and uploads with no row.
+
+Each pass reads the other side, then changes only what its own guard still finds true: a
+row moves with one conditional UPDATE (``app/jobs.py``), and an object or a multipart upload
+is removed only when it is older than ``ORPHAN_AFTER_SECONDS`` (a form upload writes its
+object before its row, a direct upload starts S3's upload before its row) and its row is
+still missing when looked up right before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from app import dlq, jobs
+from app.aws import queue_url
+from app.extensions import db
+from app.metrics import COUNTS
+from app.models import Status, Video, utcnow
+from app.storage import ORIGINALS, Storage, aws_client, processed_video_key
+from config import Settings
+
+logger = logging.getLogger(__name__)
+# Top-level prefixes whose next path segment is a video id.
+VIDEO_PREFIXES = (ORIGINALS, processed_video_key("").split("/", 1)[0] + "/")
+
+
+def dead_lettered(settings: Settings) -> list[str]:
+    """Fail, with the retryable ``dead_lettered``, the ``queued`` rows whose message is in the dead-letter queue."""
+    grace = settings.SWEEP_AFTER_SECONDS
+    ids = {row["video_id"] for row in dlq.list_dead(settings) if isinstance(row["video_id"], str)}
+    failed = [video_id for video_id in sorted(ids) if jobs.dead_letter(video_id, grace)]
+    for video_id in failed:
+        logger.warning("message dead-lettered; video failed", extra={"video_id": video_id, "code": "dead_lettered"})
+    return failed
+
+
+def lost_messages(settings: Settings) -> list[str]:
+    """Return the ``queued`` rows whose message is gone: older than the sweep's grace, while the queue holds none.
+
+    SQS can't be asked for one message, but an empty queue (nothing waiting, in flight or
+    delayed) holds none of them. A message too many is harmless (the claim lets one run).
+    """
+    sqs = aws_client("sqs", settings)
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url(settings, sqs), AttributeNames=COUNTS)["Attributes"]
+    if any(int(attributes.get(name, 0)) for name in COUNTS):
+        return []
+    older = utcnow() - timedelta(seconds=settings.SWEEP_AFTER_SECONDS)
+    found = select(Video.id).where(Video.status == Status.QUEUED.value, Video.updated_at < older)
+    return list(db.session.scalars(found).all())
+
+
+def _unknown(video_ids: set[str]) -> set[str]:
+    """Return those of ``video_ids`` that have no row."""
+    if not video_ids:
+        return set()
+    known = set(db.session.scalars(select(Video.id).where(Video.id.in_(video_ids))).all())
+    db.session.commit()
+    return video_ids - known
+
+
+def _old(when: datetime, settings: Settings) -> bool:
+    return when < utcnow() - timedelta(seconds=settings.ORPHAN_AFTER_SECONDS)
+
+
+def orphan_objects(storage: Storage, settings: Settings) -> list[str]:
+    """Delete the objects of videos that have no row (originals and outputs), older than the grace; return the ids."""
+    by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for prefix in VIDEO_PREFIXES:
+        for obj in storage.objects(prefix):
+            video_id = obj["Key"][len(prefix) :].partition("/")[0]
+            by_video[video_id].append(obj)
+    candidates = {vid for vid, objs in by_video.items() if all(_old(obj["LastModified"], settings) for obj in objs)}
+    gone = sorted(_unknown(candidates))
+    for video_id in gone:
+        for prefix in VIDEO_PREFIXES:
+            storage.delete_prefix(f"{prefix}{video_id}/")
+        logger.warning("objects with no row deleted", extra={"video_id": video_id})
+    return gone
+
+
+def orphan_uploads(storage: Storage, settings: Settings) -> list[str]:
+    """Abort the multipart uploads under ``originals/`` that no row holds, older than the grace; return their keys."""
+    uploads = [u for u in storage.multipart_uploads(ORIGINALS) if _old(u["Initiated"], settings)]
+    if not uploads:
+        return []
+    held = set(db.session.scalars(select(Video.s3_upload_id).where(Video.s3_upload_id.is_not(None))).all())
+    db.session.commit()
+    aborted = []
+    for upload in uploads:
+        if upload["UploadId"] in held:
+            continue
+        storage.abort_multipart(upload["Key"], upload["UploadId"])
+        aborted.append(upload["Key"])
+        logger.warning("multipart upload with no row aborted", extra={"key": upload["Key"]})
+    return aborted

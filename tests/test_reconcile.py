@@ -1,0 +1,153 @@
+"""The sweeper reconciles rows with SQS and S3; complete and abort of a direct upload exclude each other."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app import dlq, jobs
+from app.aws import dlq_url, queue_url
+from app.extensions import db, get_settings
+from app.models import Status, User, Video, utcnow
+from app.queue import enqueue_video
+from app.storage import aws_client, get_storage
+from app.sweeper import sweep
+from tests.conftest import queue_empty, wait_for
+from tests.test_direct_uploads import complete, put_parts, start
+from tests.test_reliability import Stack, stack  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.e2e
+# The grace periods at 0: everything the test leaves is old enough to reconcile.
+NOW = {"SWEEP_AFTER_SECONDS": "0", "ORPHAN_AFTER_SECONDS": "0"}
+
+
+def queued_row(s: Stack, **values: Any) -> str:
+    """Insert a ``queued`` video of the stack's user, untouched for a minute; return its id."""
+    with s.app.app_context():
+        user = db.session.query(User).order_by(User.id.desc()).first()
+        assert user is not None
+        video = Video(user_id=user.id, title="t", original_key="originals/x/a.mp4", status="queued", **values)
+        video.updated_at = utcnow() - timedelta(minutes=1)
+        db.session.add(video)
+        db.session.commit()
+        return video.id
+
+
+def messages(s: Stack, url_of: Callable[..., str]) -> list[dict[str, Any]]:
+    with s.app.app_context():
+        settings = get_settings(s.app)
+        sqs = aws_client("sqs", settings)
+        url = url_of(settings, sqs)
+        return sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+
+
+def test_a_dead_lettered_messages_row_fails_retryably(stack: Callable[..., Stack]) -> None:  # noqa: F811
+    s = stack(NOW)
+    video_id = queued_row(s)
+    with s.app.app_context():
+        enqueue_video(video_id, str(uuid.uuid4()))
+        settings = get_settings(s.app)
+        sqs = aws_client("sqs", settings)
+        # What SQS does after SQS_MAX_RECEIVE_COUNT receives: the message moves to the dead-letter queue.
+        [message] = messages(s, queue_url)
+        sqs.send_message(QueueUrl=dlq_url(settings, sqs), MessageBody=message["Body"])
+        sqs.delete_message(QueueUrl=queue_url(settings, sqs), ReceiptHandle=message["ReceiptHandle"])
+        report = sweep(settings)
+    assert report.dead_lettered == [video_id] and report.requeued == []
+    row = s.row(video_id)
+    assert (row.status, row.error_code) == ("failed", "dead_lettered")
+    retried = s.client.post(f"/api/videos/{video_id}/retry", headers=s.headers)
+    assert retried.status_code == 202 and retried.json["status"] == "queued", retried.json
+    assert len(messages(s, dlq_url)) == 1, "the dead letter stays for the operator (flask aws dlq-list)"
+
+
+def test_a_queued_row_whose_message_vanished_is_requeued(stack: Callable[..., Stack]) -> None:  # noqa: F811
+    s = stack(NOW)
+    video_id = queued_row(s)
+    task_id = s.row(video_id).task_id
+    assert queue_empty(s.app), "its message is gone (deleted by hand, or lost)"
+    with s.app.app_context():
+        report = sweep(get_settings(s.app))
+    assert report.requeued == [video_id]
+    row = s.row(video_id)
+    assert row.status == "queued" and row.task_id != task_id
+    [message] = messages(s, queue_url)
+    assert dlq.describe(message["Body"])["video_id"] == video_id
+
+
+def test_objects_and_multipart_uploads_with_no_row_are_removed(stack: Callable[..., Stack], clip: Callable) -> None:  # noqa: F811
+    s = stack(NOW)
+    kept = s.upload(clip("small.mp4")).json["video_id"]
+    orphan = str(uuid.uuid4())
+    with s.app.app_context():
+        storage = get_storage()
+        for key in (f"originals/{orphan}/a.mp4", f"processed/{orphan}/video.mp4"):
+            storage.client.put_object(Bucket=storage.bucket, Key=key, Body=b"left behind")
+        lost_upload = storage.start_multipart(f"originals/{uuid.uuid4()}/b.mp4", "video/mp4")
+        report = sweep(get_settings(s.app))
+        assert report.orphans == [orphan]
+        assert storage.keys(f"originals/{orphan}/") == storage.keys(f"processed/{orphan}/") == []
+        assert storage.keys(f"originals/{kept}/") == [f"originals/{kept}/small.mp4"], "a row's original stays"
+        assert lost_upload not in {u["UploadId"] for u in storage.multipart_uploads("originals/")}
+
+
+def race(s: Stack, path: Path) -> tuple[int, int]:
+    """Start and send a direct upload, then complete and abort it at once; return both answers' status."""
+    plan = start(s.client, s.headers, path).json
+    etags = put_parts(plan, path)
+    results: dict[str, int] = {}
+    go = threading.Barrier(2)
+
+    def call(name: str) -> None:
+        client = s.app.test_client()
+        go.wait()
+        if name == "complete":
+            results[name] = complete(client, s.headers, plan, etags).status_code
+        else:
+            results[name] = client.delete(f"/api/uploads/{plan['upload_id']}", headers=s.headers).status_code
+
+    threads = [threading.Thread(target=call, args=(name,)) for name in ("complete", "abort")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results["complete"], results["abort"]
+
+
+def test_complete_and_abort_exclude_each_other(stack: Callable[..., Stack], clip: Callable) -> None:  # noqa: F811
+    """20 races of complete against DELETE: one wins, the other loses (409, or 404 once the row is gone)."""
+    s = stack({**NOW, "USER_MAX_ACTIVE_VIDEOS": "100", "USER_MAX_UPLOADS_PER_DAY": "1000"})
+    answers = [race(s, clip("small.mp4")) for _ in range(20)]
+    print(f"\ncomplete/abort races: {sorted(set(answers))}")
+    assert set(answers) <= {(202, 409), (409, 204), (404, 204)}, answers
+    with s.app.app_context():
+        storage = get_storage()
+        rows = {v.id: v for v in db.session.query(Video)}
+        objects = {key.split("/")[1] for key in storage.keys("originals/")}
+        assert objects <= set(rows), "no original without its row"
+        stored = {v.id for v in rows.values() if v.status in (Status.UPLOADED, Status.QUEUED)}
+        assert stored <= objects, "no row without its original"
+        assert storage.multipart_uploads("originals/") == [], "no multipart upload left"
+        assert len(stored) == sum(1 for answer in answers if answer == (202, 409))
+
+
+def test_a_complete_that_died_is_reopened_and_can_finish(stack: Callable[..., Stack], clip: Callable) -> None:  # noqa: F811
+    s = stack(NOW)
+    path = clip("small.mp4")
+    plan = start(s.client, s.headers, path).json
+    etags = put_parts(plan, path)
+    with s.app.app_context():
+        assert jobs.begin_complete(plan["video_id"])  # its process died here, before joining the parts
+        db.session.query(Video).filter_by(id=plan["video_id"]).update({"updated_at": utcnow() - timedelta(hours=2)})
+        db.session.commit()
+        assert s.client.delete(f"/api/uploads/{plan['upload_id']}", headers=s.headers).status_code == 409
+        sweep(get_settings(s.app))
+    assert s.row(plan["video_id"]).status == "uploading"
+    assert complete(s.client, s.headers, plan, etags).status_code == 202
+    wait_for(lambda: s.row(plan["video_id"]).status == "queued", timeout=10)
