@@ -25,11 +25,11 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from sqlalchemy import select
 
 from app import jobs, quotas
-from app.api.errors import APIError
+from app.errors import Conflict, DomainError, Invalid, NotAVideo, TooLarge, Unavailable
 from app.extensions import db, get_settings
 from app.models import Status, User, Video, new_id, utcnow
 from app.storage import get_storage, original_key
-from app.uploads import CONTENT_TYPES, clean_filename, queue_stored, record
+from app.uploads import CONTENT_TYPES, clean_filename, record
 from config import Settings
 from media.sniff import HEAD_BYTES, may_be
 
@@ -54,25 +54,25 @@ def part_count(size: int, part: int) -> int:
     return max(1, -(-size // part))
 
 
-def _storage_unavailable(exc: Exception) -> APIError:
+def _storage_unavailable(exc: Exception) -> Unavailable:
     logger.warning("S3 unavailable", extra={"error": repr(exc)})
-    return APIError(503, "storage_unavailable", "The storage is unreachable; try again shortly.")
+    return Unavailable("storage_unavailable", "The storage is unreachable; try again shortly.")
 
 
 def start(user: User, title: str, filename: str, size: int, content_type: str) -> Video:
-    """Check the declared upload against the limits, start its S3 multipart upload and record it.
+    """Check the declared upload against the limits, start its S3 multipart upload and add its row.
 
-    Return the row as recorded, detached from the session.
+    Return the row, detached from the session; the caller commits.
     """
     config = get_settings()
     if size > config.MAX_UPLOAD_BYTES:
-        raise APIError(413, "file_too_large", f"The upload exceeds the limit of {config.MAX_UPLOAD_BYTES} bytes.")
+        raise TooLarge("file_too_large", f"The upload exceeds the limit of {config.MAX_UPLOAD_BYTES} bytes.")
     if size < 1:
-        raise APIError(415, "not_a_video", "The file is empty.")
+        raise NotAVideo("not_a_video", "The file is empty.")
     content_type = content_type.split(";", 1)[0].strip().lower()
     if not content_type.startswith("video/") and content_type not in GENERIC_TYPES:
-        raise APIError(415, "not_a_video", f"A {content_type or 'typeless'} file is not a video.")
-    quotas.check_upload(user.id, size, lock=True)  # the user's row stays locked until the commit below
+        raise NotAVideo("not_a_video", f"A {content_type or 'typeless'} file is not a video.")
+    quotas.check_upload(user.id, size, lock=True)  # the user's row stays locked until the caller's commit
     video_id, name = new_id(), clean_filename(filename)
     extension = (name or "").rpartition(".")[2].lower()
     key = original_key(video_id, name, extension if extension in CONTENT_TYPES else "mp4")
@@ -81,7 +81,6 @@ def start(user: User, title: str, filename: str, size: int, content_type: str) -
     try:
         s3_upload = storage.start_multipart(key, CONTENT_TYPES.get(extension, "application/octet-stream"))
     except (ClientError, EndpointConnectionError) as exc:
-        db.session.rollback()
         raise _storage_unavailable(exc) from exc
     video = Video(
         id=video_id,
@@ -96,12 +95,7 @@ def start(user: User, title: str, filename: str, size: int, content_type: str) -
         part_size=part,
         upload_expires_at=utcnow() + timedelta(seconds=config.UPLOAD_EXPIRES_SECONDS),
     )
-    try:
-        record(video)
-    except Exception:
-        db.session.rollback()
-        storage.abort_multipart(key, s3_upload)
-        raise
+    record(video)  # if the commit never comes, the sweeper aborts the S3 upload no row holds
     logger.info("direct upload started", extra={"video_id": video_id, "bytes": size, "part_size": part})
     return video
 
@@ -139,17 +133,17 @@ def sent_parts(video: Video) -> list[dict[str, Any]]:
     return [{"part_number": p["PartNumber"], "size": p["Size"], "etag": p["ETag"]} for p in parts]
 
 
-def _refuse(video: Video, status: int, code: str, message: str) -> APIError:
-    """End the upload ``failed`` with ``code``, its object quarantined (never deleted in line); return the error."""
+def _refuse(video: Video, error: DomainError) -> DomainError:
+    """End the upload ``failed`` with the error's code, its object quarantined (never deleted in line); return it."""
     moved = get_storage().quarantine(video.id)
-    jobs.refuse_upload(video.id, code, message, moved)
-    logger.info("direct upload refused", extra={"video_id": video.id, "code": code})
-    return APIError(status, code, message)
+    jobs.refuse_upload(video.id, error.code, error.message, moved)
+    logger.info("direct upload refused", extra={"video_id": video.id, "code": error.code})
+    return error
 
 
-def _over(video_id: str) -> APIError:
+def _over(video_id: str) -> Conflict:
     status = db.session.scalar(select(Video.status).where(Video.id == video_id)) or "deleted"
-    return APIError(409, "not_uploading", f"This upload is over; the video is {status}.")
+    return Conflict("not_uploading", f"This upload is over; the video is {status}.")
 
 
 def _join(video: Video, parts: list[dict[str, Any]]) -> None:
@@ -166,65 +160,81 @@ def _join(video: Video, parts: list[dict[str, Any]]) -> None:
             return
         if code not in BAD_PARTS:
             raise _storage_unavailable(exc) from exc
-        raise APIError(400, "invalid_parts", f"S3 refused the parts ({code}): send each part's own ETag.") from exc
+        raise Invalid("invalid_parts", f"S3 refused the parts ({code}): send each part's own ETag.") from exc
     except EndpointConnectionError as exc:
         raise _storage_unavailable(exc) from exc
 
 
-def complete(video: Video, parts: list[dict[str, Any]]) -> tuple[Video, bool]:
-    """Complete the multipart upload from the parts' ETags, check the object, enqueue it.
+def claim(video: Video, parts: list[dict[str, Any]]) -> None:
+    """Check the parts' list and take the row for its complete (``completing``); the caller commits.
 
-    The row moves to ``completing`` first: an abort or an expiry racing this complete then
-    finds nothing to remove (409), and a second complete finds nothing to complete (409).
-    Return the row (detached, with the status it ends with) and whether it was enqueued (False:
-    stored, the queue unreachable).
+    From that commit on, an abort or an expiry racing this complete finds nothing to remove
+    (409), and a second complete nothing to complete. ``video`` is detached, as read.
     """
     assert video.s3_upload_id and video.part_size and video.size_bytes
     count = part_count(video.size_bytes, video.part_size)
     numbers = [p["part_number"] for p in parts]
     if numbers != list(range(1, count + 1)):
-        raise APIError(400, "invalid_parts", f"Send the ETag of every part, 1 to {count}, in order.")
-    db.session.expunge(video)  # handed on as read (``queue_stored``): no commit below expires it
+        raise Invalid("invalid_parts", f"Send the ETag of every part, 1 to {count}, in order.")
+    db.session.expunge(video)  # handed on as read (``queue_stored``): no commit expires it
     if not jobs.begin_complete(video.id):
         raise _over(video.id)
+
+
+def complete(video: Video, parts: list[dict[str, Any]]) -> Video:
+    """Join a claimed upload's parts, check the object and mark it ``uploaded``; return the row, detached.
+
+    The caller commits, then enqueues (``queue_stored``). On a failure the row is reopened (the
+    client may complete again) or refused (``failed``, its object quarantined) before the error
+    is raised: the caller commits that too.
+    """
+    assert video.size_bytes
     try:
         _join(video, parts)
         head, real = get_storage().head_bytes(video.original_key, HEAD_BYTES)
     except (ClientError, EndpointConnectionError) as exc:
-        jobs.reopen(video.id)  # the client may complete again
+        jobs.reopen(video.id)
         raise _storage_unavailable(exc) from exc
-    except APIError:
+    except DomainError:
         jobs.reopen(video.id)
         raise
     if real != video.size_bytes:
-        raise _refuse(video, 400, "size_mismatch", f"The upload is {real} bytes, not the {video.size_bytes} declared.")
+        declared = video.size_bytes
+        quotas.settle(video.id, real)
+        raise _refuse(video, Invalid("size_mismatch", f"The upload is {real} bytes, not the {declared} declared."))
     if not may_be(head, get_settings().VIDEO_ALLOWED_FORMATS):
-        raise _refuse(video, 415, "not_a_video", "The file is not a readable video.")
+        raise _refuse(video, NotAVideo("not_a_video", "The file is not a readable video."))
     if not jobs.upload_done(video.id):
         raise _over(video.id)
     video.status = Status.UPLOADED.value
     logger.info("direct upload stored", extra={"video_id": video.id, "task_id": video.task_id, "bytes": real})
-    return video, queue_stored(video)
+    return video
 
 
 def abort(video: Video) -> None:
-    """Remove the row of an upload still ``uploading`` (409 when a complete took it), then abort its S3 upload.
+    """Remove the row of an upload still ``uploading`` (``Conflict`` when a complete took it), then abort S3's.
 
-    The row goes first: an S3 upload left by a failed abort has no row, and the sweeper aborts
-    it (``reconcile``); a row left with no S3 upload could never be completed.
+    The row goes first (its lock holds off a racing complete until the caller commits): an S3
+    upload left by a failed abort has no row, and the sweeper aborts it (``reconcile``); a row
+    left with no S3 upload could never be completed.
     """
     assert video.s3_upload_id
     key, s3_upload = video.original_key, video.s3_upload_id
     if not jobs.discard_upload(video.id):
         raise _over(video.id)
     try:
+        sent = sum(int(part["Size"]) for part in get_storage().list_parts(key, s3_upload))
+        quotas.settle(video.id, sent)  # what S3 received stays counted; the rest is refunded
         get_storage().abort_multipart(key, s3_upload)
     except (ClientError, EndpointConnectionError) as exc:
         logger.warning("abort failed; the sweeper aborts it", extra={"video_id": video.id, "error": repr(exc)})
 
 
 def expire(settings: Settings) -> list[str]:
-    """Abort the uploads past ``upload_expires_at``, and reopen completes that died; return the expired ids."""
+    """Abort the uploads past ``upload_expires_at``, and reopen completes that died; return the expired ids.
+
+    The caller commits.
+    """
     for video_id in db.session.scalars(select(Video.id).where(Video.status == Status.COMPLETING.value)).all():
         if jobs.reopen(video_id, stale_after=settings.ORPHAN_AFTER_SECONDS):
             logger.warning("complete never ended; upload reopened", extra={"video_id": video_id})
@@ -235,7 +245,7 @@ def expire(settings: Settings) -> list[str]:
     for video in overdue:
         try:
             abort(video)
-        except APIError:  # completed meanwhile
+        except Conflict:  # completed meanwhile
             continue
         gone.append(video.id)
         logger.info("direct upload expired", extra={"video_id": video.id})

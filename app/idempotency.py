@@ -8,7 +8,9 @@ that arrives while the first is still running gets 409 ``request_in_progress``; 
 key on a different request gets 422 ``idempotency_key_reused``. Answers a retry could
 change (429, 5xx) are not kept, and the retry runs, unless the request created something
 (``APIError.final``: the 503 of an upload stored while the queue was down): that answer is
-kept whatever its status, so a replay never creates a second video. Keys are removed
+kept whatever its status, so a replay never creates a second video. The video a request
+creates is bound to its key in the row's own commit (``created``); a request that died
+before its answer was kept is answered from that video (``recover``) once it is abandoned. Keys are removed
 by the sweeper after ``IDEMPOTENCY_KEY_SECONDS``.
 """
 
@@ -20,12 +22,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from flask import Response, make_response, request
+from flask import Response, g, make_response, request
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.api.errors import APIError, error_response
+from app.api.errors import APIError, error_response, from_domain
 from app.auth import token_subject
+from app.errors import DomainError
 from app.extensions import db
 from app.models import IdempotencyKey, utcnow
 
@@ -59,7 +62,18 @@ def _replay(row: IdempotencyKey) -> Response:
     return response
 
 
-def _claim(user_id: int, key: str, fingerprint: str, again: bool = True) -> int | Response | None:
+Recover = Callable[[str], Any]
+
+
+def _keep_answer(key_id: int, response: Response) -> None:
+    answer = {"status_code": response.status_code, "body": response.get_data(as_text=True)}
+    db.session.execute(update(IdempotencyKey).where(IdempotencyKey.id == key_id).values(answer))
+    db.session.commit()
+
+
+def _claim(
+    user_id: int, key: str, fingerprint: str, recover: Recover | None = None, again: bool = True
+) -> int | Response | None:
     """Record the key for this request and return its row's id, or answer from the request that recorded it first.
 
     None: the key can't be recorded (the token's user is gone): the route runs without it and answers 401.
@@ -77,24 +91,41 @@ def _claim(user_id: int, key: str, fingerprint: str, again: bool = True) -> int 
         select(IdempotencyKey).where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
     )
     if first is None:  # released between our INSERT and this SELECT (try once more), or no such user
-        return _claim(user_id, key, fingerprint, again=False) if again else None
+        return _claim(user_id, key, fingerprint, recover, again=False) if again else None
     if first.fingerprint != fingerprint:
         raise APIError(422, "idempotency_key_reused", f"This {HEADER} was used for a different request.")
     if first.status_code is not None:
         return _replay(first)
     if first.created_at < utcnow() - ABANDONED_AFTER:
+        if first.video_id and recover:  # it died after creating its video: answer from the video, for good
+            response = make_response(recover(first.video_id))
+            _keep_answer(first.id, response)
+            response.headers["Idempotent-Replayed"] = "true"
+            return response
         db.session.delete(first)
         db.session.commit()
-        return _claim(user_id, key, fingerprint, again=False) if again else None
+        return _claim(user_id, key, fingerprint, recover, again=False) if again else None
     raise APIError(
         409, "request_in_progress", f"A request with this {HEADER} is still running.", headers={"Retry-After": "1"}
     )
 
 
-def idempotent(fingerprint: Callable[[], str]) -> Callable[[Any], Any]:
+def created(video_id: str) -> None:
+    """Bind the video this request created to its ``Idempotency-Key``, in the request's unit of work.
+
+    Committed with the video's row: a request that dies after that commit, before its answer is
+    kept, is answered from the video (``recover``) instead of run again.
+    """
+    key_id = g.get("idempotency_key_id")
+    if key_id is not None:
+        db.session.execute(update(IdempotencyKey).where(IdempotencyKey.id == key_id).values(video_id=video_id))
+
+
+def idempotent(fingerprint: Callable[[], str], recover: Recover | None = None) -> Callable[[Any], Any]:
     """Make a route that creates something answer a retried request (same key) with its first answer.
 
     Put it right under ``@bp.route``, so it sees the final answer of the decorators below.
+    ``recover(video_id)`` answers for a first request that died after ``created``.
     """
 
     def decorate(view: Any) -> Any:
@@ -108,15 +139,17 @@ def idempotent(fingerprint: Callable[[], str]) -> Callable[[Any], Any]:
                 raise APIError(
                     400, "invalid_idempotency_key", f"{HEADER} must be 1 to {MAX_KEY} printable ASCII characters."
                 )
-            claimed = _claim(int(subject), key, fingerprint())
+            claimed = _claim(int(subject), key, fingerprint(), recover)
             if isinstance(claimed, Response):
                 return claimed
             if claimed is None:
                 return view(*args, **kwargs)
+            g.idempotency_key_id = claimed
             final = False
             try:
                 response = make_response(view(*args, **kwargs))
-            except APIError as exc:
+            except (APIError, DomainError) as caught:
+                exc = from_domain(caught) if isinstance(caught, DomainError) else caught
                 response, _ = error_response(exc.status, exc.code, exc.message, exc.extra)
                 response.status_code = exc.status
                 response.headers.update(exc.headers)
@@ -125,9 +158,7 @@ def idempotent(fingerprint: Callable[[], str]) -> Callable[[Any], Any]:
                 _release(claimed)
                 raise
             if final or _keep(response.status_code):
-                answer = {"status_code": response.status_code, "body": response.get_data(as_text=True)}
-                db.session.execute(update(IdempotencyKey).where(IdempotencyKey.id == claimed).values(answer))
-                db.session.commit()
+                _keep_answer(claimed, response)
             else:
                 _release(claimed)
             return response
@@ -144,7 +175,6 @@ def _release(key_id: int) -> None:
 
 
 def prune(older_than: timedelta) -> int:
-    """Delete keys recorded more than ``older_than`` ago; return how many."""
+    """Delete keys recorded more than ``older_than`` ago; return how many (the caller commits)."""
     result = db.session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < utcnow() - older_than))
-    db.session.commit()
     return int(getattr(result, "rowcount", 0) or 0)

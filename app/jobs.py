@@ -1,7 +1,9 @@
 """The job's state machine: every change of a video's status, each one conditional UPDATE.
 
 A video's row is its job's state, and this module is the only writer of its status.
-Every change is one ``UPDATE … WHERE`` carrying its whole guard: the source statuses
+Every change is one ``UPDATE … WHERE`` inside the caller's unit of work (the caller commits:
+a request at its end, a task at each step others must see, a sweep after each pass), carrying
+its whole guard: the source statuses
 (``TRANSITIONS``), the holder's token where only the holder may move the row, and the
 heartbeat or retry time where staleness is the reason. Two actors racing on one row (a
 redelivery and the sweeper, two deliveries of one message, a retry and the sweeper) can't
@@ -75,14 +77,12 @@ LEASE_OVER = {"claimed_by": None, "heartbeat_at": None, "retry_at": None}
 
 
 def _move(name: str, video_id: str, *guards: ColumnElement[bool], **values: Any) -> bool:
-    """Apply transition ``name`` if the row is in one of its sources and every guard holds; commit."""
+    """Apply transition ``name`` if the row is in one of its sources and every guard holds; the caller commits."""
     sources, target = TRANSITIONS[name]
     stmt = update(Video).where(Video.id == video_id, Video.status.in_([s.value for s in sources]), *guards)
     values = {"status": target.value, "updated_at": utcnow(), **values}
     result: CursorResult[Any] = db.session.execute(stmt.values(**values))  # type: ignore[assignment]
-    changed = result.rowcount == 1
-    db.session.commit()
-    return changed
+    return result.rowcount == 1
 
 
 def _stale(column: Any, stale_after: float) -> ColumnElement[bool]:
@@ -118,7 +118,6 @@ def discard_upload(video_id: str) -> bool:
     """Delete the row of a direct upload that was aborted or expired, if it is still uploading."""
     stmt = delete(Video).where(Video.id == video_id, Video.status == S.UPLOADING.value)
     result: CursorResult[Any] = db.session.execute(stmt)  # type: ignore[assignment]
-    db.session.commit()
     return result.rowcount == 1
 
 
@@ -289,6 +288,4 @@ def cancel(video_id: str) -> bool:
 def holds(video_id: str, token: str) -> bool:
     """Return whether ``token`` still holds the row ``processing`` (not cancelled, deleted or taken over)."""
     held = select(Video.id).where(Video.id == video_id, Video.status == S.PROCESSING.value, Video.claimed_by == token)
-    found = db.session.execute(held).first() is not None
-    db.session.commit()
-    return found
+    return db.session.execute(held).first() is not None

@@ -119,6 +119,23 @@ class Video(Model):
     owner: Mapped[User] = relationship(back_populates="videos")
 
 
+class Usage(Model):
+    """One upload's bytes against its owner's daily limits (app/quotas.py).
+
+    Kept when the video is aborted, expires or is deleted: what was sent was sent. An aborted
+    upload's entry is lowered to the bytes S3 had received.
+    """
+
+    __tablename__ = "upload_usage"
+    __table_args__ = (Index("ix_upload_usage_user_id_created_at", "user_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    video_id: Mapped[str] = mapped_column(String(36), index=True)
+    bytes: Mapped[int] = mapped_column(db.BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class IdempotencyKey(Model):
     """A client's ``Idempotency-Key`` and the answer its first request got (app/idempotency.py)."""
 
@@ -130,5 +147,7 @@ class IdempotencyKey(Model):
     key: Mapped[str] = mapped_column(String(255))
     fingerprint: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int | None]  # None while the first request runs
+    # The video the first request created, committed with it: a request that died before answering is answered from it.
+    video_id: Mapped[str | None] = mapped_column(String(36))
     body: Mapped[str | None] = mapped_column(db.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

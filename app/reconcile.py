@@ -4,7 +4,7 @@ Each pass reads the other side, then changes only what its own guard still finds
 row moves with one conditional UPDATE (``app/jobs.py``), and an object or a multipart upload
 is removed only when it is older than ``ORPHAN_AFTER_SECONDS`` (a form upload writes its
 object before its row, a direct upload starts S3's upload before its row) and its row is
-still missing when looked up right before.
+still missing when looked up right before. The caller (the sweeper) commits.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ def _unknown(video_ids: set[str]) -> set[str]:
     if not video_ids:
         return set()
     known = set(db.session.scalars(select(Video.id).where(Video.id.in_(video_ids))).all())
-    db.session.commit()
     return video_ids - known
 
 
@@ -89,7 +88,6 @@ def orphan_uploads(storage: Storage, settings: Settings) -> list[str]:
     if not uploads:
         return []
     held = set(db.session.scalars(select(Video.s3_upload_id).where(Video.s3_upload_id.is_not(None))).all())
-    db.session.commit()
     aborted = []
     for upload in uploads:
         if upload["UploadId"] in held:

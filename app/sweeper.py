@@ -17,7 +17,7 @@ from datetime import timedelta
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import and_, or_, select
 
-from app import direct, idempotency, jobs, reconcile
+from app import direct, idempotency, jobs, quotas, reconcile
 from app.extensions import db
 from app.models import Status, Video, utcnow
 from app.queue import EnqueueError, enqueue_video
@@ -48,13 +48,17 @@ def requeue(
 ) -> bool:
     """Take the row (if still in ``sources``), give it a new task id and enqueue it; return success.
 
-    The row stays ``uploaded`` until the message is sent, so a failed enqueue leaves it for the next sweep.
+    Commits the caller's unit of work with the renewed row before the message is sent (a worker
+    must find the row), then the move to ``queued``. The row stays ``uploaded`` until the message
+    is sent, so a failed enqueue leaves it for the next sweep.
     """
     task_id = jobs.renew(video_id, sources, lease_older_than, reset_attempts)
+    db.session.commit()
     if task_id is None:
         return False
     enqueue_video(video_id, task_id)  # raises EnqueueError: the row stays uploaded
     jobs.enqueued(video_id)
+    db.session.commit()
     return True
 
 
@@ -63,10 +67,14 @@ def _reconcile(settings: Settings, report: SweepReport, storage: bool) -> list[s
     lost: list[str] = []
     try:
         report.dead_lettered = reconcile.dead_lettered(settings)
+        db.session.commit()
         lost = reconcile.lost_messages(settings)
+        db.session.commit()
         if storage:
             report.orphans = reconcile.orphan_objects(get_storage(), settings)
+            db.session.commit()
             report.aborted = reconcile.orphan_uploads(get_storage(), settings)
+            db.session.commit()
     except (BotoCoreError, ClientError) as exc:  # the next sweep tries again
         db.session.rollback()
         logger.warning("reconcile failed", extra={"error": repr(exc)})
@@ -80,10 +88,14 @@ def sweep(settings: Settings, storage: bool = True) -> SweepReport:
     What it reads is only a list of candidates: each change re-checks its reason (a stale
     heartbeat, an overdue retry, an old ``updated_at``) in its own UPDATE, so a delivery
     that claimed a row since this sweep read it keeps it. It also reconciles the rows with
-    SQS and S3 (``app/reconcile.py``; ``storage``: the bucket's listing too).
+    SQS and S3 (``app/reconcile.py``; ``storage``: the bucket's listing too). The sweep owns
+    its transactions: it commits after each pass, and each row before its message is sent.
     """
     report = SweepReport(expired=direct.expire(settings))
+    db.session.commit()
     idempotency.prune(timedelta(seconds=settings.IDEMPOTENCY_KEY_SECONDS))
+    quotas.prune()
+    db.session.commit()
     now = utcnow()
     stale_after = settings.STALE_AFTER_SECONDS
     grace = timedelta(seconds=settings.SWEEP_AFTER_SECONDS)
@@ -99,6 +111,7 @@ def sweep(settings: Settings, storage: bool = True) -> SweepReport:
             report.failed.append(video_id)
         else:  # backdated past the grace, so the loop below enqueues it now
             jobs.reset(video_id, stale_after, backdate=grace + timedelta(seconds=1))
+        db.session.commit()
     waiting = db.session.scalars(
         select(Video.id).where(Video.status == Status.UPLOADED.value, Video.updated_at < now - grace)
     ).all()

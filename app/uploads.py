@@ -10,7 +10,7 @@ from sqlalchemy import inspect, select
 from werkzeug.datastructures import FileStorage
 
 from app import jobs, quotas
-from app.api.errors import APIError
+from app.errors import NotAVideo, TooLarge, Unavailable, refused
 from app.extensions import db, get_settings
 from app.models import Status, User, Video, new_id
 from app.queue import EnqueueError, enqueue_video
@@ -41,15 +41,19 @@ def clean_filename(name: str | None, limit: int = MAX_FILENAME) -> str | None:
     return name or None
 
 
-def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, bool]:
-    """Validate and store an upload; return its row and whether it was enqueued."""
+def accept_upload(user: User, file: FileStorage, title: str) -> Video:
+    """Validate and store an upload, and add its row to the session; return the row, detached (``record``).
+
+    The caller commits, then enqueues (``queue_stored``): the row exists before any worker
+    can see the message.
+    """
     config = get_settings()
     path = _spooled_path(file)
     size = os.path.getsize(path)
     if size > config.MAX_UPLOAD_BYTES:
-        raise APIError(413, "file_too_large", f"The upload exceeds the limit of {config.MAX_UPLOAD_BYTES} bytes.")
+        raise TooLarge("file_too_large", f"The upload exceeds the limit of {config.MAX_UPLOAD_BYTES} bytes.")
     if size == 0:
-        raise APIError(415, "not_a_video", "The file is empty.")
+        raise NotAVideo("not_a_video", "The file is empty.")
     limits = Limits.from_settings(config)
     try:
         info = probe(path, Sandbox.from_settings(config))
@@ -57,18 +61,14 @@ def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, boo
     except ProbeError as exc:
         if exc.blame != runner.FILE:  # killed, crashed or slow on a busy host: not the file's verdict
             logger.warning("probe failed", extra={"reason": exc.reason, "ffprobe": exc.detail[-500:]})
-            raise APIError(
-                503,
-                "probe_unavailable",
-                "The video could not be checked just now; send it again shortly.",
-                headers={"Retry-After": "5"},
-            ) from exc
-        refused = rejection(exc, limits)
-        logger.info("upload refused", extra={"code": refused.code, "reason": exc.reason, "ffprobe": exc.detail[-500:]})
-        raise APIError(refused.status, refused.code, refused.message) from exc
+            message = "The video could not be checked just now; send it again shortly."
+            raise Unavailable("probe_unavailable", message, retry_after=5) from exc
+        rejected = rejection(exc, limits)
+        logger.info("upload refused", extra={"code": rejected.code, "reason": exc.reason, "ffprobe": exc.detail[-500:]})
+        raise refused(rejected) from exc
     except MediaRejected as exc:
         logger.info("upload refused", extra={"code": exc.code})
-        raise APIError(exc.status, exc.code, exc.message) from exc
+        raise refused(exc) from exc
 
     video_id = new_id()
     filename = clean_filename(file.filename)
@@ -78,7 +78,7 @@ def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, boo
         storage.upload_file(path, key, CONTENT_TYPES.get(info.container, "application/octet-stream"))
     except Exception as exc:
         logger.exception("upload to S3 failed", extra={"video_id": video_id})
-        raise APIError(503, "storage_unavailable", "The video could not be stored; try again shortly.") from exc
+        raise Unavailable("storage_unavailable", "The video could not be stored; try again shortly.") from exc
 
     video = Video(
         id=video_id,
@@ -94,30 +94,30 @@ def accept_upload(user: User, file: FileStorage, title: str) -> tuple[Video, boo
     )
     try:
         quotas.check_upload(user.id, size, lock=True)  # again, under the user's lock, with the real size
-        record(video)  # the row exists before any worker can see the message
+        record(video)
     except Exception:
-        db.session.rollback()
         try:  # an object with no row: the sweeper deletes what is left (``reconcile``)
             storage.delete_prefix(f"originals/{video_id}/")
         except Exception as cleanup:  # the caller gets the error that stopped the upload, not this one
             logger.warning("clean-up failed", extra={"video_id": video_id, "error": repr(cleanup)})
         raise
     logger.info("upload stored", extra={"video_id": video_id, "task_id": video.task_id, "bytes": size})
-    return video, queue_stored(video)
+    return video
 
 
 def record(video: Video) -> None:
-    """Insert ``video`` and commit; it stays detached with what it was given, so nothing is read back."""
+    """Insert ``video`` and count its bytes (the caller commits); it stays detached, so nothing is read back."""
     db.session.add(video)
+    quotas.count(video)
     db.session.flush()
     db.session.expunge(video)  # the commit expires what the session holds: reading it again is a transaction
-    db.session.commit()
 
 
 def queue_stored(video: Video) -> bool:
-    """Send an ``uploaded`` video's message and mark it queued; False when SQS is unreachable (the sweeper retries).
+    """Send a committed ``uploaded`` video's message and mark it queued; False when SQS is unreachable.
 
-    ``video`` is detached (``record``): its ``status`` is set to the row's, never flushed.
+    The sweeper sends it later then. ``video`` is detached (``record``): its ``status`` is set
+    to the row's, never flushed. The caller commits the move to ``queued``.
     """
     assert inspect(video).detached
     try:

@@ -132,6 +132,7 @@ def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     if video_id:
         with flask_app.app_context():
             jobs.cancel(video_id)
+            db.session.commit()
         logging.getLogger(__name__).info("revoked: cancelled", extra={"video_id": video_id, "task_id": request.id})
 
 

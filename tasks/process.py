@@ -42,6 +42,18 @@ PROGRESS_SECONDS = 1.0
 HOLD_CHECK_SECONDS = 1.0
 
 
+def step(result: bool) -> bool:
+    """Commit one step of the job that others must see at once (the claim, a beat, the result); return ``result``.
+
+    The task owns its transactions: each is one step, and none is held open across FFmpeg or S3.
+    """
+    db.session.commit()
+    return result
+
+
+TIME_LIMIT = "time_limit"  # the suspect reason of a task stopped by its soft time limit
+
+
 class JobLost(Exception):
     """The row is no longer this delivery's: cancelled, deleted, or taken over. Stop, record nothing."""
 
@@ -102,9 +114,9 @@ class Heartbeat:
             try:
                 with self.app.app_context():
                     if time.monotonic() - last_beat >= self.every:
-                        jobs.beat(self.video_id, self.token)
+                        step(jobs.beat(self.video_id, self.token))
                         last_beat = time.monotonic()
-                    if not jobs.holds(self.video_id, self.token):
+                    if not step(jobs.holds(self.video_id, self.token)):
                         self.lost.set()
                         runner.stop(self.token)  # this job's children only: never the next job's
                         return
@@ -165,7 +177,7 @@ class VideoJob:
             raise JobLost()
         now = time.monotonic()
         if percent != self._last_progress and (now - self._last_beat >= PROGRESS_SECONDS or percent >= 100):
-            jobs.beat(self.video_id, self.token, percent)
+            step(jobs.beat(self.video_id, self.token, percent))
             self._last_beat, self._last_progress = now, percent
 
     @staticmethod
@@ -246,7 +258,7 @@ class VideoJob:
         # Not recorded when the row was deleted, cancelled or taken over while we worked: leave nothing
         # behind for a deleted or cancelled video.
         probed = {"duration": info.duration, "width": info.width, "height": info.height}
-        if not jobs.finish(self.video_id, self.token, video_key, image_key, probed):
+        if not step(jobs.finish(self.video_id, self.token, video_key, image_key, probed)):
             if (video := db.session.get(Video, self.video_id)) is None or video.status == Status.CANCELLED.value:
                 storage.delete_prefix(f"processed/{self.video_id}/")
             logger.warning("row changed during processing; result not recorded")
@@ -257,7 +269,7 @@ class VideoJob:
 
 def _fail(video_id: str, token: str, code: str, message: str, original_key: str | None = None) -> None:
     db.session.rollback()
-    jobs.fail(video_id, token, code, message, original_key)
+    step(jobs.fail(video_id, token, code, message, original_key))
     JOBS.labels("failed").inc()
     logger.error("failed", extra={"state": Status.FAILED.value, "code": code, "reason": message[:500]})
 
@@ -265,7 +277,7 @@ def _fail(video_id: str, token: str, code: str, message: str, original_key: str 
 def _release(video_id: str, token: str) -> None:
     """Hand the row back to the queue (this delivery stops; another one will take it)."""
     db.session.rollback()
-    jobs.release(video_id, token)
+    step(jobs.release(video_id, token))
 
 
 def _skip_reason(video_id: str) -> str:
@@ -303,10 +315,10 @@ def process_video(self: Task, video_id: str, recheck: bool = False, suspect: str
         # The worker's main process retries a job whose pool process died (task_retry_on_worker_lost):
         # then `previous` still holds the row, and its try is known to be over.
         dead = None if recheck else previous
-        if jobs.give_up(video_id, stale_after, config.MAX_ATTEMPTS, dead=dead):
+        if step(jobs.give_up(video_id, stale_after, config.MAX_ATTEMPTS, dead=dead)):
             logger.error("failed", extra={"state": Status.FAILED.value, "code": "worker_lost"})
             return None
-        if not jobs.claim(video_id, token, previous, stale_after, takeover=not recheck):
+        if not step(jobs.claim(video_id, token, previous, stale_after, takeover=not recheck)):
             wait = _held_by(video_id, token)
             if wait is not None:  # never acknowledged away: look again once it can be stale
                 logger.warning("held by an earlier run of this delivery; checking again", extra={"delay": wait})
@@ -329,24 +341,35 @@ def process_video(self: Task, video_id: str, recheck: bool = False, suspect: str
             raise
         except PermanentError as exc:
             _fail(video_id, token, exc.code, exc.message, exc.original_key)
-        except SoftTimeLimitExceeded:
-            _fail(video_id, token, "timed_out", f"Processing took longer than {config.TASK_SOFT_TIME_LIMIT}s.")
+        except SoftTimeLimitExceeded:  # the whole task's wall limit: slow may mean a busy host, as for FFmpeg's
+            db.session.rollback()
+            if suspect != TIME_LIMIT:
+                _try_again(self, video_id, token, HostFault(TIME_LIMIT, "the task's soft time limit"))
+            else:
+                limit = config.TASK_SOFT_TIME_LIMIT
+                _fail(video_id, token, "timed_out", f"Processing took longer than {limit}s, twice.")
         except Exception as exc:
             db.session.rollback()
             if not is_transient(exc):
                 logger.exception("internal error")
                 _fail(video_id, token, "internal_error", "An internal error stopped processing; it has been logged.")
                 raise
-            if request.retries >= config.TASK_MAX_RETRIES:
-                logger.error("giving up", extra={"error": repr(exc)})
-                _fail(video_id, token, "retries_exhausted", "Gave up after repeated passing faults.")
-                return None
-            delay = backoff(request.retries, config.TASK_RETRY_BACKOFF_MAX)
-            logger.warning("transient error; will retry", extra={"error": repr(exc), "delay": delay})
-            # The row waits as `retrying` (the sweeper leaves it until the retry is overdue); SQS holds
-            # the retry's message for `delay` seconds (DelaySeconds): no worker keeps it meanwhile.
-            jobs.wait_retry(video_id, token, delay)
-            RETRIES.labels("host" if isinstance(exc, HostFault) else "transient").inc()
-            again = {"suspect": exc.reason} if isinstance(exc, HostFault) else {}
-            raise self.retry(args=[video_id], kwargs=again, exc=exc, countdown=0, delay_seconds=delay) from exc
+            _try_again(self, video_id, token, exc)
         return None
+
+
+def _try_again(task: Task, video_id: str, token: str, exc: Exception) -> None:
+    """Retry after a passing fault, with backoff (a ``HostFault`` carries its reason); past the retries, fail."""
+    request, config = task.request, get_settings()
+    if request.retries >= config.TASK_MAX_RETRIES:
+        logger.error("giving up", extra={"error": repr(exc)})
+        _fail(video_id, token, "retries_exhausted", "Gave up after repeated passing faults.")
+        return
+    delay = backoff(request.retries, config.TASK_RETRY_BACKOFF_MAX)
+    logger.warning("transient error; will retry", extra={"error": repr(exc), "delay": delay})
+    # The row waits as `retrying` (the sweeper leaves it until the retry is overdue); SQS holds
+    # the retry's message for `delay` seconds (DelaySeconds): no worker keeps it meanwhile.
+    step(jobs.wait_retry(video_id, token, delay))
+    RETRIES.labels("host" if isinstance(exc, HostFault) else "transient").inc()
+    again = {"suspect": exc.reason} if isinstance(exc, HostFault) else {}
+    raise task.retry(args=[video_id], kwargs=again, exc=exc, countdown=0, delay_seconds=delay) from exc

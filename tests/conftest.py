@@ -33,7 +33,7 @@ from app import create_app
 from app.aws import ensure_bucket, ensure_queues, queue_url
 from app.extensions import db, get_settings
 from app.metrics import COUNTS
-from app.models import User, Video
+from app.models import Usage, User, Video
 from app.storage import aws_client, get_storage
 from config import load_settings
 from tests.clips import make_clip, make_image
@@ -170,6 +170,7 @@ def _clean(request: pytest.FixtureRequest) -> Iterator[None]:
     flask_app: Flask = request.getfixturevalue("app")
     with flask_app.app_context():
         db.session.query(Video).delete()
+        db.session.query(Usage).delete()
         db.session.query(User).delete()
         db.session.commit()
         for prefix in ("originals/", "processed/", "quarantine/"):

@@ -26,7 +26,7 @@ from werkzeug.test import encode_multipart
 from app import quotas
 from app.extensions import db
 from app.logs import KeyValueFormatter
-from app.models import User, Video, utcnow
+from app.models import Usage, User, Video, utcnow
 from app.security import HEADERS
 from app.spool import SPOOL_PREFIX
 from tests.conftest import PASSWORD, post_upload, signup_and_login, unique_email
@@ -224,8 +224,11 @@ class TestRateLimits:
 
 
 def add_video(user_id: int, **values: object) -> str:
+    """Add a video and its usage (as an upload records them), at its ``created_at``."""
     video = Video(user_id=user_id, title="t", original_key="originals/x/a.mp4", size_bytes=1000, **values)
     db.session.add(video)
+    db.session.flush()
+    db.session.add(Usage(user_id=user_id, video_id=video.id, bytes=video.size_bytes, created_at=video.created_at))
     db.session.commit()
     return video.id
 

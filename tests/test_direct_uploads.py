@@ -14,7 +14,7 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
-from app import direct, timing
+from app import direct, quotas, timing
 from app.extensions import db, get_settings
 from app.models import IdempotencyKey, Video, utcnow
 from app.storage import aws_client, get_storage
@@ -117,12 +117,12 @@ def test_answers_say_how_long_they_waited_on_s3_and_sqs(
 
 def test_the_upload_routes_read_nothing_back(client: FlaskClient, auth: dict[str, str], clip: Callable) -> None:
     # Each statement a round trip to the database. Start: the token's user, the quotas with the
-    # user's row locked in the same SELECT, the new row. Complete: the user, the upload, its three
+    # user's row locked in the same SELECT, the new row and its usage. Complete: the user, the upload, its three
     # moves (completing, uploaded, queued). No row is read again after a commit.
     path = clip("small.mp4")
     with statements(client) as sent:
         started = start(client, auth, path)
-    assert started.status_code == 201 and sent == ["SELECT", "SELECT", "INSERT"]
+    assert started.status_code == 201 and sent == ["SELECT", "SELECT", "INSERT", "INSERT"]
     etags = put_parts(started.json, path)
     with statements(client) as sent:
         done = complete(client, auth, started.json, etags)
@@ -130,7 +130,7 @@ def test_the_upload_routes_read_nothing_back(client: FlaskClient, auth: dict[str
     assert sent == ["SELECT", "SELECT", "UPDATE", "UPDATE", "UPDATE"]
     with statements(client) as sent:
         assert start(client, {**auth, "Idempotency-Key": "counted"}, path).status_code == 201
-    assert sent == ["INSERT", "SELECT", "SELECT", "INSERT", "UPDATE"], "the key's row, then its answer by id"
+    assert sent == ["INSERT", "SELECT", "SELECT", "INSERT", "INSERT", "UPDATE"], "the key's row, then its answer by id"
 
 
 def test_the_same_idempotency_key_twice_gives_one_video(
@@ -312,6 +312,21 @@ def test_an_expired_unfinished_upload_is_cleaned_up(stack: Callable[..., Stack],
     rules = aws_client("s3", settings).get_bucket_lifecycle_configuration(Bucket=settings.S3_BUCKET)["Rules"]
     expiry = next(rule for rule in rules if rule["ID"] == "expire-quarantine")
     assert (expiry["Filter"]["Prefix"], expiry["Expiration"]["Days"]) == ("quarantine/", settings.QUARANTINE_DAYS)
+
+
+@pytest.mark.e2e
+def test_an_aborted_upload_still_counts_what_s3_received(stack: Callable[..., Stack], big_clip: Path) -> None:  # noqa: F811
+    s = stack({"UPLOAD_PART_BYTES": str(PART)})
+    plan = start(s.client, s.headers, big_clip).json
+    with s.app.app_context():
+        user_id = db.session.get(Video, plan["video_id"]).user_id
+        assert quotas._usage(user_id, lock=False)[1:] == (1, big_clip.stat().st_size), "counted from its start"
+        db.session.commit()
+    put_parts(plan, big_clip, only={1})
+    assert s.client.delete(f"/api/uploads/{plan['upload_id']}", headers=s.headers).status_code == 204
+    with s.app.app_context():
+        assert db.session.get(Video, plan["video_id"]) is None
+        assert quotas._usage(user_id, lock=False)[1:] == (1, PART), "the part S3 received stays counted"
 
 
 def test_a_key_with_the_token_of_a_deleted_user_is_401(

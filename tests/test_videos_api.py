@@ -22,7 +22,7 @@ from app import estimates, jobs
 from app import storage as storage_module
 from app.aws import queue_url
 from app.extensions import db, get_settings
-from app.models import Status, User, Video, utcnow
+from app.models import IdempotencyKey, Status, User, Video, utcnow
 from app.storage import aws_client, get_storage
 from celeryconfig import PROCESS_TASK
 from tests.conftest import ROOT, free_port, post_upload, signup_and_login, statements, unique_email, wait_for
@@ -180,6 +180,23 @@ def test_a_retried_503_with_its_idempotency_key_makes_one_video(make_app: Callab
     assert first.status_code == again.status_code == 503
     assert again.json == first.json and again.headers["Idempotent-Replayed"] == "true"
     assert row_count(app) == 1 and stored_keys(app) == [f"originals/{first.json['video_id']}/small.mp4"]
+
+
+def test_an_upload_that_died_after_storing_its_video_is_answered_from_it(
+    client: FlaskClient, auth: dict, clip: Callable, app: Flask
+) -> None:
+    """The key is bound to the video in the row's own commit: a request that died before answering makes no second."""
+    headers = {**auth, "Idempotency-Key": "died-after-the-commit"}
+    first = upload(client, headers, clip("small.mp4"))
+    with app.app_context():
+        key = db.session.query(IdempotencyKey).filter_by(key="died-after-the-commit").one()
+        assert key.video_id == first.json["video_id"]
+        # What the row holds when the process died between the video's commit and keeping the answer.
+        key.status_code, key.body, key.created_at = None, None, utcnow() - timedelta(hours=2)
+        db.session.commit()
+    again = upload(client, headers, clip("small.mp4"))
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json["video_id"] == first.json["video_id"] and row_count(app) == 1
 
 
 def test_the_answer_tells_a_worker_faster_than_the_upload(

@@ -17,8 +17,10 @@ from flask import Flask
 
 from config import load_settings
 from media import runner
+from media.probe import ProbeError
 from media.sandbox import Limits
 from tasks import process
+from tasks.errors import is_transient
 from tasks.heartbeat import MessageKeeper
 from tasks.scratch import PREFIX, alive, job_dir, remove_orphans, running_jobs
 from tests.conftest import wait_for
@@ -116,3 +118,32 @@ def test_a_slow_heartbeat_never_stops_the_next_jobs_ffmpeg(app: Flask, monkeypat
     assert runner.stop("job-2") == 1
     thread.join(timeout=10)
     assert failures[0].reason == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("reason", "suspect", "retried"),
+    [
+        ("killed", None, True),  # the OOM killer, an operator: always the host's
+        ("killed", "killed", True),
+        ("stopped", None, True),
+        ("timeout", None, True),  # suspect: once more, in a fresh process
+        ("timeout", "timeout", False),  # the same on the second try: the file's
+        ("crashed", None, True),
+        ("crashed", "timeout", True),  # a different suspect reason starts again
+        ("crashed", "crashed", False),
+        ("cpu", None, False),  # our own limits, reached: the file's verdict
+        ("memory", None, False),
+        ("resolution", None, False),
+        (None, None, False),  # FFmpeg's own error
+    ],
+)
+def test_host_faults_are_retried_and_a_repeated_suspect_is_the_files(
+    reason: str | None, suspect: str | None, retried: bool
+) -> None:
+    fault = process.host_fault(runner.FFmpegError(["ffmpeg"], -9, "", reason), suspect)
+    assert (fault is not None) == retried
+    if fault is not None:
+        assert fault.reason == reason and is_transient(fault)
+    probed = process.host_fault(ProbeError("x", reason), suspect)
+    assert (probed is not None) == retried
+    assert process.host_fault(ProbeError("x", "format"), None) is None, "a container off the list is the file's"

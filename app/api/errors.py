@@ -9,6 +9,17 @@ from flask import Flask, Response, g, jsonify, request
 from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from app.errors import (
+    Conflict,
+    DomainError,
+    Invalid,
+    NotAVideo,
+    NotFound,
+    OutOfBounds,
+    OverLimit,
+    TooLarge,
+    Unavailable,
+)
 from app.extensions import db, get_settings
 
 logger = logging.getLogger(__name__)
@@ -56,6 +67,25 @@ def invalid_request(messages: dict[str, Any]) -> tuple[Response, int]:
     return error_response(400, "invalid_request", f"Invalid request: {summary}"[:500], fields=fields)
 
 
+# Each domain error's HTTP status: the domain (app/errors.py) knows no HTTP.
+STATUS: dict[type[DomainError], int] = {
+    Invalid: 400,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+    NotAVideo: 415,
+    OutOfBounds: 422,
+    OverLimit: 429,
+    Unavailable: 503,
+}
+
+
+def from_domain(exc: DomainError) -> APIError:
+    """Return the answer to a domain error: its status, code and message, and ``Retry-After`` when it has one."""
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+    return APIError(STATUS[type(exc)], exc.code, exc.message, exc.extra, headers)
+
+
 def _code(exc: HTTPException) -> str:
     return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
 
@@ -68,6 +98,10 @@ def init_app(app: Flask) -> None:
         response, status = error_response(exc.status, exc.code, exc.message, exc.extra)
         response.headers.update(exc.headers)
         return response, status
+
+    @app.errorhandler(DomainError)
+    def domain_error(exc: DomainError) -> tuple[Response, int]:
+        return api_error(from_domain(exc))
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:

@@ -23,6 +23,7 @@ from app.extensions import db
 from app.idempotency import idempotent, json_fingerprint
 from app.models import Status, Video
 from app.ratelimit import per_user
+from app.uploads import queue_stored
 
 
 def _own_upload(upload_id: str) -> Video:
@@ -85,10 +86,16 @@ def upload_state(upload_id: str) -> dict[str, Any]:
 def complete_upload(body: dict[str, Any], upload_id: str) -> dict[str, Any]:
     """Complete the upload from the parts' ETags; the video is checked and queued for processing.
 
-    400 ``size_mismatch`` and 415 ``not_a_video`` end the video ``failed`` and delete what was
-    sent; a video the worker's probe refuses ends ``failed`` with the form upload's codes.
+    400 ``size_mismatch`` and 415 ``not_a_video`` end the video ``failed`` and quarantine what
+    was sent; a video the worker's probe refuses ends ``failed`` with the form upload's codes.
+    A complete racing this upload's abort either wins, or answers 409.
     """
-    return accepted(*direct.complete(_uploading(_own_upload(upload_id)), body["parts"]))
+    video = _uploading(_own_upload(upload_id))
+    direct.claim(video, body["parts"])
+    db.session.commit()  # from here an abort or an expiry of this upload loses
+    video = direct.complete(video, body["parts"])
+    db.session.commit()  # the row is stored before any worker can see its message
+    return accepted(video, queue_stored(video))
 
 
 @bp.route("/uploads/<upload_id>", methods=["DELETE"])
@@ -97,5 +104,5 @@ def complete_upload(body: dict[str, Any], upload_id: str) -> dict[str, Any]:
 @error_answers(401, 404, 409, 503)
 @login_required
 def abort_upload(upload_id: str) -> None:
-    """Abort the upload: S3 drops the parts, and the video is gone."""
+    """Abort the upload: the video is gone, and S3 drops the parts (409 when a complete took it first)."""
     direct.abort(_uploading(_own_upload(upload_id)))

@@ -10,7 +10,7 @@ from typing import Any
 from flask import current_app, g, request
 from sqlalchemy import and_, bindparam, func, select
 
-from app import estimates, jobs, quotas
+from app import estimates, idempotency, jobs, quotas
 from app.api import BEARER, bp, error_answers
 from app.api.errors import APIError
 from app.api.schemas import (
@@ -29,7 +29,7 @@ from app.queue import EnqueueError
 from app.ratelimit import per_user
 from app.storage import get_storage, video_prefixes
 from app.sweeper import requeue
-from app.uploads import accept_upload
+from app.uploads import accept_upload, queue_stored
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -94,8 +94,16 @@ def _before_the_body(view: Any) -> Any:
     return wrapped
 
 
+def recover_upload(video_id: str) -> tuple[dict[str, Any], int]:
+    """Answer a replay of an upload whose first request died after storing its video: from the video."""
+    video = db.session.get(Video, video_id)
+    if video is None:  # deleted since
+        raise APIError(404, "not_found", "The video this request created has been deleted.")
+    return accepted(video, queued=True), 202
+
+
 @bp.route("/videos/upload", methods=["POST"])
-@idempotent(route_fingerprint)
+@idempotent(route_fingerprint, recover=recover_upload)
 @bp.doc(security=BEARER)
 @bp.response(202, UploadAcceptedSchema)
 @error_answers(400, 401, 413, 415, 422, 429, 503)
@@ -116,7 +124,10 @@ def upload(form: dict[str, Any]) -> dict[str, Any]:
         raise APIError(400, "missing_file", "Send the video as the multipart field 'video_file', with a file name.")
     if not title:
         raise APIError(400, "invalid_title", f"A title of 1 to {MAX_TITLE} characters is required.")
-    return accepted(*accept_upload(g.user, file, title))
+    video = accept_upload(g.user, file, title)
+    idempotency.created(video.id)  # committed with the row: a replay never makes a second video
+    db.session.commit()  # the row exists before any worker can see the message
+    return accepted(video, queue_stored(video))
 
 
 def accepted(video: Video, queued: bool) -> dict[str, Any]:
@@ -248,19 +259,19 @@ def cancel_video(video_id: str) -> dict[str, Any]:
 @bp.route("/videos/<video_id>", methods=["DELETE"])
 @bp.doc(security=BEARER)
 @bp.response(204)
-@error_answers(401, 404, 503)
+@error_answers(401, 404)
 @login_required
 def delete_video(video_id: str) -> None:
-    """Delete the video's S3 objects, then its row."""
+    """Delete the video's row, then its S3 objects (those S3 keeps, the sweeper deletes: they have no row)."""
     video = _own_video(video_id)
+    key, s3_upload = video.original_key, video.s3_upload_id
+    db.session.delete(video)
+    db.session.commit()  # gone for good before its objects: never a row without its original
     storage = get_storage()
     try:
-        if video.s3_upload_id:  # a direct upload still open: S3 keeps its parts until aborted
-            storage.abort_multipart(video.original_key, video.s3_upload_id)
-        for prefix in video_prefixes(video.id):
+        if s3_upload:  # a direct upload still open: S3 keeps its parts until aborted
+            storage.abort_multipart(key, s3_upload)
+        for prefix in video_prefixes(video_id):
             storage.delete_prefix(prefix)
-    except Exception as exc:
-        current_app.logger.exception("delete from S3 failed", extra={"video_id": video.id})
-        raise APIError(503, "storage_unavailable", "The video could not be deleted; try again shortly.") from exc
-    db.session.delete(video)
-    db.session.commit()
+    except Exception:  # objects with no row: the sweeper's reconcile deletes them
+        current_app.logger.exception("delete from S3 failed; the sweeper will", extra={"video_id": video_id})
