@@ -21,11 +21,11 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import select
 
 from app import jobs, quotas
-from app.errors import Conflict, DomainError, Invalid, NotAVideo, TooLarge, Unavailable
+from app.errors import Conflict, DomainError, Invalid, NotAVideo, OverLimit, TooLarge, Unavailable
 from app.extensions import db, get_settings
 from app.models import Status, User, Video, new_id, utcnow
 from app.storage import get_storage, original_key
@@ -72,7 +72,7 @@ def start(user: User, title: str, filename: str, size: int, content_type: str) -
     content_type = content_type.split(";", 1)[0].strip().lower()
     if not content_type.startswith("video/") and content_type not in GENERIC_TYPES:
         raise NotAVideo("not_a_video", f"A {content_type or 'typeless'} file is not a video.")
-    quotas.check_upload(user.id, size, lock=True)  # the user's row stays locked until the caller's commit
+    quotas.check_upload(user.id, size)
     video_id, name = new_id(), clean_filename(filename)
     extension = (name or "").rpartition(".")[2].lower()
     key = original_key(video_id, name, extension if extension in CONTENT_TYPES else "mp4")
@@ -80,8 +80,13 @@ def start(user: User, title: str, filename: str, size: int, content_type: str) -
     storage = get_storage()
     try:
         s3_upload = storage.start_multipart(key, CONTENT_TYPES.get(extension, "application/octet-stream"))
-    except (ClientError, EndpointConnectionError) as exc:
+    except (ClientError, BotoCoreError) as exc:
         raise _storage_unavailable(exc) from exc
+    try:  # again, under the user's lock (held until the caller's commit, not across the S3 call above)
+        quotas.check_upload(user.id, size, lock=True)
+    except OverLimit:
+        _abort_s3(video_id, key, s3_upload)
+        raise
     video = Video(
         id=video_id,
         user_id=user.id,
@@ -128,7 +133,7 @@ def sent_parts(video: Video) -> list[dict[str, Any]]:
     assert video.s3_upload_id
     try:
         parts = get_storage().list_parts(video.original_key, video.s3_upload_id)
-    except (ClientError, EndpointConnectionError) as exc:
+    except (ClientError, BotoCoreError) as exc:
         raise _storage_unavailable(exc) from exc
     return [{"part_number": p["PartNumber"], "size": p["Size"], "etag": p["ETag"]} for p in parts]
 
@@ -161,7 +166,7 @@ def _join(video: Video, parts: list[dict[str, Any]]) -> None:
         if code not in BAD_PARTS:
             raise _storage_unavailable(exc) from exc
         raise Invalid("invalid_parts", f"S3 refused the parts ({code}): send each part's own ETag.") from exc
-    except EndpointConnectionError as exc:
+    except BotoCoreError as exc:
         raise _storage_unavailable(exc) from exc
 
 
@@ -192,7 +197,7 @@ def complete(video: Video, parts: list[dict[str, Any]]) -> Video:
     try:
         _join(video, parts)
         head, real = get_storage().head_bytes(video.original_key, HEAD_BYTES)
-    except (ClientError, EndpointConnectionError) as exc:
+    except (ClientError, BotoCoreError) as exc:  # S3 unreachable, a read timed out or broke off
         jobs.reopen(video.id)
         raise _storage_unavailable(exc) from exc
     except DomainError:
@@ -225,9 +230,17 @@ def abort(video: Video) -> None:
     try:
         sent = sum(int(part["Size"]) for part in get_storage().list_parts(key, s3_upload))
         quotas.settle(video.id, sent)  # what S3 received stays counted; the rest is refunded
+    except (ClientError, BotoCoreError) as exc:  # counted as declared
+        logger.warning("parts not listed", extra={"video_id": video.id, "error": repr(exc)})
+    _abort_s3(video.id, key, s3_upload)
+
+
+def _abort_s3(video_id: str, key: str, s3_upload: str) -> None:
+    """Abort an S3 multipart upload; when S3 can't be reached, the sweeper aborts it (it has no row)."""
+    try:
         get_storage().abort_multipart(key, s3_upload)
-    except (ClientError, EndpointConnectionError) as exc:
-        logger.warning("abort failed; the sweeper aborts it", extra={"video_id": video.id, "error": repr(exc)})
+    except (ClientError, BotoCoreError) as exc:
+        logger.warning("abort failed; the sweeper aborts it", extra={"video_id": video_id, "error": repr(exc)})
 
 
 def expire(settings: Settings) -> list[str]:
@@ -235,8 +248,11 @@ def expire(settings: Settings) -> list[str]:
 
     The caller commits.
     """
+    # A complete that died may have had S3 join the parts: its client gets a full new deadline to complete
+    # again (``_join`` takes the joined object), so this pass's expiry never removes what S3 holds whole.
+    deadline = utcnow() + timedelta(seconds=settings.UPLOAD_EXPIRES_SECONDS)
     for video_id in db.session.scalars(select(Video.id).where(Video.status == Status.COMPLETING.value)).all():
-        if jobs.reopen(video_id, stale_after=settings.ORPHAN_AFTER_SECONDS):
+        if jobs.reopen(video_id, stale_after=settings.ORPHAN_AFTER_SECONDS, deadline=deadline):
             logger.warning("complete never ended; upload reopened", extra={"video_id": video_id})
     overdue = db.session.scalars(
         select(Video).where(Video.status == Status.UPLOADING.value, Video.upload_expires_at < utcnow())

@@ -155,11 +155,12 @@ def idempotent(fingerprint: Callable[[], str], recover: Recover | None = None) -
                 response.headers.update(exc.headers)
                 final = exc.final
             except BaseException:
-                _release(claimed)
+                db.session.rollback()  # an unexpected failure: nothing of the request's own work is kept
+                _after_failure(claimed, recover)
                 raise
             if final or _keep(response.status_code):
                 _keep_answer(claimed, response)
-            else:
+            else:  # an answer a retry could change: the request's work (a reopened upload) stays, the key goes
                 _release(claimed)
             return response
 
@@ -169,9 +170,26 @@ def idempotent(fingerprint: Callable[[], str], recover: Recover | None = None) -
 
 
 def _release(key_id: int) -> None:
-    db.session.rollback()
-    db.session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == key_id))
+    """Free the key for a retry, unless its request created a video (committed with ``created``); commit."""
+    db.session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == key_id, IdempotencyKey.video_id.is_(None)))
     db.session.commit()
+
+
+def _after_failure(key_id: int, recover: Recover | None) -> None:
+    """After an unexpected failure: answer the key from the video its request created, if it did, else free it.
+
+    The client sees this request fail; its retry gets the video's answer instead of making a
+    second one. When even that can't be written (the database is gone), the key stays taken and
+    is answered from the video once abandoned.
+    """
+    try:
+        video_id = db.session.scalar(select(IdempotencyKey.video_id).where(IdempotencyKey.id == key_id))
+        if video_id and recover:
+            _keep_answer(key_id, make_response(recover(video_id)))
+        else:
+            _release(key_id)
+    except Exception:
+        db.session.rollback()
 
 
 def prune(older_than: timedelta) -> int:

@@ -44,7 +44,7 @@ main process sent after losing the pool process that ran it (``task_retry_on_wor
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, CursorResult, and_, case, delete, or_, select, update
@@ -97,10 +97,13 @@ def begin_complete(video_id: str) -> bool:
     return _move("complete", video_id)
 
 
-def reopen(video_id: str, stale_after: float | None = None) -> bool:
-    """Give a ``completing`` upload back to its client (the complete failed, or, ``stale_after``, died)."""
+def reopen(video_id: str, stale_after: float | None = None, deadline: datetime | None = None) -> bool:
+    """Give a ``completing`` upload back to its client (the complete failed, or, ``stale_after``, died).
+
+    ``deadline``: the upload's new ``upload_expires_at``.
+    """
     guards = [_stale(Video.updated_at, stale_after)] if stale_after is not None else []
-    return _move("reopen", video_id, *guards)
+    return _move("reopen", video_id, *guards, **({"upload_expires_at": deadline} if deadline else {}))
 
 
 def upload_done(video_id: str) -> bool:
@@ -268,11 +271,16 @@ def renew(
     return task_id if _move("renew", video_id, *guards, **values) else None
 
 
-def dead_letter(video_id: str, older_than: float) -> bool:
-    """Fail a ``queued`` row whose message SQS dead-lettered, untouched for ``older_than`` seconds; retryable."""
+def dead_letter(video_id: str, task_id: str, older_than: float) -> bool:
+    """Fail a ``queued`` row whose message (``task_id``'s) SQS dead-lettered, untouched for ``older_than`` s; retryable.
+
+    The task id guard keeps a dead letter of an earlier try (the DLQ keeps it for the operator)
+    from failing the video's retry, which has a new one.
+    """
     return _move(
         "dead_letter",
         video_id,
+        Video.task_id == task_id,
         _stale(Video.updated_at, older_than),
         error_code="dead_lettered",
         error_message="Its message could not be delivered to a worker; retry it.",

@@ -27,13 +27,19 @@ from config import Settings
 logger = logging.getLogger(__name__)
 # Top-level prefixes whose next path segment is a video id.
 VIDEO_PREFIXES = (ORIGINALS, processed_video_key("").split("/", 1)[0] + "/")
+LOOKUP_CHUNK = 1000  # ids per IN (...): far below any database's bound parameters
+ORPHANS_PER_PASS = 1000
+# Orphans come from failures, a few at a time. Most of the listed videos without a row means the
+# database is not this bucket's (a wrong DATABASE_URL, a restored backup): delete nothing, say so.
+BRAKE_SHARE, BRAKE_MIN = 0.5, 20
 
 
 def dead_lettered(settings: Settings) -> list[str]:
     """Fail, with the retryable ``dead_lettered``, the ``queued`` rows whose message is in the dead-letter queue."""
     grace = settings.SWEEP_AFTER_SECONDS
-    ids = {row["video_id"] for row in dlq.list_dead(settings) if isinstance(row["video_id"], str)}
-    failed = [video_id for video_id in sorted(ids) if jobs.dead_letter(video_id, grace)]
+    dead = {(row["video_id"], row["task_id"]) for row in dlq.list_dead(settings)}
+    letters = sorted((v, t) for v, t in dead if isinstance(v, str) and isinstance(t, str))
+    failed = [video_id for video_id, task_id in letters if jobs.dead_letter(video_id, task_id, grace)]
     for video_id in failed:
         logger.warning("message dead-lettered; video failed", extra={"video_id": video_id, "code": "dead_lettered"})
     return failed
@@ -55,10 +61,11 @@ def lost_messages(settings: Settings) -> list[str]:
 
 
 def _unknown(video_ids: set[str]) -> set[str]:
-    """Return those of ``video_ids`` that have no row."""
-    if not video_ids:
-        return set()
-    known = set(db.session.scalars(select(Video.id).where(Video.id.in_(video_ids))).all())
+    """Return those of ``video_ids`` that have no row (looked up a chunk at a time)."""
+    ids, known = sorted(video_ids), set[str]()
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        chunk = ids[start : start + LOOKUP_CHUNK]
+        known.update(db.session.scalars(select(Video.id).where(Video.id.in_(chunk))).all())
     return video_ids - known
 
 
@@ -75,6 +82,13 @@ def orphan_objects(storage: Storage, settings: Settings) -> list[str]:
             by_video[video_id].append(obj)
     candidates = {vid for vid, objs in by_video.items() if all(_old(obj["LastModified"], settings) for obj in objs)}
     gone = sorted(_unknown(candidates))
+    if len(gone) >= BRAKE_MIN and len(gone) > BRAKE_SHARE * len(by_video):
+        logger.error(
+            "most objects have no row: is this the bucket's database? nothing deleted",
+            extra={"orphans": len(gone), "videos": len(by_video)},
+        )
+        return []
+    gone = gone[:ORPHANS_PER_PASS]
     for video_id in gone:
         for prefix in VIDEO_PREFIXES:
             storage.delete_prefix(f"{prefix}{video_id}/")

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from app import direct, idempotency, jobs, quotas, reconcile
 from app.extensions import db
@@ -75,7 +76,7 @@ def _reconcile(settings: Settings, report: SweepReport, storage: bool) -> list[s
             db.session.commit()
             report.aborted = reconcile.orphan_uploads(get_storage(), settings)
             db.session.commit()
-    except (BotoCoreError, ClientError) as exc:  # the next sweep tries again
+    except (BotoCoreError, ClientError, SQLAlchemyError) as exc:  # the next sweep tries again
         db.session.rollback()
         logger.warning("reconcile failed", extra={"error": repr(exc)})
         report.unreachable = True

@@ -16,7 +16,7 @@ from app.models import Status, User, Video, new_id
 from app.queue import EnqueueError, enqueue_video
 from app.storage import get_storage, original_key
 from media import runner
-from media.probe import ProbeError, probe
+from media.probe import ProbeError, probe_twice
 from media.sandbox import Sandbox
 from media.validate import Limits, MediaRejected, check, rejection
 
@@ -56,10 +56,10 @@ def accept_upload(user: User, file: FileStorage, title: str) -> Video:
         raise NotAVideo("not_a_video", "The file is empty.")
     limits = Limits.from_settings(config)
     try:
-        info = probe(path, Sandbox.from_settings(config))
+        info = probe_twice(path, Sandbox.from_settings(config))
         check(info, limits)
     except ProbeError as exc:
-        if exc.blame != runner.FILE:  # killed, crashed or slow on a busy host: not the file's verdict
+        if exc.blame != runner.FILE:  # killed, or crashed or slow once: a busy host's, not the file's verdict
             logger.warning("probe failed", extra={"reason": exc.reason, "ffprobe": exc.detail[-500:]})
             message = "The video could not be checked just now; send it again shortly."
             raise Unavailable("probe_unavailable", message, retry_after=5) from exc

@@ -25,14 +25,17 @@ class ProbeError(Exception):
     FFmpeg's stderr, for the log only.
     """
 
-    def __init__(self, message: str, reason: str | None = None, detail: str = "") -> None:
+    def __init__(self, message: str, reason: str | None = None, detail: str = "", repeated: bool = False) -> None:
         super().__init__(message)
-        self.reason, self.detail = reason, detail
+        self.reason, self.detail, self.repeated = reason, detail, repeated
 
     @property
     def blame(self) -> str:
-        """Whose fault the failure is (``runner.BLAME``): a container off the whitelist is the file's."""
-        return runner.FILE if self.reason == "format" else runner.BLAME.get(self.reason, runner.FILE)
+        """Whose fault the failure is (``runner.BLAME``): a container off the whitelist is the file's, and so is
+        a suspect failure (a crash, the wall limit) that ``repeated`` in a second, fresh ffprobe."""
+        if self.reason == "format" or (self.repeated and runner.BLAME.get(self.reason) == runner.SUSPECT):
+            return runner.FILE
+        return runner.BLAME.get(self.reason, runner.FILE)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,24 @@ def parse_probe(data: dict[str, Any]) -> MediaInfo:
         streams=len(streams),
         pixel_format=video.get("pix_fmt"),
     )
+
+
+def probe_twice(path: str, sandbox: Sandbox | None = None) -> MediaInfo:
+    """Probe ``path``; a suspect failure (a crash, the wall limit) is tried once more in a fresh ffprobe.
+
+    The same reason again raises with ``repeated`` set: the file's verdict, not a busy host's.
+    """
+    try:
+        return probe(path, sandbox)
+    except ProbeError as exc:
+        if exc.blame != runner.SUSPECT:
+            raise
+        first = exc.reason
+    try:
+        return probe(path, sandbox)
+    except ProbeError as exc:
+        exc.repeated = exc.reason == first
+        raise
 
 
 def probe(path: str, sandbox: Sandbox | None = None) -> MediaInfo:

@@ -26,6 +26,8 @@ MAX_OUTPUT_BYTES = 8 * 1024**2
 # carries on without the picture, exiting 0: the runner stops it at the first such line.
 PICTURE_TOO_LARGE = re.compile(r"Picture size (\d+)x(\d+) (?:is invalid|exceeds)")
 OUT_OF_MEMORY = "Cannot allocate memory"
+# The host's scratch disk, not the file: FFmpeg says so in its own words and exits 1.
+DISK_FULL = ("No space left on device", "Disk quota exceeded")
 CRASH_SIGNALS = {-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE}
 # Whose fault an ending is. The file's: a verdict it earned under our own limits (FFmpeg's own error, a limit the
 # runner set and saw reached). The host's: killed from outside (the OOM killer, an operator) or stopped by us. Not
@@ -39,6 +41,7 @@ BLAME: dict[str | None, str] = {
     "memory": FILE,
     "killed": HOST,
     "stopped": HOST,
+    "disk": HOST,
     "timeout": SUSPECT,
     "crashed": SUSPECT,
 }
@@ -57,8 +60,9 @@ class FFmpegError(Exception):
 
     Reasons: ``stopped`` (``stop``), ``timeout`` (the wall limit), ``cpu`` (the CPU-time limit, its CPU time seen
     at it), ``memory`` (the address-space limit), ``resolution`` (a picture over ``max_pixels``), ``output`` (too
-    much of it), ``killed`` (SIGKILL from outside: the OOM killer, an operator), ``crashed``, or None for FFmpeg's
-    own errors. ``blame`` says whose fault that is (``BLAME``). ``stderr`` is for the log, never for the user.
+    much of it), ``killed`` (SIGKILL from outside: the OOM killer, an operator), ``disk`` (the scratch disk is full),
+    ``crashed``, or None for FFmpeg's own errors. ``blame`` says whose fault that is (``BLAME``). ``stderr`` is for
+    the log, never for the user.
     """
 
     def __init__(self, argv: list[str], returncode: int | None, stderr: str, reason: str | None = None) -> None:
@@ -108,6 +112,8 @@ class _Stderr(threading.Thread):
                 self.proc.kill()
             elif self.reason is None and OUT_OF_MEMORY in line:
                 self.reason = "memory"
+            elif self.reason is None and any(words in line for words in DISK_FULL):
+                self.reason = "disk"
 
     def text(self) -> str:
         return "\n".join(self.tail)
@@ -229,6 +235,6 @@ def _reason(
         # The kernel kills at RLIMIT_CPU; any other SIGKILL is from outside (the OOM killer, an operator).
         reached = cpu_limit is not None and cpu is not None and cpu >= cpu_limit - CPU_SLACK_SECONDS
         return "cpu" if reached else "killed"
-    if errors.reason == "memory":
-        return "memory"
+    if errors.reason in ("memory", "disk"):
+        return errors.reason
     return "crashed" if returncode in CRASH_SIGNALS else None

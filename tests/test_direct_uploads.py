@@ -116,13 +116,14 @@ def test_answers_say_how_long_they_waited_on_s3_and_sqs(
 
 
 def test_the_upload_routes_read_nothing_back(client: FlaskClient, auth: dict[str, str], clip: Callable) -> None:
-    # Each statement a round trip to the database. Start: the token's user, the quotas with the
-    # user's row locked in the same SELECT, the new row and its usage. Complete: the user, the upload, its three
-    # moves (completing, uploaded, queued). No row is read again after a commit.
+    # Each statement a round trip to the database. Start: the token's user, the quotas, then (after S3's
+    # start, so no lock is held across it) the quotas with the user's row locked, the new row and its
+    # usage. Complete: the user, the upload, its three moves (completing, uploaded, queued). No row is
+    # read again after a commit.
     path = clip("small.mp4")
     with statements(client) as sent:
         started = start(client, auth, path)
-    assert started.status_code == 201 and sent == ["SELECT", "SELECT", "INSERT", "INSERT"]
+    assert started.status_code == 201 and sent == ["SELECT", "SELECT", "SELECT", "INSERT", "INSERT"]
     etags = put_parts(started.json, path)
     with statements(client) as sent:
         done = complete(client, auth, started.json, etags)
@@ -130,7 +131,7 @@ def test_the_upload_routes_read_nothing_back(client: FlaskClient, auth: dict[str
     assert sent == ["SELECT", "SELECT", "UPDATE", "UPDATE", "UPDATE"]
     with statements(client) as sent:
         assert start(client, {**auth, "Idempotency-Key": "counted"}, path).status_code == 201
-    assert sent == ["INSERT", "SELECT", "SELECT", "INSERT", "INSERT", "UPDATE"], "the key's row, then its answer by id"
+    assert sent == ["INSERT", "SELECT", "SELECT", "SELECT", "INSERT", "INSERT", "UPDATE"], "the key, then its answer"
 
 
 def test_the_same_idempotency_key_twice_gives_one_video(

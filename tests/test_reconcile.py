@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app import dlq, jobs
+from app import direct, dlq, jobs
 from app.aws import dlq_url, queue_url
 from app.extensions import db, get_settings
 from app.models import Status, User, Video, utcnow
@@ -51,7 +51,7 @@ def test_a_dead_lettered_messages_row_fails_retryably(stack: Callable[..., Stack
     s = stack(NOW)
     video_id = queued_row(s)
     with s.app.app_context():
-        enqueue_video(video_id, str(uuid.uuid4()))
+        enqueue_video(video_id, s.row(video_id).task_id)
         settings = get_settings(s.app)
         sqs = aws_client("sqs", settings)
         # What SQS does after SQS_MAX_RECEIVE_COUNT receives: the message moves to the dead-letter queue.
@@ -64,6 +64,11 @@ def test_a_dead_lettered_messages_row_fails_retryably(stack: Callable[..., Stack
     assert (row.status, row.error_code) == ("failed", "dead_lettered")
     retried = s.client.post(f"/api/videos/{video_id}/retry", headers=s.headers)
     assert retried.status_code == 202 and retried.json["status"] == "queued", retried.json
+    with s.app.app_context():  # the retry waits in the queue past the grace: the old dead letter is not its own
+        db.session.query(Video).filter_by(id=video_id).update({"updated_at": utcnow() - timedelta(minutes=1)})
+        db.session.commit()
+        assert sweep(get_settings(s.app)).dead_lettered == []
+    assert s.row(video_id).status == "queued"
     assert len(messages(s, dlq_url)) == 1, "the dead letter stays for the operator (flask aws dlq-list)"
 
 
@@ -143,11 +148,50 @@ def test_a_complete_that_died_is_reopened_and_can_finish(stack: Callable[..., St
     plan = start(s.client, s.headers, path).json
     etags = put_parts(plan, path)
     with s.app.app_context():
-        assert jobs.begin_complete(plan["video_id"])  # its process died here, before joining the parts
-        db.session.query(Video).filter_by(id=plan["video_id"]).update({"updated_at": utcnow() - timedelta(hours=2)})
+        assert jobs.begin_complete(plan["video_id"])
+        video = db.session.get(Video, plan["video_id"])
+        assert video is not None and video.s3_upload_id
+        # Its process died after S3 joined the parts, before the row moved on; the upload's deadline passed since.
+        get_storage().complete_multipart(video.original_key, video.s3_upload_id, sorted(etags.items()))
+        video.updated_at = video.upload_expires_at = utcnow() - timedelta(hours=2)
         db.session.commit()
         assert s.client.delete(f"/api/uploads/{plan['upload_id']}", headers=s.headers).status_code == 409
-        sweep(get_settings(s.app))
-    assert s.row(plan["video_id"]).status == "uploading"
-    assert complete(s.client, s.headers, plan, etags).status_code == 202
+        report = sweep(get_settings(s.app))
+    assert report.expired == [] and report.orphans == [], "reopened with a new deadline, not expired"
+    row = s.row(plan["video_id"])
+    assert row.status == "uploading" and row.upload_expires_at > utcnow()
+    assert complete(s.client, s.headers, plan, etags).status_code == 202, "the joined object is taken as it is"
     wait_for(lambda: s.row(plan["video_id"]).status == "queued", timeout=10)
+
+
+def test_a_bucket_that_is_mostly_orphans_is_left_alone(stack: Callable[..., Stack]) -> None:  # noqa: F811
+    """Most objects without a row means the wrong database, not a few failures: nothing is deleted."""
+    s = stack(NOW)
+    with s.app.app_context():
+        storage = get_storage()
+        for _ in range(25):
+            storage.client.put_object(Bucket=storage.bucket, Key=f"originals/{uuid.uuid4()}/a.mp4", Body=b"x")
+        assert sweep(get_settings(s.app)).orphans == []
+        assert len(storage.keys("originals/")) == 25
+
+
+def test_a_complete_that_s3_failed_is_reopened_even_under_an_idempotency_key(
+    stack: Callable[..., Stack],  # noqa: F811
+    clip: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The 503 is not kept for the key (a retry may succeed), but the reopen the request made is committed."""
+    s = stack(NOW)
+    path = clip("small.mp4")
+    plan = start(s.client, s.headers, path).json
+    etags = put_parts(plan, path)
+
+    def unreachable(video: Video, parts: list[dict[str, Any]]) -> None:
+        raise direct._storage_unavailable(ConnectionError("S3 is away"))
+
+    monkeypatch.setattr(direct, "_join", unreachable)
+    keyed = {**s.headers, "Idempotency-Key": "complete-1"}
+    assert complete(s.client, keyed, plan, etags).status_code == 503
+    assert s.row(plan["video_id"]).status == "uploading", "given back to the client, not stuck completing"
+    monkeypatch.undo()
+    assert complete(s.client, keyed, plan, etags).status_code == 202

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from media import probe as media_probe
 from media import runner
 from media.probe import MediaInfo, ProbeError, frame_rate, parse_probe
 from media.sandbox import Limits, MiB, Sandbox, UnknownContainer, child_env, demuxers, share
@@ -112,11 +113,48 @@ class TestRealLimits:
         ("reason", "blame"),
         [
             *[(None, "file"), ("cpu", "file"), ("memory", "file"), ("resolution", "file"), ("output", "file")],
-            *[("killed", "host"), ("stopped", "host"), ("timeout", "suspect"), ("crashed", "suspect")],
+            *[("killed", "host"), ("stopped", "host"), ("disk", "host")],
+            *[("timeout", "suspect"), ("crashed", "suspect")],
         ],
     )
     def test_blame_by_cause(self, reason: str | None, blame: str) -> None:
         assert runner.FFmpegError(["ffmpeg"], 1, "", reason).blame == blame
+
+    def test_a_full_scratch_disk_is_the_hosts_fault(self) -> None:
+        script = "import sys; print('out.mp4: No space left on device', file=sys.stderr); sys.exit(1)"
+        with pytest.raises(runner.FFmpegError) as caught:
+            runner.run([sys.executable, "-c", script])
+        assert (caught.value.reason, caught.value.blame) == ("disk", runner.HOST)
+
+    @pytest.mark.parametrize(
+        ("reasons", "repeated", "blame"),
+        [(["crashed", "crashed"], True, "file"), (["timeout", "crashed"], False, "suspect")],
+    )
+    def test_a_suspect_probe_is_tried_once_more_and_the_same_again_is_the_files(
+        self, monkeypatch: pytest.MonkeyPatch, reasons: list[str], repeated: bool, blame: str
+    ) -> None:
+        calls: list[str] = []
+
+        def failing(path: str, sandbox: object = None) -> MediaInfo:
+            calls.append(path)
+            raise ProbeError("ffprobe failed", reasons[len(calls) - 1])
+
+        monkeypatch.setattr(media_probe, "probe", failing)
+        with pytest.raises(ProbeError) as caught:
+            media_probe.probe_twice("clip.mp4")
+        assert len(calls) == 2 and (caught.value.repeated, caught.value.blame) == (repeated, blame)
+
+    def test_a_probe_killed_from_outside_is_not_tried_again_on_the_spot(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        calls: list[str] = []
+
+        def killed(path: str, sandbox: object = None) -> MediaInfo:
+            calls.append(path)
+            raise ProbeError("ffprobe failed", "killed")
+
+        monkeypatch.setattr(media_probe, "probe", killed)
+        with pytest.raises(ProbeError) as caught:
+            media_probe.probe_twice("clip.mp4")
+        assert len(calls) == 1 and caught.value.blame == runner.HOST
 
     def test_stop_kills_only_its_owners_child(self) -> None:
         failures: dict[str, runner.FFmpegError] = {}

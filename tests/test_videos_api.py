@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -197,6 +198,25 @@ def test_an_upload_that_died_after_storing_its_video_is_answered_from_it(
     again = upload(client, headers, clip("small.mp4"))
     assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
     assert again.json["video_id"] == first.json["video_id"] and row_count(app) == 1
+
+
+def test_an_upload_that_failed_after_storing_its_video_is_replayed_not_repeated(
+    client: FlaskClient, auth: dict, clip: Callable, app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.api import videos
+
+    def broken(video: Video) -> bool:
+        raise RuntimeError("the process failed after the row's commit")
+
+    monkeypatch.setattr(videos, "queue_stored", broken)
+    headers = {**auth, "Idempotency-Key": "failed-after-the-commit"}
+    with contextlib.suppress(RuntimeError):  # 500, or raised through the test client
+        first = upload(client, headers, clip("small.mp4"))
+        assert first.status_code == 500
+    monkeypatch.undo()
+    again = upload(client, headers, clip("small.mp4"))
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true", again.json
+    assert row_count(app) == 1 and again.json["status"] == "uploaded", "stored; the sweeper queues it"
 
 
 def test_the_answer_tells_a_worker_faster_than_the_upload(
