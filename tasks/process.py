@@ -82,8 +82,9 @@ def _ffmpeg_failure(exc: FFmpegError) -> PermanentError:
 def host_fault(exc: FFmpegError | ProbeError, suspect: str | None) -> HostFault | None:
     """Return the fault to retry when FFmpeg's end is not (yet) the file's, or None when it is the file's verdict.
 
-    The host's (killed from outside, stopped) is always retried. A suspect one (a crash, the wall
-    limit) is retried once; the same reason again, in a fresh process, is the file's.
+    The host's (killed from outside, stopped, a full scratch disk) is always retried. A suspect one
+    (a crash, the wall limit) is retried once; the same reason again, on the retry's new FFmpeg, is
+    the file's.
     """
     if exc.blame == runner.HOST or (exc.blame == runner.SUSPECT and exc.reason != suspect):
         return HostFault(exc.reason, f"{'ffprobe' if isinstance(exc, ProbeError) else 'FFmpeg'} {exc.reason}")
@@ -94,7 +95,7 @@ class Heartbeat:
     """Beat the row from a thread while the job runs, even through long downloads and uploads.
 
     Every ``HOLD_CHECK_SECONDS`` it also reads whether the row is still held; when it is
-    not (cancelled, deleted), ``lost`` is set and this process's FFmpeg is killed at once, even
+    not (cancelled, deleted), ``lost`` is set and this job's FFmpeg is killed at once, even
     one that reports no progress (a stalled decode): the job then stops with ``JobLost``.
     Only this job's children are stopped (``runner.stop``): a beat that outlives its job (stuck
     in the database past ``JOIN_SECONDS``) can't touch the next job's FFmpeg.
