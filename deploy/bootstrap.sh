@@ -53,8 +53,24 @@ cd "$APP"  # the release's modules, never a checkout's
 import io, os, sys, tarfile, boto3
 s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 body = s3.get_object(Bucket=os.environ["RELEASE_BUCKET"], Key=os.environ["RELEASE_KEY"])["Body"].read()
+dest = os.path.realpath(sys.argv[1])
+
+
+def plain(members):
+    """Only files and folders inside dest: what filter="data" allows, on a Python without it."""
+    for member in members:
+        inside = os.path.commonpath([dest, os.path.realpath(os.path.join(dest, member.name))]) == dest
+        if not (member.isfile() or member.isdir()) or not inside:
+            sys.exit(f"bootstrap: the release holds {member.name!r}, which is not a plain file inside it")
+        member.mode &= 0o755
+        yield member
+
+
 with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-    tar.extractall(sys.argv[1], filter="data")
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+    else:  # Debian 12's own python3.11 is 3.11.2: extraction filters came in 3.11.4
+        tar.extractall(dest, members=plain(tar.getmembers()))
 PY
 "$APP/venv/bin/pip" install --quiet --disable-pip-version-check -r "$APP/release/requirements.lock"
 "$APP/venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "$APP"/release/videoproc-*.whl

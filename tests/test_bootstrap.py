@@ -31,6 +31,17 @@ from tests.test_e2e import row
 
 pytestmark = pytest.mark.e2e
 PREFIX = "bootstrap-"
+# The instances' Python: Debian 12's own python3.11 package (3.11.2), not the newer build that runs the tests.
+INSTANCE_PYTHON = "/usr/bin/python3.11"
+
+
+def instance_python() -> str:
+    """Return Debian's own python3.11 (``make test`` installs it); CI may not fall back to the tests' Python."""
+    if Path(INSTANCE_PYTHON).exists():
+        return INSTANCE_PYTHON
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI bootstraps with the instances' Python, {INSTANCE_PYTHON} (python3.11-venv)")
+    return sys.executable
 
 
 def test_render_puts_the_bootstrap_into_every_launch_template() -> None:
@@ -149,7 +160,7 @@ def test_bootstrapped_instances_process_a_real_upload(
         "INSTANCE_CONFIG": "/bootstrap/instance-config",
         "BOOTSTRAP_ROOT": str(scratch_root),
         "BOOTSTRAP_DIRECT": "1",
-        "BOOTSTRAP_PYTHON": sys.executable,
+        "BOOTSTRAP_PYTHON": instance_python(),
         "AWS_ENDPOINT_URL": base_env["AWS_ENDPOINT_URL"],
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -167,6 +178,11 @@ def test_bootstrapped_instances_process_a_real_upload(
         cwd=scratch_root,
     )
     assert installed.stdout.startswith(str(venv)), "the release is installed in the instance's virtualenv"
+    version = [str(venv / "bin/python"), "-c", "import platform; print(platform.python_version())"]
+    expected = subprocess.run([instance_python(), *version[1:]], capture_output=True, text=True).stdout
+    ran = subprocess.run(version, capture_output=True, text=True).stdout
+    print(f"\nbootstrapped with Python {ran.strip()} ({instance_python()})")
+    assert ran == expected, "the instance's virtualenv runs the instance's Python"
     env_file = scratch_root / "etc/videoproc/env"
     assert env_file.stat().st_mode & 0o777 == 0o600
     written = units.read_environment_file(env_file)
