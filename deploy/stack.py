@@ -196,8 +196,28 @@ class Deployer:
             time.sleep(15)
 
 
+def previous_parameters(deployer: Deployer) -> dict[str, str]:
+    """Return the stack's current parameters (none when it does not exist yet)."""
+    if not deployer.exists():
+        return {}
+    found = deployer.cloudformation.describe_stacks(StackName=deployer.stack)["Stacks"][0].get("Parameters", [])
+    return {p["ParameterKey"]: p.get("ParameterValue", "") for p in found}
+
+
+def check_parameters(parameters: Mapping[str, str], previous: Mapping[str, str]) -> None:
+    """Refuse what AWS would take but the service must not run with: a site without HTTPS."""
+    if not parameters.get("CertificateArn", previous.get("CertificateArn")):
+        raise SystemExit(
+            "CertificateArn is required: the load balancer serves the API over HTTPS only"
+            " (passwords and tokens cross it). Request one in ACM for the site's name and pass"
+            " CertificateArn=arn:aws:acm:... (only make deploy-local serves plain HTTP)."
+        )
+
+
 def deploy(deployer: Deployer, parameters: Mapping[str, str], local: bool = False) -> dict[str, str]:
     """Build and upload the release, create or update the stack, wait for the groups; return the outputs."""
+    if not local:
+        check_parameters(parameters, previous_parameters(deployer))
     print(f"building the release for {deployer.stack}", flush=True)
     built = release.build(DEPLOY.parent / "dist")
     bucket = deployer.release_bucket()

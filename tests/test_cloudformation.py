@@ -15,7 +15,7 @@ from app.extensions import get_settings
 from app.storage import aws_client
 from deploy import docs
 from deploy import stack as stack_tool
-from deploy.stack import UNMODELLED_TYPES, for_moto
+from deploy.stack import UNMODELLED_TYPES, check_parameters, for_moto
 from tests.conftest import ROOT
 
 TEMPLATE = ROOT / "deploy" / "cloudformation.yaml"
@@ -137,7 +137,33 @@ def test_stack_in_moto(app: Flask, stack: dict[str, str]) -> None:
     assert len(overrides) == 3
     elb = aws_client("elbv2", config)
     target_groups = elb.describe_target_groups()["TargetGroups"]
-    assert any(t["HealthCheckPath"] == "/readyz" and t["Port"] == 8000 for t in target_groups)
+    [web] = [t for t in target_groups if t["Port"] == 8000]
+    assert web["HealthCheckPath"] == "/healthz", "shallow: a database failover replaces no instance"
+    # No certificate in the rehearsal: port 80 forwards, and still keeps the internal paths to itself.
+    [listener] = elb.describe_listeners(LoadBalancerArn=web["LoadBalancerArns"][0])["Listeners"]
+    assert listener["Port"] == 80 and listener["DefaultActions"][0]["Type"] == "forward"
+    [internal] = [r for r in elb.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"] if not r["IsDefault"]]
+    assert internal["Actions"][0]["FixedResponseConfig"]["StatusCode"] == "404"
+    assert {"/readyz", "/metrics"} <= set(internal["Conditions"][0]["PathPatternConfig"]["Values"])
+
+
+def test_https_with_a_certificate_and_port_80_redirects() -> None:
+    resources = template()["Resources"]
+    https = resources["HttpsListener"]
+    assert https["Condition"] == "HasCertificate" and https["Properties"]["Port"] == 443
+    assert https["Properties"]["SslPolicy"].startswith("ELBSecurityPolicy-TLS13")
+    with_certificate, without = resources["HttpListener"]["Properties"]["DefaultActions"]["Fn::If"][1:]
+    assert with_certificate[0]["RedirectConfig"] == {"Protocol": "HTTPS", "Port": "443", "StatusCode": "HTTP_301"}
+    assert without[0]["Type"] == "forward"
+    assert resources["Database"]["Properties"]["EngineVersion"] == "17", "the major only: minors move under it"
+
+
+def test_make_deploy_refuses_a_site_without_https() -> None:
+    with pytest.raises(SystemExit, match="CertificateArn is required"):
+        check_parameters({"ImageId": "ami-1"}, {})
+    arn = "arn:aws:acm:us-east-1:123456789012:certificate/abc"
+    check_parameters({"CertificateArn": arn}, {})
+    check_parameters({}, {"CertificateArn": arn})  # an update keeps the stack's certificate
 
 
 def test_the_reference_in_the_docs_follows_the_template() -> None:
