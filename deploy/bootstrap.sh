@@ -4,6 +4,7 @@
 #   VIDEOPROC_ROLE   web | worker | ops
 #   AWS_REGION       the stack's region
 #   RELEASE_BUCKET, RELEASE_KEY   where `make deploy` put the release (deploy/release.py)
+#   RELEASE_SHA256   its checksum: checked before anything in it is unpacked
 #   INSTANCE_CONFIG  the SSM parameter with the stack's resource names (deploy/envfile.py)
 # It installs FFmpeg (and nginx on web instances), the release into a virtualenv, writes the
 # environment from the stack's parameter and secrets, and enables the role's systemd units.
@@ -15,7 +16,8 @@ ROOT=${BOOTSTRAP_ROOT:-}
 APP=$ROOT/opt/videoproc
 ETC=$ROOT/etc/videoproc
 PYTHON=${BOOTSTRAP_PYTHON:-python3}
-: "${VIDEOPROC_ROLE:?}" "${AWS_REGION:?}" "${RELEASE_BUCKET:?}" "${RELEASE_KEY:?}" "${INSTANCE_CONFIG:?}"
+: "${VIDEOPROC_ROLE:?}" "${AWS_REGION:?}" "${RELEASE_BUCKET:?}" "${RELEASE_KEY:?}" "${RELEASE_SHA256:?}"
+: "${INSTANCE_CONFIG:?}"
 export AWS_REGION AWS_DEFAULT_REGION=$AWS_REGION
 
 step() { echo "bootstrap[$VIDEOPROC_ROLE]: $*"; }
@@ -50,9 +52,11 @@ cd "$APP"  # the release's modules, never a checkout's
 "$PYTHON" -m venv "$APP/venv"
 "$APP/venv/bin/pip" install --quiet --disable-pip-version-check boto3
 "$APP/venv/bin/python" - "$APP/release" <<'PY'
-import io, os, sys, tarfile, boto3
+import hashlib, io, os, sys, tarfile, boto3
 s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 body = s3.get_object(Bucket=os.environ["RELEASE_BUCKET"], Key=os.environ["RELEASE_KEY"])["Body"].read()
+if hashlib.sha256(body).hexdigest() != os.environ["RELEASE_SHA256"].lower():
+    sys.exit(f"bootstrap: {os.environ['RELEASE_KEY']} is not the release deployed (its SHA-256 differs)")
 dest = os.path.realpath(sys.argv[1])
 
 

@@ -10,6 +10,7 @@ package ``requirements.txt`` resolves to, transitive ones included, each pinned)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import subprocess
@@ -64,12 +65,22 @@ def build(out: Path, root: Path = ROOT) -> Path:
     return path
 
 
+def checksum(path: Path) -> str:
+    """Return the release's SHA-256, as the bootstrap checks it before unpacking (``RELEASE_SHA256``)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build the release and print its path."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "dist")
     args = parser.parse_args(argv)
-    print(build(args.out))
+    built = build(args.out)
+    print(f"{built}\nsha256 {checksum(built)}")
     return 0
 
 

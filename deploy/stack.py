@@ -226,7 +226,7 @@ def deploy(deployer: Deployer, parameters: Mapping[str, str], local: bool = Fals
     s3.upload_file(str(built), bucket, key)
     print(f"uploaded s3://{bucket}/{key}", flush=True)
     text = render()
-    parameters = {**parameters, "ReleaseBucket": bucket, "ReleaseKey": key}
+    parameters = {**parameters, "ReleaseBucket": bucket, "ReleaseKey": key, "ReleaseSha256": release.checksum(built)}
     if local:
         template = {"TemplateBody": json.dumps(for_moto(parse(text)))}
     else:  # a rendered template is larger than create_stack's 51,200-byte body: pass it by URL

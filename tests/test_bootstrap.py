@@ -157,6 +157,7 @@ def test_bootstrapped_instances_process_a_real_upload(
         "AWS_REGION": "us-east-1",
         "RELEASE_BUCKET": "videoproc-releases",
         "RELEASE_KEY": f"releases/{built.name}",
+        "RELEASE_SHA256": release.checksum(built),
         "INSTANCE_CONFIG": "/bootstrap/instance-config",
         "BOOTSTRAP_ROOT": str(scratch_root),
         "BOOTSTRAP_DIRECT": "1",
@@ -167,6 +168,17 @@ def test_bootstrapped_instances_process_a_real_upload(
     }
     for name in ("APP_ENV", "DATABASE_URL", "SECRET_KEY", "S3_BUCKET"):  # only what the bootstrap writes counts
         env[name] = ""
+
+    tampered = subprocess.run(
+        ["bash", str(ROOT / "deploy" / "bootstrap.sh")],
+        env={**os.environ, **env, "VIDEOPROC_ROLE": "worker", "RELEASE_SHA256": "0" * 64},
+        cwd=scratch_root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert tampered.returncode != 0 and "its SHA-256 differs" in tampered.stderr
+    assert list((scratch_root / "opt/videoproc/release").iterdir()) == [], "nothing of it unpacked"
 
     out = bootstrap("worker", scratch_root, env)
     assert "started videoproc-worker.service" in out

@@ -93,6 +93,7 @@ def stack(app: Flask) -> dict[str, str]:
         "WorkerMaxSize": "4",
         "ReleaseBucket": "videoproc-releases",
         "ReleaseKey": "releases/videoproc-0.1.0-test.tar.gz",
+        "ReleaseSha256": "0" * 64,
     }
     cloudformation = aws_client("cloudformation", get_settings(app))
     name = f"vp{uuid.uuid4().hex[:6]}"
