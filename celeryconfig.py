@@ -60,6 +60,13 @@ def transport_options(s: Settings) -> dict[str, Any]:
         # A long poll holds the socket open for `wait` seconds: reads must outlast it.
         "client-config": {"connect_timeout": 5, "read_timeout": wait + 10, "retries": {"max_attempts": 3}},
     }
+    if s.SNS_CONTROL_TOPIC_ARN and s.SNS_EVENTS_TOPIC_ARN:  # both or neither (Settings)
+        # The stack's topics for the fanout exchanges (remote control's broadcasts, Celery's
+        # events): kombu publishes and subscribes to them, and never calls CreateTopic.
+        options["predefined_exchanges"] = {
+            "celery.pidbox": {"arn": s.SNS_CONTROL_TOPIC_ARN},
+            "celeryev": {"arn": s.SNS_EVENTS_TOPIC_ARN},
+        }
     # No `predefined_queues`, even with SQS_QUEUE_URL: kombu then refuses every other queue,
     # and remote control and Flower need queues of their own (tasks/sqs.py lists them).
     return options

@@ -161,6 +161,9 @@ class Settings:
     SQS_MAX_RECEIVE_COUNT: int
     SQS_WAIT_TIME_SECONDS: int
     SQS_POLLING_INTERVAL: float
+    # The stack's SNS topics for remote control and events; unset: kombu creates its own.
+    SNS_CONTROL_TOPIC_ARN: str | None
+    SNS_EVENTS_TOPIC_ARN: str | None
     # Upload validation
     MAX_UPLOAD_BYTES: int
     # Direct uploads (app/direct.py)
@@ -247,6 +250,9 @@ class Settings:
         if not self.HEARTBEAT_SECONDS * 3 <= self.STALE_AFTER_SECONDS < self.SQS_VISIBILITY_TIMEOUT:
             # A redelivered message must find its dead worker's row already stale.
             raise ConfigError("need HEARTBEAT_SECONDS * 3 <= STALE_AFTER_SECONDS < SQS_VISIBILITY_TIMEOUT")
+        if (self.SNS_CONTROL_TOPIC_ARN is None) != (self.SNS_EVENTS_TOPIC_ARN is None):
+            # kombu takes predefined topics for every fanout exchange or for none.
+            raise ConfigError("set both SNS_CONTROL_TOPIC_ARN and SNS_EVENTS_TOPIC_ARN, or neither")
         if self.UPLOAD_PART_BYTES < 5 * 1024**2:
             raise ConfigError("UPLOAD_PART_BYTES must be at least 5 MiB (5242880), S3's least part size")
         try:
@@ -359,6 +365,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         SQS_MAX_RECEIVE_COUNT=env_int(env, "SQS_MAX_RECEIVE_COUNT", 5),
         SQS_WAIT_TIME_SECONDS=env_int(env, "SQS_WAIT_TIME_SECONDS", 20),
         SQS_POLLING_INTERVAL=env_float(env, "SQS_POLLING_INTERVAL", 0),
+        SNS_CONTROL_TOPIC_ARN=env_str(env, "SNS_CONTROL_TOPIC_ARN"),
+        SNS_EVENTS_TOPIC_ARN=env_str(env, "SNS_EVENTS_TOPIC_ARN"),
         MAX_UPLOAD_BYTES=env_int(env, "MAX_UPLOAD_BYTES", 1024**3),
         UPLOAD_PART_BYTES=env_int(env, "UPLOAD_PART_BYTES", 8 * 1024**2),
         UPLOAD_EXPIRES_SECONDS=env_int(env, "UPLOAD_EXPIRES_SECONDS", 12 * 3600),

@@ -41,7 +41,10 @@ Everything this project changes in kombu and Celery is listed here (seven change
    each time.
 
 Queues and topics this makes on an account (names carry ``SQS_QUEUE_PREFIX``): the SNS
-topics ``<prefix>celery-pidbox`` and ``<prefix>celeryev``; one mailbox queue per worker,
+topics ``<prefix>celery-pidbox`` and ``<prefix>celeryev``, unless ``SNS_CONTROL_TOPIC_ARN`` and
+``SNS_EVENTS_TOPIC_ARN`` name topics that exist (the stack's: kombu's ``predefined_exchanges``,
+so no process calls ``CreateTopic``, which AWS refuses for a topic that has other tags, and
+which needs ``sns:TagResource``); one mailbox queue per worker,
 ``<prefix><hostname>-celery-pidbox``, subscribed to the first topic and deleted (with its
 subscription) when the worker shuts down cleanly (``delete_mailbox``), or by the sweeper's
 ``prune_mailboxes`` once a worker killed outright answers no ping; one reply queue per
@@ -152,7 +155,7 @@ def delete_mailbox(app: Any, hostname: str) -> None:
             channel._delete(name, exchange=mailbox.exchange.name)
             # This channel never subscribed the queue, so it holds no subscription ARN to remove:
             # remove the topic's subscriptions whose queue is gone instead (this one, and any left).
-            channel.remove_stale_sns_subscriptions(mailbox.exchange.name)
+            remove_gone_subscriptions(channel, mailbox.exchange.name)
         logger.info("mailbox deleted", extra={"queue": name})
     except Exception as exc:
         logger.warning("mailbox not deleted", extra={"queue": name, "error": repr(exc)})
@@ -188,5 +191,28 @@ def prune_mailboxes(app: Any, older_than: float = 300, ping_timeout: float = 3) 
             logger.info("mailbox of a gone worker deleted", extra={"queue": name})
         if gone:
             channel.exchange_declare(exchange=mailbox.exchange.name, type="fanout")
-            channel.remove_stale_sns_subscriptions(mailbox.exchange.name)
+            remove_gone_subscriptions(channel, mailbox.exchange.name)
+    return gone
+
+
+def remove_gone_subscriptions(channel: Any, exchange: str) -> list[str]:
+    """Unsubscribe the queues that no longer exist from ``exchange``'s topic; return their names.
+
+    kombu does this itself (``remove_stale_sns_subscriptions``) only for the topics it made: with
+    ``predefined_exchanges`` it skips it, so for the stack's topics it is done here.
+    """
+    topic = channel.predefined_exchanges.get(exchange, {}).get("arn")
+    if topic is None:
+        channel.remove_stale_sns_subscriptions(exchange)
+        return []
+    sqs, sns = channel.sqs(), channel.fanout.get_client(exchange)
+    pages = sqs.get_paginator("list_queues").paginate(QueueNamePrefix=channel.queue_name_prefix)
+    queues = {url.rsplit("/", 1)[1] for page in pages for url in page.get("QueueUrls", [])}
+    gone = []
+    for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic):
+        for subscription in page["Subscriptions"]:
+            queue = subscription["Endpoint"].rsplit(":", 1)[1]
+            if subscription["Protocol"] == "sqs" and queue not in queues:
+                sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+                gone.append(queue)
     return gone

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from flask import Flask
 
 from app.extensions import get_settings
 from app.storage import aws_client
@@ -89,6 +90,30 @@ def test_inspect_reaches_every_worker_and_their_mailboxes_go_with_them(
     b.stop()
     assert [q for q in queues(s) if q.endswith("-celery-pidbox")] == [], "a worker deletes its mailbox"
     assert subscriptions(s) == [], "and its SNS subscription"
+
+
+def test_the_stacks_topics_are_used_as_they_are(
+    stack: Callable[..., Stack],  # noqa: F811
+    start_worker: Callable[..., Worker],
+    app: Flask,
+) -> None:
+    """With the stack's topics named, kombu never calls CreateTopic (AWS refuses it for a topic with other tags)."""
+    env = settings()
+    prefix = env["SQS_QUEUE_PREFIX"]
+    sns = aws_client("sns", get_settings(app))
+    tags = [{"Key": "aws:cloudformation:stack-name", "Value": "videoproc"}]
+    for name, topic in (("SNS_CONTROL_TOPIC_ARN", "control"), ("SNS_EVENTS_TOPIC_ARN", "events")):
+        env[name] = sns.create_topic(Name=f"{prefix}stack-{topic}", Tags=tags)["TopicArn"]
+    s = stack(env)
+    worker = start_worker("rc-topics", s.env)
+    replies = s.app.extensions["celery"].control.ping(timeout=5)
+    assert [host.split("@")[0] for reply in replies for host in reply] == ["rc-topics"]
+    control = sns.list_subscriptions_by_topic(TopicArn=env["SNS_CONTROL_TOPIC_ARN"])["Subscriptions"]
+    assert [x["Endpoint"].rsplit(":", 1)[1].split("_")[0] for x in control] == [f"{prefix}rc-topics"]
+    topics = [t["TopicArn"].rsplit(":", 1)[1] for t in sns.list_topics()["Topics"]]
+    assert sorted(t for t in topics if t.startswith(prefix)) == [f"{prefix}stack-control", f"{prefix}stack-events"]
+    worker.stop()
+    assert sns.list_subscriptions_by_topic(TopicArn=env["SNS_CONTROL_TOPIC_ARN"])["Subscriptions"] == []
 
 
 def test_an_operators_terminate_cancels_the_video(
