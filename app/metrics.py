@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from app import readiness
 from app.aws import dlq_url, queue_name, queue_url
 from app.extensions import db
 from app.models import Status, Video, utcnow
@@ -99,10 +100,31 @@ def metric_data(settings: Settings, backlog: Backlog) -> list[dict[str, Any]]:
     ]
 
 
-def publish(settings: Settings, cloudwatch: Any = None) -> Backlog:
-    """Measure and put the metrics into ``METRICS_NAMESPACE``; return the reading."""
-    backlog = measure(settings)
+def publish_ready(settings: Settings, cloudwatch: Any = None) -> dict[str, str]:
+    """Run the deep check (``/readyz``'s) and put ``Ready`` (1 or 0); return the checks.
+
+    The stack alarms when it is below 1, or missing: the load balancer checks only the shallow
+    ``/healthz``, so a database failover replaces no web instance, and this says it happened.
+    """
+    results = readiness.check()
+    datum = {
+        "MetricName": "Ready",
+        "Dimensions": [{"Name": "QueueName", "Value": queue_name(settings)}],
+        "Value": 1.0 if readiness.ready(results) else 0.0,
+        "Unit": "Count",
+    }
     cloudwatch = cloudwatch or aws_client("cloudwatch", settings)
+    cloudwatch.put_metric_data(Namespace=settings.METRICS_NAMESPACE, MetricData=[datum])
+    if not readiness.ready(results):
+        logger.warning("not ready", extra=results)
+    return results
+
+
+def publish(settings: Settings, cloudwatch: Any = None) -> Backlog:
+    """Put ``Ready``, then measure and put the backlog into ``METRICS_NAMESPACE``; return the reading."""
+    cloudwatch = cloudwatch or aws_client("cloudwatch", settings)
+    publish_ready(settings, cloudwatch)
+    backlog = measure(settings)
     cloudwatch.put_metric_data(Namespace=settings.METRICS_NAMESPACE, MetricData=metric_data(settings, backlog))
     logger.info(
         "backlog published",

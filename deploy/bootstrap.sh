@@ -21,6 +21,15 @@ PYTHON=${BOOTSTRAP_PYTHON:-python3}
 export AWS_REGION AWS_DEFAULT_REGION=$AWS_REGION
 
 step() { echo "bootstrap[$VIDEOPROC_ROLE]: $*"; }
+# A failed bootstrap abandons its launch hook (LAUNCH_GROUP, LAUNCH_HOOK): the group replaces the
+# instance now rather than after the hook's timeout (once the virtualenv can say so).
+abandon() {
+    local status=$?
+    if [ "$status" -ne 0 ] && [ -x "$APP/venv/bin/python" ] && [ -n "${LAUNCH_GROUP:-}" ]; then
+        "$APP/venv/bin/python" -m deploy.launched --role "$VIDEOPROC_ROLE" --abandon || true
+    fi
+}
+trap abandon EXIT
 
 # 1. System packages: FFmpeg everywhere (ffprobe validates uploads on the web too), nginx on the web.
 packages=()
@@ -95,4 +104,8 @@ args=(install "$VIDEOPROC_ROLE")
 [ -n "$ROOT" ] && args+=(--root "$ROOT")
 [ "${BOOTSTRAP_DIRECT:-0}" = 1 ] && args+=(--direct)
 "$APP/venv/bin/python" -m deploy.units "${args[@]}"
+
+# 6. InService only now: once the role answers, the launch hook is completed (deploy/launched.py).
+step "waiting for the $VIDEOPROC_ROLE role to answer"
+"$APP/venv/bin/python" -m deploy.launched --role "$VIDEOPROC_ROLE" ${ROOT:+--root "$ROOT"}
 step done

@@ -17,15 +17,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import requests
+from botocore.stub import Stubber
 from flask import Flask
 from sqlalchemy.engine import make_url
 
 from app.aws import ensure_bucket, ensure_queues
 from app.extensions import get_settings
 from app.storage import aws_client
-from deploy import release, stack, units
+from deploy import launched, release, stack, units
 from tests.conftest import PASSWORD, ROOT, free_port, unique_email, wait_for
 from tests.test_e2e import row
 
@@ -182,6 +184,7 @@ def test_bootstrapped_instances_process_a_real_upload(
 
     out = bootstrap("worker", scratch_root, env)
     assert "started videoproc-worker.service" in out
+    assert "launched: http://127.0.0.1:9808/metrics answered" in out, "it ends once the worker answers"
     venv = scratch_root / "opt/videoproc/venv"
     installed = subprocess.run(
         [str(venv / "bin/python"), "-c", "import app, celery; print(app.__file__)"],
@@ -200,8 +203,8 @@ def test_bootstrapped_instances_process_a_real_upload(
     written = units.read_environment_file(env_file)
     assert written["APP_ENV"] == "production" and len(written["SECRET_KEY"]) >= 64
     assert written["DATABASE_URL"].startswith(("postgresql://", "sqlite:")) and "FLOWER_BASIC_AUTH" not in written
-    bootstrap("web", scratch_root, env)
-    bootstrap("ops", scratch_root, env)
+    assert f"launched: http://127.0.0.1:{ports['web']}/readyz answered" in bootstrap("web", scratch_root, env)
+    assert f"launched: http://127.0.0.1:{ports['flower']}/healthcheck answered" in bootstrap("ops", scratch_root, env)
     logs = scratch_root / "var/log/videoproc"
     worker_log = logs / "videoproc-worker.service.log"
     wait_for(lambda: "ready." in worker_log.read_text(errors="replace"), timeout=120)
@@ -251,3 +254,27 @@ def _status(url: str, **kwargs: Any) -> int:
         return requests.get(url, timeout=5, **kwargs).status_code
     except requests.RequestException:
         return 0
+
+
+def test_the_launch_hook_is_completed_once_the_role_answers(tmp_path: Path) -> None:
+    """moto completes no lifecycle action: the call is checked against botocore's own model instead."""
+    autoscaling = boto3.client("autoscaling", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stubber = Stubber(autoscaling)
+    for result in ("CONTINUE", "ABANDON"):
+        expected = {"LifecycleHookName": "bootstrapped", "AutoScalingGroupName": "vp-web", "InstanceId": "i-0abc"}
+        stubber.add_response("complete_lifecycle_action", {}, {**expected, "LifecycleActionResult": result})
+    with stubber:
+        assert launched.complete(autoscaling, "vp-web", "bootstrapped", "i-0abc", ready=True) == "CONTINUE"
+        assert launched.complete(autoscaling, "vp-web", "bootstrapped", "i-0abc", ready=False) == "ABANDON"
+    stubber.assert_no_pending_responses()
+
+    calls = iter([False, False, True])
+    assert launched.wait(lambda: next(calls), timeout=60, poll=0)
+    assert not launched.wait(lambda: False, timeout=0.05, poll=0.01)
+
+    env_file = tmp_path / "etc/videoproc/env"
+    env_file.parent.mkdir(parents=True)
+    env_file.write_text('WEB_PORT="8123"\n')
+    assert launched.probe_url("web", launched.role_environment("web", tmp_path)) == "http://127.0.0.1:8123/readyz"
+    worker = launched.role_environment("worker", tmp_path)
+    assert launched.probe_url("worker", worker) == "http://127.0.0.1:9808/metrics", "the unit's own port"

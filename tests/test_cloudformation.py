@@ -61,11 +61,46 @@ def test_what_moto_cannot_model_is_in_the_template() -> None:
     types = {r["Type"] for r in resources.values()}
     assert types >= UNMODELLED_TYPES
     policy = resources["WorkerBacklogScaling"]["Properties"]["TargetTrackingConfiguration"]
-    metric = policy["CustomizedMetricSpecification"]
-    assert (metric["Namespace"], metric["MetricName"]) == ("videoproc", "BacklogPerInstance")
     assert policy["TargetValue"] == {"Ref": "BacklogPerInstanceTarget"}
-    alarms = {r["Properties"]["MetricName"] for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"}
-    assert alarms == {"ApproximateAgeOfOldestMessage", "ApproximateNumberOfMessagesVisible", "WorkerErrors"}
+    # Backlog per instance by metric math on SQS's and the group's own metrics (moto evaluates no
+    # expression: the same one is the scaling signal, the alarm on its absence and the dashboard's line).
+    queries = {q["Id"]: q for q in policy["CustomizedMetricSpecification"]["Metrics"]}
+    backlog = queries["backlog"]["Expression"]
+    assert backlog == "IF(running > 0, waiting / running, waiting)" and queries["backlog"]["ReturnData"]
+    waiting, running = (queries[i]["MetricStat"]["Metric"] for i in ("waiting", "running"))
+    assert (waiting["Namespace"], waiting["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    assert waiting["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["WorkQueue", "QueueName"]}
+    assert (running["Namespace"], running["MetricName"]) == ("AWS/AutoScaling", "GroupInServiceInstances")
+    workers = resources["WorkerGroup"]["Properties"]
+    assert running["Dimensions"][0]["Value"] == workers["AutoScalingGroupName"]
+    missing = resources["BacklogMetricMissingAlarm"]["Properties"]
+    assert [q["Expression"] for q in missing["Metrics"] if "Expression" in q] == [backlog]
+    assert missing["TreatMissingData"] == "breaching"
+    assert backlog in resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
+    alarms = {
+        r["Properties"].get("MetricName") or name
+        for name, r in resources.items()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+    }
+    assert alarms == {
+        "ApproximateAgeOfOldestMessage",
+        "ApproximateNumberOfMessagesVisible",
+        "WorkerErrors",
+        "BacklogMetricMissingAlarm",
+        "Ready",
+        "LoadBalancer5xxAlarm",
+        "UnHealthyHostCount",
+        "CPUUtilization",
+        "FreeStorageSpace",
+        "DatabaseConnections",
+        "GroupInServiceInstances",
+    }
+    for name in ("WebGroup", "WorkerGroup", "OpsGroup"):
+        group = resources[name]["Properties"]
+        assert group["MetricsCollection"] == [{"Granularity": "1Minute"}] and group["DefaultInstanceWarmup"]
+        hooks = {h["LifecycleTransition"]: h for h in group["LifecycleHookSpecificationList"]}
+        launching = hooks["autoscaling:EC2_INSTANCE_LAUNCHING"]
+        assert (launching["LifecycleHookName"], launching["DefaultResult"]) == ("bootstrapped", "ABANDON")
     # moto's CloudFormation creates the bucket but applies none of these properties
     bucket = resources["VideoBucket"]["Properties"]
     assert bucket["LifecycleConfiguration"]["Rules"][0]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from flask import Flask
 
+from app import metrics
 from app.aws import ensure_queues, queue_url
 from app.extensions import db, get_settings
 from app.metrics import Backlog, metric_data
@@ -91,6 +92,29 @@ def test_publish_puts_the_backlog_into_cloudwatch(
         return max(p["Maximum"] for p in points)
 
     assert latest("BacklogPerInstance") == 3
+    assert latest("Ready") == 1, "the deep check passed: database, S3 and SQS answered"
     assert latest("VisibleMessages") == 6 and latest("InServiceWorkers") == 2
     assert latest("DeadLetterMessages") == 0
     assert 90 <= latest("OldestWaitingVideoAge") < 600
+
+
+def test_a_dependency_down_puts_ready_0(make_app: Callable[..., Flask], app: Flask) -> None:
+    """The deep check is an alarm on Ready, not the load balancer's health check: S3's bucket gone reads 0."""
+    flask_app = make_app(
+        {"SQS_QUEUE_NAME": "ready-test", "METRICS_NAMESPACE": "vp-ready", "S3_BUCKET": "no-such-bucket"}
+    )
+    config = get_settings(flask_app)
+    with flask_app.app_context():
+        ensure_queues(config)
+        results = metrics.publish_ready(config)
+    assert results["s3"].startswith("error") and results["database"] == results["sqs"] == "ok", results
+    points = aws_client("cloudwatch", config).get_metric_statistics(
+        Namespace="vp-ready",
+        MetricName="Ready",
+        Dimensions=[{"Name": "QueueName", "Value": "ready-test"}],
+        StartTime=utcnow() - timedelta(minutes=5),
+        EndTime=utcnow() + timedelta(minutes=1),
+        Period=60,
+        Statistics=["Minimum"],
+    )["Datapoints"]
+    assert [p["Minimum"] for p in points] == [0.0]
