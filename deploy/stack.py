@@ -9,8 +9,10 @@ Usage:
 ``deploy`` builds the release (``deploy/release.py``), uploads it and the rendered template
 to the release bucket (``RELEASE_BUCKET``, or ``<stack>-releases-<account>-<region>``,
 created when missing), creates or updates the stack with ``ReleaseKey`` set to the new
-release (which rolls every group), and waits until the stack is complete and every group
-has its instances in service (and the web's targets healthy). ``deploy-local`` does the same
+release, which adds a launch template version per group while each group stays pinned to
+the version it runs, then rolls the release out by instance refresh, web first
+(``deploy/rollout.py``), and waits until every group has its instances in service (and
+the web's targets healthy). ``deploy-local`` does the same
 against moto server (``AWS_ENDPOINT_URL``, started here when nothing answers there), with
 the parameters moto's default VPC gives and the resources moto can't model left out.
 """
@@ -31,7 +33,7 @@ from urllib.parse import urlsplit
 import boto3
 from botocore.exceptions import ClientError
 
-from deploy import release
+from deploy import release, rollout
 
 DEPLOY = Path(__file__).resolve().parent
 TEMPLATE = DEPLOY / "cloudformation.yaml"
@@ -234,9 +236,22 @@ def deploy(deployer: Deployer, parameters: Mapping[str, str], local: bool = Fals
         s3.put_object(Bucket=bucket, Key=template_key, Body=text.encode())
         host = f"s3.{deployer.region}.amazonaws.com"
         template = {"TemplateURL": f"https://{host}/{bucket}/{template_key}"}
-    print(f"{'updating' if deployer.exists() else 'creating'} stack {deployer.stack}", flush=True)
+    autoscaling = deployer.client("autoscaling")
+    if deployer.exists():  # the update adds launch template versions; the refreshes move the groups
+        running = rollout.pinned_versions(autoscaling, deployer.outputs())
+        parameters = {**running, **parameters}
+        print(f"updating stack {deployer.stack}; groups stay on {running} until refreshed", flush=True)
+    else:
+        print(f"creating stack {deployer.stack}", flush=True)
     deployer.apply(template, parameters)
     outputs = deployer.outputs()
+    if local:  # moto has no instance refresh (tests/test_rollout.py runs the logic on a stand-in)
+        print("moto has no instance refresh: the groups keep their version", flush=True)
+    else:
+        roll = rollout.Rollout(autoscaling, deployer.stack, outputs, say=lambda line: print(line, flush=True))
+        roll.run()
+        for line in roll.report():
+            print(line, flush=True)
     state = deployer.wait_healthy(outputs, timeout=60 if local else 1200)
     if any(what != "ok" for what in state.values()):
         raise SystemExit(f"groups not healthy: {state}")

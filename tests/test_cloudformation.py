@@ -174,8 +174,8 @@ def test_stack_in_moto(app: Flask, stack: dict[str, str]) -> None:
     overrides = workers["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]
     assert len(overrides) == 3
     elb = aws_client("elbv2", config)
-    target_groups = elb.describe_target_groups()["TargetGroups"]
-    [web] = [t for t in target_groups if t["Port"] == 8000]
+    [target_group] = physical["WebTargets"].split(",")[:1]
+    [web] = elb.describe_target_groups(TargetGroupArns=[target_group])["TargetGroups"]
     assert web["HealthCheckPath"] == "/healthz", "shallow: a database failover replaces no instance"
     # No certificate in the rehearsal: port 80 forwards, and still keeps the internal paths to itself.
     [listener] = elb.describe_listeners(LoadBalancerArn=web["LoadBalancerArns"][0])["Listeners"]
