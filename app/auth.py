@@ -19,12 +19,19 @@ REQUIRED_CLAIMS = ["exp", "iat", "sub"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _key() -> str:
+    key = get_settings().SECRET_KEY
+    if not key:  # a worker or ops process: it never holds the key that makes or reads tokens
+        raise RuntimeError("this process has no SECRET_KEY (VIDEOPROC_ROLE is not web)")
+    return key
+
+
 def issue_token(user: User) -> tuple[str, int]:
     """Return a signed access token for ``user`` and its lifetime in seconds."""
     lifetime = get_settings().JWT_EXPIRES_SECONDS
     now = utcnow()
     claims = {"sub": str(user.id), "iat": now, "exp": now + timedelta(seconds=lifetime)}
-    return jwt.encode(claims, get_settings().SECRET_KEY, algorithm=ALGORITHM), lifetime
+    return jwt.encode(claims, _key(), algorithm=ALGORITHM), lifetime
 
 
 def _bearer() -> str | None:
@@ -33,7 +40,7 @@ def _bearer() -> str | None:
 
 
 def _claims(token: str) -> dict[str, Any]:
-    return jwt.decode(token, get_settings().SECRET_KEY, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS})
+    return jwt.decode(token, _key(), algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS})
 
 
 def token_subject() -> str | None:

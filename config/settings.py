@@ -30,6 +30,7 @@ LOCAL_AWS = "http://127.0.0.1:5000"
 # Where `make run` serves the page: the browser PUTs parts to the bucket from there.
 LOCAL_SITE = "http://127.0.0.1:8000,http://localhost:8000"
 ENVIRONMENTS = ("development", "testing", "production")
+ROLES = ("", "web", "worker", "ops")
 MIN_SECRET_BYTES = 32
 # zxcvbn's estimate of the guesses needed to find the key: 10^30 is about 100 bits.
 MIN_SECRET_GUESSES_LOG10 = 30
@@ -42,6 +43,7 @@ OTHER_VARIABLES = frozenset(
         "LOG_GROUP_PREFIX",
         "SECRET_KEY_ARN",
         "DATABASE_SECRET_ARN",
+        "DATABASE_ADMIN_SECRET_ARN",
         "WORKER_CONCURRENCY",
     }
 )
@@ -122,9 +124,13 @@ class Settings:
     """
 
     APP_ENV: str
+    # web | worker | ops on an instance (the bootstrap's VIDEOPROC_ROLE); empty: every role (local)
+    VIDEOPROC_ROLE: str
     SECRET_KEY: str = field(repr=False)
     JWT_EXPIRES_SECONDS: int
     SQLALCHEMY_DATABASE_URI: str = field(repr=False)
+    # Connect with a fresh RDS IAM token as the URL's user (no password to rotate or leak)
+    DATABASE_IAM_AUTH: bool
     LOG_LEVEL: str
     LOG_GROUP: str
     METRICS_TOKEN: str = field(repr=False)
@@ -245,7 +251,9 @@ class Settings:
         for name, hint in typing.get_type_hints(Settings).items():
             if not _conforms(getattr(self, name), hint):
                 raise ConfigError(f"{name} must be {hint}, got {getattr(self, name)!r}")
-        if self.APP_ENV == "production" and (problem := secret_problem(self.SECRET_KEY)):
+        if self.VIDEOPROC_ROLE not in ROLES:
+            raise ConfigError(f"VIDEOPROC_ROLE must be one of {', '.join(ROLES[1:])} or empty")
+        if self.APP_ENV == "production" and self.signs_tokens and (problem := secret_problem(self.SECRET_KEY)):
             raise ConfigError(f"SECRET_KEY is too weak: {problem}")
         if not self.HEARTBEAT_SECONDS * 3 <= self.STALE_AFTER_SECONDS < self.SQS_VISIBILITY_TIMEOUT:
             # A redelivered message must find its dead worker's row already stale.
@@ -262,6 +270,11 @@ class Settings:
         if self.CELERY_BROKER_URL is None:
             url = broker_url(self.AWS_ACCESS_KEY_ID, self.AWS_SECRET_ACCESS_KEY, self.SQS_ENDPOINT_URL)
             object.__setattr__(self, "CELERY_BROKER_URL", url)
+
+    @property
+    def signs_tokens(self) -> bool:
+        """Whether this process serves the API, and so needs ``SECRET_KEY`` (workers and ops never see it)."""
+        return self.VIDEOPROC_ROLE in ("", "web")
 
     @property
     def UPLOAD_MAX_CONTENT_LENGTH(self) -> int:
@@ -328,11 +341,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if production:
         _required(env, "TRUSTED_PROXIES")  # see Settings.TRUSTED_PROXIES
     queue_name = env_str(env, "SQS_QUEUE_NAME", "videoproc-videos")
+    role = env_str(env, "VIDEOPROC_ROLE", "")
+    if production and role in ("", "web"):
+        secret_key = _required(env, "SECRET_KEY")
+    else:  # a worker or ops host holds no SECRET_KEY in production
+        secret_key = env_str(env, "SECRET_KEY") or ("" if production else _dev_secret_key())
     s = Settings(
         APP_ENV=app_env,
-        SECRET_KEY=_required(env, "SECRET_KEY") if production else env_str(env, "SECRET_KEY") or _dev_secret_key(),
+        VIDEOPROC_ROLE=role,
+        SECRET_KEY=secret_key,
         JWT_EXPIRES_SECONDS=env_int(env, "JWT_EXPIRES_SECONDS", 3600),
         SQLALCHEMY_DATABASE_URI=_database_url(env, production),
+        DATABASE_IAM_AUTH=env_bool(env, "DATABASE_IAM_AUTH", False),
         LOG_LEVEL=env_str(env, "LOG_LEVEL", "INFO"),
         LOG_GROUP=env_str(env, "LOG_GROUP", ""),
         METRICS_TOKEN=env_str(env, "METRICS_TOKEN", ""),

@@ -6,10 +6,15 @@ The stack keeps the names of its resources in one SSM parameter (``InstanceConfi
 nothing secret in it). Secrets are named by ARN there and read from Secrets Manager at
 boot, so no secret is ever in user data or in the template:
 
-- ``SECRET_KEY_ARN``: the API's ``SECRET_KEY``;
-- ``DATABASE_SECRET_ARN``: RDS's managed ``{"username", "password"}``, joined with
-  ``DATABASE_HOST``, ``DATABASE_PORT`` and ``DATABASE_NAME`` into ``DATABASE_URL``
-  (a ``DATABASE_URL`` in the parameter is used as it is: an existing database);
+- ``SECRET_KEY_ARN``: the API's ``SECRET_KEY``, for web instances only (workers and ops
+  never sign or read a token, so they may not read it);
+- ``DATABASE_HOST``, ``DATABASE_PORT``, ``DATABASE_NAME`` (and ``DATABASE_SSLMODE``,
+  ``require`` by default): ``DATABASE_URL`` for the role's own user, ``videoproc_<role>``,
+  with no password: it logs in with an IAM token (``DATABASE_IAM_AUTH``, ``app/database.py``).
+  ``DATABASE_SECRET_ARN`` (RDS's managed master secret) is passed on to web instances only, as
+  ``DATABASE_ADMIN_SECRET_ARN``, for the migration unit to read when it runs
+  (``deploy/migrate.py``); no process keeps it, so its rotation breaks nothing. A
+  ``DATABASE_URL`` in the parameter is used as it is (an existing database);
 - ``FLOWER_PASSWORD_ARN``: Flower's basic auth as user ``ops`` (the ops role only: the
   others may not read it).
 
@@ -26,13 +31,12 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import quote
 
 import boto3
 
 SECRET_KEYS = ("SECRET_KEY_ARN", "DATABASE_SECRET_ARN", "FLOWER_PASSWORD_ARN")
 COMPOSED = ("LOG_GROUP_PREFIX",)
-DATABASE_PARTS = ("DATABASE_HOST", "DATABASE_PORT", "DATABASE_NAME")
+DATABASE_PARTS = ("DATABASE_HOST", "DATABASE_PORT", "DATABASE_NAME", "DATABASE_SSLMODE")
 PASSED_THROUGH = ("AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
@@ -44,20 +48,22 @@ def environment(
     A worker without ``WORKER_CONCURRENCY`` gets one pool process more than it has cores (``cores``, this
     host's by default): one job's download and upload overlap the others' encodes (bench.concurrency).
     """
-    env = {"APP_ENV": "production"}
+    env = {"APP_ENV": "production", "VIDEOPROC_ROLE": role}
     if role == "worker":
         env["WORKER_CONCURRENCY"] = str((cores or os.cpu_count() or 1) + 1)
     env |= {k: passed[k] for k in PASSED_THROUGH if passed.get(k)}
     env |= {k: str(v) for k, v in config.items() if k not in SECRET_KEYS + DATABASE_PARTS + COMPOSED}
     if prefix := config.get("LOG_GROUP_PREFIX"):
         env["LOG_GROUP"] = f"{prefix}{role}"
-    if arn := config.get("SECRET_KEY_ARN"):
+    if (arn := config.get("SECRET_KEY_ARN")) and role == "web":
         env["SECRET_KEY"] = secret(arn)
     if (arn := config.get("DATABASE_SECRET_ARN")) and not config.get("DATABASE_URL"):
-        login = json.loads(secret(arn))
-        user, password = quote(login["username"], safe=""), quote(login["password"], safe="")
-        host, port, name = (config[k] for k in DATABASE_PARTS)
-        env["DATABASE_URL"] = f"postgresql://{user}:{password}@{host}:{port}/{name}"
+        host, port, name = (config[k] for k in DATABASE_PARTS[:3])
+        sslmode = config.get("DATABASE_SSLMODE", "require")  # IAM authentication needs TLS
+        env["DATABASE_URL"] = f"postgresql://videoproc_{role}@{host}:{port}/{name}?sslmode={sslmode}"
+        env["DATABASE_IAM_AUTH"] = "true"
+        if role == "web":
+            env["DATABASE_ADMIN_SECRET_ARN"] = arn
     if (arn := config.get("FLOWER_PASSWORD_ARN")) and role == "ops":
         env["FLOWER_BASIC_AUTH"] = f"ops:{secret(arn)}"
     return env

@@ -50,7 +50,7 @@ UNMODELLED_TYPES = {
     "AWS::CloudWatch::Alarm",
     "AWS::Logs::MetricFilter",
 }
-UNMODELLED_ATTRIBUTES = ("Database.Endpoint", "Database.MasterUserSecret", "RateLimitCache")
+UNMODELLED_ATTRIBUTES = ("Database.Endpoint", "Database.MasterUserSecret", "Database.DbiResourceId", "RateLimitCache")
 GROUP_OUTPUTS = ("WebGroupName", "WorkerGroupName", "OpsGroupName")
 
 

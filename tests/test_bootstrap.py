@@ -114,6 +114,7 @@ def instance_config(app: Flask, database_url: str, redis_url: str, ports: dict[s
         login = json.dumps({"username": url.username, "password": url.password or ""})
         config |= {"DATABASE_SECRET_ARN": secret("database", login), "DATABASE_HOST": url.host}
         config |= {"DATABASE_PORT": str(url.port or 5432), "DATABASE_NAME": url.database}
+        config["DATABASE_SSLMODE"] = "prefer"  # this machine's server has no TLS; RDS's does (require)
     else:  # an existing database URL (no PostgreSQL on this machine)
         config["DATABASE_URL"] = database_url
     return config
@@ -201,9 +202,15 @@ def test_bootstrapped_instances_process_a_real_upload(
     env_file = scratch_root / "etc/videoproc/env"
     assert env_file.stat().st_mode & 0o777 == 0o600
     written = units.read_environment_file(env_file)
-    assert written["APP_ENV"] == "production" and len(written["SECRET_KEY"]) >= 64
-    assert written["DATABASE_URL"].startswith(("postgresql://", "sqlite:")) and "FLOWER_BASIC_AUTH" not in written
-    assert f"launched: http://127.0.0.1:{ports['web']}/readyz answered" in bootstrap("web", scratch_root, env)
+    assert written["APP_ENV"] == "production" and "SECRET_KEY" not in written, "a worker never holds SECRET_KEY"
+    assert "FLOWER_BASIC_AUTH" not in written and "DATABASE_ADMIN_SECRET_ARN" not in written
+    if "DATABASE_SECRET_ARN" in config:  # its own user, logged in by IAM token (the local server trusts it)
+        assert written["DATABASE_URL"].startswith("postgresql://videoproc_worker@")
+        assert written["DATABASE_IAM_AUTH"] == "true"
+    web = bootstrap("web", scratch_root, env)
+    assert f"launched: http://127.0.0.1:{ports['web']}/readyz answered" in web
+    if "DATABASE_SECRET_ARN" in config:  # the migration ran as the owner, then made each role's user
+        assert "videoproc_worker may change videos" in web, web[-2000:]
     assert f"launched: http://127.0.0.1:{ports['flower']}/healthcheck answered" in bootstrap("ops", scratch_root, env)
     logs = scratch_root / "var/log/videoproc"
     worker_log = logs / "videoproc-worker.service.log"

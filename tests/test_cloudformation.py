@@ -164,7 +164,11 @@ def test_stack_in_moto(app: Flask, stack: dict[str, str]) -> None:
     assert [r.rsplit(":", 1)[1] for r in created] == [f"{stack['StackName']}-*-celery-pidbox"], "its mailbox only"
     web_actions = role_actions(iam, physical["WebRole"], "videoproc-web")
     for role in ("Web", "Worker", "Ops"):  # kombu is handed the stack's topics (SNS_*_TOPIC_ARN)
-        assert "sns:CreateTopic" not in role_actions(iam, physical[f"{role}Role"], f"videoproc-{role.lower()}")
+        grants = role_grants(iam, physical[f"{role}Role"], f"videoproc-{role.lower()}")
+        assert "sns:CreateTopic" not in grants
+        [login] = grants["rds-db:connect"]  # its own database user, by IAM token
+        assert login.endswith(f":dbuser:unmodelled/videoproc_{role.lower()}"), login
+    assert "secretsmanager:GetSecretValue" not in role_actions(iam, physical["WorkerRole"], "videoproc-worker")
     assert "sqs:ReceiveMessage" not in web_actions and "sqs:SendMessage" in web_actions
 
     autoscaling = aws_client("autoscaling", config)

@@ -199,3 +199,38 @@ def test_a_worker_instance_gets_one_pool_process_more_than_cores() -> None:
     assert environment({}, str, {}, "worker", cores=4)["WORKER_CONCURRENCY"] == "5"
     assert environment({"WORKER_CONCURRENCY": "1"}, str, {}, "worker", cores=4)["WORKER_CONCURRENCY"] == "1"
     assert "WORKER_CONCURRENCY" not in environment({}, str, {}, "web", cores=4)
+
+
+def test_only_web_instances_get_secret_key_and_the_admin_login() -> None:
+    config = {
+        "SECRET_KEY_ARN": "arn:key",
+        "DATABASE_SECRET_ARN": "arn:master",
+        "DATABASE_HOST": "db.internal",
+        "DATABASE_PORT": "5432",
+        "DATABASE_NAME": "videoproc",
+    }
+    read: list[str] = []
+
+    def secret(arn: str) -> str:
+        read.append(arn)
+        return "k" * 64
+
+    web, worker, ops = (environment(config, secret, {}, role, cores=2) for role in ("web", "worker", "ops"))
+    assert read == ["arn:key"], "the master login is never read at boot, only by the migration unit"
+    assert web["SECRET_KEY"] == "k" * 64 and "SECRET_KEY" not in worker and "SECRET_KEY" not in ops
+    assert web["DATABASE_URL"] == "postgresql://videoproc_web@db.internal:5432/videoproc?sslmode=require"
+    assert worker["DATABASE_URL"].startswith("postgresql://videoproc_worker@") and worker["DATABASE_IAM_AUTH"] == "true"
+    assert web["DATABASE_ADMIN_SECRET_ARN"] == "arn:master" and "DATABASE_ADMIN_SECRET_ARN" not in worker
+    assert (web["VIDEOPROC_ROLE"], worker["VIDEOPROC_ROLE"]) == ("web", "worker")
+
+
+def test_production_wants_secret_key_on_the_web_only() -> None:
+    without = {k: v for k, v in PRODUCTION.items() if k != "SECRET_KEY"} | {"S3_BUCKET": "videos"}
+    with pytest.raises(ConfigError, match="SECRET_KEY must be set"):
+        load_settings(without)
+    with pytest.raises(ConfigError, match="SECRET_KEY must be set"):
+        load_settings({**without, "VIDEOPROC_ROLE": "web"})
+    worker = load_settings({**without, "VIDEOPROC_ROLE": "worker"})
+    assert worker.SECRET_KEY == "" and not worker.signs_tokens
+    with pytest.raises(ConfigError, match="VIDEOPROC_ROLE"):
+        load_settings({**PRODUCTION, "S3_BUCKET": "videos", "VIDEOPROC_ROLE": "admin"})
