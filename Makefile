@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHECKOV := $(VENV)-checkov/bin/checkov
 
 .PHONY: run test install system lint format bench assets clean release deploy deploy-local
 
@@ -28,14 +29,20 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 system: ## FFmpeg and nginx (apt-get when root)
 	@deploy/install_system.sh
 
-lint: install ## Lint, check formatting and types, check the CloudFormation template (as written and as deployed) and its reference in docs/
+lint: install $(CHECKOV) ## Lint, check formatting and types, check the CloudFormation template (cfn-lint, checkov; as written and as deployed) and its reference in docs/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	bash -n deploy/bootstrap.sh
 	$(BIN)/python -m deploy.stack render --out build/cloudformation.yaml
 	$(BIN)/cfn-lint deploy/cloudformation.yaml build/cloudformation.yaml
+	$(CHECKOV) --file build/cloudformation.yaml --framework cloudformation --compact --quiet --skip-download
 	$(BIN)/python -m deploy.docs --check
+
+$(CHECKOV): requirements-checkov.txt
+	$(PYTHON) -m venv $(VENV)-checkov
+	$(VENV)-checkov/bin/python -m pip install --quiet -r requirements-checkov.txt
+	touch $(CHECKOV)
 
 release: install ## Build dist/videoproc-<version>.tar.gz: the wheel and the pinned requirements
 	$(BIN)/python -m deploy.release
@@ -62,4 +69,4 @@ assets: ## Re-render the logo and bumper cards
 	assets/make_assets.sh
 
 clean:
-	rm -rf $(VENV) instance .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV)-checkov instance .pytest_cache .ruff_cache
