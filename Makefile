@@ -51,7 +51,7 @@ deploy: install ## Create or update stack STACK= on AWS (PARAMETERS=file.json), 
 	@test -n "$(STACK)" || { echo "usage: make deploy STACK=name [PARAMETERS=parameters.json]" >&2; exit 1; }
 	$(BIN)/python -m deploy.stack deploy --stack $(STACK) $(if $(PARAMETERS),--parameters $(PARAMETERS))
 
-deploy-local: install ## The same into moto server, no account needed (STACK=videoproc-local)
+deploy-local: install ## The same into a moto server of its own, then every role run under its IAM enforcement with one real upload (STACK=videoproc-local)
 	$(BIN)/python -m deploy.stack deploy-local --stack $(or $(STACK),videoproc-local)
 
 format: install

@@ -12,9 +12,9 @@ created when missing), creates or updates the stack with ``ReleaseKey`` set to t
 release, which adds a launch template version per group while each group stays pinned to
 the version it runs, then rolls the release out by instance refresh, web first
 (``deploy/rollout.py``), and waits until every group has its instances in service (and
-the web's targets healthy). ``deploy-local`` does the same
-against moto server (``AWS_ENDPOINT_URL``, started here when nothing answers there), with
-the parameters moto's default VPC gives and the resources moto can't model left out.
+the web's targets healthy). ``deploy-local`` does the same against a moto server of its
+own (or ``--endpoint``), with the parameters moto's default VPC gives and the resources moto
+can't model left out, then rehearses the roles under IAM enforcement (``deploy/rehearsal.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 from botocore.exceptions import ClientError
@@ -112,7 +111,7 @@ class Deployer:
         session = boto3.session.Session(region_name=region or os.environ.get("AWS_REGION") or "us-east-1")
         self.region = session.region_name
         credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"} if endpoint else {}
-        self.client = lambda service: session.client(service, endpoint_url=endpoint, **credentials)
+        self.client = lambda service, **given: session.client(service, endpoint_url=endpoint, **(credentials | given))
         self.cloudformation = self.client("cloudformation")
 
     def release_bucket(self) -> str:
@@ -304,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     deploy_cmd.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     local_cmd = sub.add_parser("deploy-local")
     local_cmd.add_argument("--stack", default="videoproc-local")
+    local_cmd.add_argument(
+        "--endpoint", help="an existing moto server (no rehearsal there: it would turn IAM enforcement on for all)"
+    )
     args = parser.parse_args(argv)
 
     if args.command == "render":
@@ -316,35 +318,38 @@ def main(argv: list[str] | None = None) -> int:
         parameters |= dict(item.split("=", 1) for item in args.overrides)
         deploy(Deployer(args.stack), parameters)
         return 0
-    return deploy_local(args.stack)
+    return deploy_local(args.stack, args.endpoint)
 
 
-def deploy_local(stack: str) -> int:
-    """Deploy into moto server, starting one for the run when nothing answers at ``AWS_ENDPOINT_URL``."""
+def deploy_local(stack: str, endpoint: str | None = None) -> int:
+    """Deploy into a moto server of this run's own, then rehearse the roles under IAM enforcement.
+
+    With ``endpoint`` (a moto server already running) the stack is deployed there and not
+    rehearsed: the rehearsal turns IAM enforcement on for the whole server.
+    """
     import warnings
 
-    from deploy.wait_for import answers
+    from deploy import rehearsal
 
     # moto names each resource type it skips (UNMODELLED_TYPES): known, and listed in docs/deploy-aws.md
     warnings.filterwarnings("ignore", message="(No Moto CloudFormation support|Tried to parse)")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
     server = None
-    if not answers(endpoint + "/moto-api/", ok_only=False):
+    if endpoint is None:
         from moto.server import ThreadedMotoServer
 
-        parts = urlsplit(endpoint)
-        server = ThreadedMotoServer(
-            ip_address=parts.hostname or "127.0.0.1",
-            port=parts.port or 5000,
-            verbose=bool(os.environ.get("MOTO_VERBOSE")),
-        )
+        port = rehearsal.free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=bool(os.environ.get("MOTO_VERBOSE")))
         server.start()
+        endpoint = f"http://127.0.0.1:{port}"
         print(f"started moto server at {endpoint} for this run", flush=True)
     try:
         deployer = Deployer(stack, endpoint=endpoint)
         outputs = deploy(deployer, local_parameters(deployer), local=True)
         describe_local(deployer, outputs)
-        print(f"stack {stack} deployed into moto server; names moto can't model read 'unmodelled'")
+        print(f"stack {stack} deployed into moto server; names moto can't model read 'unmodelled'", flush=True)
+        if server is not None:
+            template = parse(render())
+            rehearsal.rehearse(deployer.client, endpoint, stack, template, say=lambda line: print(line, flush=True))
     finally:
         if server is not None:
             server.stop()
