@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHECKOV := $(VENV)-checkov/bin/checkov
 
-.PHONY: run test install system lint format bench assets clean release deploy deploy-local
+.PHONY: run test install system lint format bench assets clean release deploy deploy-local instance-test
 
 run: install ## Start moto (local AWS), the API, a worker and Flower; Ctrl-C stops all
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
@@ -53,6 +53,9 @@ deploy: install ## Create or update stack STACK= on AWS (PARAMETERS=file.json), 
 
 deploy-local: install ## The same into a moto server of its own, then every role run under its IAM enforcement with one real upload (STACK=videoproc-local)
 	$(BIN)/python -m deploy.stack deploy-local --stack $(or $(STACK),videoproc-local)
+
+instance-test: install ## Boot a worker on clean Debian 12 roots (mmdebstrap, bubblewrap; as root) as user data would; time its first job
+	$(BIN)/python -m deploy.instance_test --kind both
 
 format: install
 	$(BIN)/ruff check --fix .

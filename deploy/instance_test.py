@@ -1,0 +1,302 @@
+"""``make instance-test``: boot a worker on a clean Debian 12 root, as user data would, and time its first job.
+
+Usage: python -m deploy.instance_test [--kind image|bare|both] [--keep DIR]   (make instance-test: both)
+
+1. **The root.** ``mmdebstrap`` (Debian's) builds a Debian 12 root from Debian's package
+   archive, cached under ``build/instance/``: ``image`` holds what a baked image would
+   (Debian's ``python3.11`` with venv, FFmpeg, CA certificates); ``bare`` holds what a stock
+   Debian 12 image has (``python3.11``, CA certificates), so the bootstrap installs FFmpeg and
+   venv itself with apt-get, as on a stock AMI.
+2. **Its AWS.** A moto server on the host holds the stack's pieces: the bucket and queues, the
+   release (``make release``) and its SHA-256, the instance configuration parameter. The
+   database is this machine's PostgreSQL (SQLite in the root's ``/srv`` when none answers).
+3. **One upload waiting.** A real clip is uploaded through the API (in this process) before
+   the instance boots, so its job waits in the queue.
+4. **The boot.** ``deploy/bootstrap.sh`` runs inside the root under ``bubblewrap`` (its own
+   mount namespace; the host's network, so it reaches moto and the package archives), as
+   root, with the header user data gives a worker and Debian's own ``python3.11``; systemd
+   is replaced by ``deploy/units.py --direct``, as in the bootstrap test.
+5. **The first job.** It waits until the worker in the root has processed the upload, prints
+   the Python version the instance ran, the boot time (until the bootstrap's launch hook
+   step saw the worker answer) and boot-to-first-job, and ends with the processed video's id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from deploy import release
+from deploy.rehearsal import free_port, make_clip
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "build" / "instance"
+SUITE = "bookworm"  # Debian 12, the AMI's release
+PACKAGES = {
+    "image": ("python3.11", "python3.11-venv", "python3-venv", "ffmpeg", "ca-certificates"),
+    "bare": ("python3.11", "ca-certificates"),
+}
+PREFIX = "instance-test-"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def root_tarball(kind: str) -> Path:
+    """Return a Debian 12 root of ``kind`` as a tarball, built by mmdebstrap when not cached."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tarball = CACHE / f"debian12-{kind}.tar"
+    if not tarball.exists():
+        if not shutil.which("mmdebstrap"):
+            raise SystemExit(
+                "make instance-test needs Debian's mmdebstrap and bubblewrap: apt-get install mmdebstrap bubblewrap"
+            )
+        print(f"building the {kind} root with mmdebstrap ({', '.join(PACKAGES[kind])})", flush=True)
+        partial = tarball.with_suffix(".partial")
+        include = ",".join(PACKAGES[kind])
+        argv = ["mmdebstrap", "--variant=minbase", "--format=tar", f"--include={include}", SUITE, str(partial)]
+        subprocess.run(argv, check=True)
+        partial.rename(tarball)
+    return tarball
+
+
+def database(scratch: Path) -> str:
+    """Return a fresh database URL: a new PostgreSQL database when one answers, else SQLite under ``scratch``."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    admin = create_engine(os.environ.get("INSTANCE_TEST_POSTGRES", POSTGRES), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            name = f"videoproc_instance_{os.getpid()}"
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        return admin.url.set(database=name).render_as_string(hide_password=False)
+    except OperationalError:
+        return f"sqlite:///{scratch / 'videoproc.db'}"
+    finally:
+        admin.dispose()
+
+
+def jail(root: Path, argv: list[str], env: dict[str, str]) -> list[str]:
+    """Return the bubblewrap command that runs ``argv`` inside ``root`` as its root user, on the host's network.
+
+    The root's ``/srv`` is also seen at its host path, so a SQLite database there has one name on both sides.
+    """
+    srv = str(root / "srv")
+    command = [
+        "bwrap",
+        "--bind",
+        str(root),
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/tmp",
+    ]
+    command += ["--bind", srv, srv]
+    command += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf", "--share-net", "--clearenv"]
+    # This host's CA bundle: the network it is on may sign TLS with a CA of its own (pip's index).
+    command += ["--ro-bind", "/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/certs/ca-certificates.crt"]
+    for key, value in env.items():
+        command += ["--setenv", key, value]
+    return command + argv
+
+
+def boot(kind: str, keep: Path | None = None) -> dict[str, Any]:
+    """Boot a worker on a ``kind`` root and process one upload; return what was measured."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    scratch = Path(keep or tempfile.mkdtemp(prefix="videoproc-instance-"))
+    root = scratch / "root"
+    try:
+        with tarfile.open(root_tarball(kind)) as tar:
+            root.mkdir(parents=True)
+            tar.extractall(root, filter="fully_trusted")  # our own mmdebstrap output: devices, links, owners
+        (root / "srv").mkdir(exist_ok=True)
+        url = database(root / "srv")
+        worker_port = free_port()
+        app, api, env = _stack(endpoint, url, worker_port)
+        video_id = _upload(api)
+        started = time.monotonic()
+        booted, out = _bootstrap(root, env)
+        processed = _wait_processed(app, video_id, started, root)
+        python = subprocess.run(
+            jail(
+                root, ["/opt/videoproc/venv/bin/python", "-c", "import platform; print(platform.python_version())"], {}
+            ),
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return {
+            "kind": kind,
+            "python": python,
+            "boot_seconds": booted,
+            "boot_to_first_job_seconds": processed,
+            "video_id": video_id,
+            "bootstrap_tail": out[-600:],
+        }
+    finally:
+        _stop(root)
+        server.stop()
+        if keep is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _stack(endpoint: str, database_url: str, worker_port: int) -> tuple[Any, Any, dict[str, str]]:
+    """Put the stack's pieces into moto; return the host's app, an API client on it, and the user data header."""
+    import flask_migrate
+
+    from app import create_app
+    from app.aws import ensure_bucket, ensure_queues
+    from app.extensions import get_settings
+    from config import load_settings
+
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    names = {"S3_BUCKET": "instance-test-videos", "SQS_QUEUE_PREFIX": PREFIX, "SQS_QUEUE_NAME": "videos"}
+    names |= {"SQS_DLQ_NAME": "videos-dlq"}
+    host = {"APP_ENV": "testing", "DATABASE_URL": database_url, "AWS_ENDPOINT_URL": endpoint, **credentials, **names}
+    host |= {"SECRET_KEY": "instance-test-secret-key-of-32-bytes-or-more", "RATELIMIT_ENABLED": "false"}
+    app = create_app(load_settings(host))
+    with app.app_context():
+        flask_migrate.upgrade(directory=str(ROOT / "migrations"))
+        ensure_bucket(get_settings(app))
+        ensure_queues(get_settings(app))
+    aws = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "testing"}
+    aws["aws_secret_access_key"] = "testing"
+    s3 = boto3.client("s3", **aws)
+    s3.create_bucket(Bucket="instance-test-releases")
+    built = release.build(ROOT / "dist")
+    s3.upload_file(str(built), "instance-test-releases", f"releases/{built.name}")
+    config = {
+        **names,
+        "DATABASE_URL": database_url,
+        "RATELIMIT_STORAGE_URI": "memory://",
+        "TRUSTED_PROXIES": "2",
+        "SQS_WAIT_TIME_SECONDS": "1",
+        "WORKER_CONCURRENCY": "1",
+        "WORKER_METRICS_PORT": str(worker_port),
+    }
+    boto3.client("ssm", **aws).put_parameter(
+        Name="/instance-test/instance-config", Value=json.dumps(config), Type="String"
+    )
+    header = {
+        "VIDEOPROC_ROLE": "worker",
+        "AWS_REGION": "us-east-1",
+        "RELEASE_BUCKET": "instance-test-releases",
+        "RELEASE_KEY": f"releases/{built.name}",
+        "RELEASE_SHA256": release.checksum(built),
+        "INSTANCE_CONFIG": "/instance-test/instance-config",
+        "AWS_ENDPOINT_URL": endpoint,  # the only line user data does not have: AWS is moto on the host
+        **credentials,
+        "BOOTSTRAP_DIRECT": "1",  # systemd replaced by deploy/units.py --direct
+        "BOOTSTRAP_PYTHON": "python3.11",  # Debian's own
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        **{k: v for k, v in os.environ.items() if k.startswith("PIP_")},  # this machine's package index settings
+    }
+    return app, app.test_client(), header
+
+
+def _upload(api: Any) -> str:
+    """Sign up, log in and upload a real 3 s clip; return its video id (its job now waits in the queue)."""
+    password = "instance-test-password-1"
+    email = f"instance-{os.getpid()}@example.com"
+    api.post("/api/auth/signup", json={"email": email, "password": password, "password_confirm": password})
+    token = api.post("/api/auth/login", json={"email": email, "password": password}).json["access_token"]
+    with tempfile.TemporaryDirectory() as folder:
+        clip = make_clip(Path(folder) / "clip.mp4")
+        with clip.open("rb") as f:
+            answer = api.post(
+                "/api/videos/upload",
+                headers={"Authorization": f"Bearer {token}"},
+                data={"title": "instance test", "video_file": (f, "clip.mp4", "video/mp4")},
+                content_type="multipart/form-data",
+            )
+    if answer.status_code != 202:
+        raise SystemExit(f"instance-test: the upload answered {answer.status_code} {answer.get_data(as_text=True)}")
+    return str(answer.json["video_id"])
+
+
+def _bootstrap(root: Path, env: dict[str, str]) -> tuple[float, str]:
+    """Run the bootstrap inside ``root``; return its seconds and its output."""
+    shutil.copy(ROOT / "deploy" / "bootstrap.sh", root / "bootstrap.sh")
+    started = time.monotonic()
+    run = subprocess.run(jail(root, ["/bin/bash", "/bootstrap.sh"], env), capture_output=True, text=True, timeout=1800)
+    seconds = time.monotonic() - started
+    if run.returncode:
+        raise SystemExit(
+            f"instance-test: the bootstrap failed ({run.returncode}):\n{run.stdout[-3000:]}{run.stderr[-3000:]}"
+        )
+    return seconds, run.stdout
+
+
+def _wait_processed(app: Any, video_id: str, started: float, root: Path, timeout: float = 300) -> float:
+    """Wait until the video is processed; return the seconds since ``started`` (the boot's start)."""
+    from app.extensions import db
+    from app.models import Video
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with app.app_context():
+            video = db.session.get(Video, video_id)
+            status = video.status if video else None
+            db.session.remove()
+        if status == "processed":
+            return time.monotonic() - started
+        if status == "failed":
+            break
+        time.sleep(0.5)
+    log = root / "var/log/videoproc/videoproc-worker.service.log"
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no worker log)"
+    raise SystemExit(f"instance-test: video {video_id} is {status}, not processed:\n{tail}")
+
+
+def _stop(root: Path) -> None:
+    """Stop what the bootstrap started (its pid files are under the root's /run/videoproc)."""
+    for pid_file in (root / "run" / "videoproc").glob("*.pid"):
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+    time.sleep(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Boot a worker on the chosen roots; print what each measured."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kind", choices=("image", "bare", "both"), default="image")
+    parser.add_argument("--keep", type=Path, help="keep the root and its logs in this folder")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0 or not shutil.which("bwrap"):
+        raise SystemExit("make instance-test runs as root with Debian's bubblewrap and mmdebstrap installed")
+    kinds = ("image", "bare") if args.kind == "both" else (args.kind,)
+    results = [boot(kind, args.keep) for kind in kinds]
+    for result in results:
+        print(
+            f"{result['kind']} root: Debian's Python {result['python']}; bootstrap {result['boot_seconds']:.0f}s; "
+            f"boot to first job {result['boot_to_first_job_seconds']:.0f}s",
+            flush=True,
+        )
+    print(f"processed video {results[-1]['video_id']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
