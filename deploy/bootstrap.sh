@@ -105,7 +105,14 @@ args=(install "$VIDEOPROC_ROLE")
 [ "${BOOTSTRAP_DIRECT:-0}" = 1 ] && args+=(--direct)
 "$APP/venv/bin/python" -m deploy.units "${args[@]}"
 
-# 6. InService only now: once the role answers, the launch hook is completed (deploy/launched.py).
+# 6. The operators' agents, on EC2 only (not in a scratch root, not against a local AWS):
+#    SSM (shell and port forwarding) and CloudWatch (cloud-init's and the journal's lines).
+if [ -z "$ROOT" ] && [ -z "${AWS_ENDPOINT_URL:-}" ]; then
+    step "installing the SSM and CloudWatch agents"
+    "$APP/venv/bin/python" -m deploy.agents --env-file "$ETC/env"
+fi
+
+# 7. InService only now: once the role answers, the launch hook is completed (deploy/launched.py).
 step "waiting for the $VIDEOPROC_ROLE role to answer"
 "$APP/venv/bin/python" -m deploy.launched --role "$VIDEOPROC_ROLE" ${ROOT:+--root "$ROOT"}
 step done

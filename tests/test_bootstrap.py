@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from app.aws import ensure_bucket, ensure_queues
 from app.extensions import get_settings
 from app.storage import aws_client
-from deploy import launched, release, stack, units
+from deploy import agents, launched, release, stack, units
 from tests.conftest import PASSWORD, ROOT, free_port, unique_email, wait_for
 from tests.test_e2e import row
 
@@ -285,3 +285,18 @@ def test_the_launch_hook_is_completed_once_the_role_answers(tmp_path: Path) -> N
     assert launched.probe_url("web", launched.role_environment("web", tmp_path)) == "http://127.0.0.1:8123/readyz"
     worker = launched.role_environment("worker", tmp_path)
     assert launched.probe_url("worker", worker) == "http://127.0.0.1:9808/metrics", "the unit's own port"
+
+
+def test_the_cloudwatch_agent_ships_cloud_init_and_the_journal_into_the_roles_group() -> None:
+    config = agents.config("/videoproc/worker")
+    files = {f["file_path"]: f for f in config["logs"]["logs_collected"]["files"]["collect_list"]}
+    assert set(files) == {"/var/log/cloud-init-output.log", "/var/log/videoproc/journal.log"}
+    assert {f["log_group_name"] for f in files.values()} == {"/videoproc/worker"}
+    assert files["/var/log/videoproc/journal.log"]["log_stream_name"] == "{instance_id}/journal"
+    urls = agents.packages("eu-west-1", "arm64")
+    assert urls["amazon-ssm-agent"].endswith("/amazon-ssm-eu-west-1/latest/debian_arm64/amazon-ssm-agent.deb")
+    assert "/debian/arm64/latest/amazon-cloudwatch-agent.deb" in urls["amazon-cloudwatch-agent"]
+    journal = units.parse((units.UNIT_DIR / "videoproc-journal.service").read_text(), "videoproc-journal.service")
+    assert "/var/log/videoproc/journal.log" in " ".join(journal.command)
+    bootstrap_text = (ROOT / "deploy" / "bootstrap.sh").read_text()
+    assert 'if [ -z "$ROOT" ] && [ -z "${AWS_ENDPOINT_URL:-}" ]; then' in bootstrap_text, "EC2 only"
