@@ -9,6 +9,7 @@ Nothing to rotate, nothing to re-read: a rotated master password changes none of
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from flask import Flask
@@ -17,11 +18,15 @@ from sqlalchemy import event
 from app.extensions import db, get_settings
 from app.storage import aws_client
 
+_clients: dict[int, Any] = {}  # one RDS client per process (made after a fork, never shared across one)
+
 
 def auth_token(app: Flask, host: str, port: int, user: str) -> str:
-    """Return an IAM authentication token for ``user`` at ``host:port``."""
+    """Return an IAM authentication token for ``user`` at ``host:port`` (signed here; no request to AWS)."""
     settings = get_settings(app)
-    rds = aws_client("rds", settings)
+    rds = _clients.get(os.getpid())
+    if rds is None:
+        rds = _clients[os.getpid()] = aws_client("rds", settings)
     token: str = rds.generate_db_auth_token(DBHostname=host, Port=port, DBUsername=user, Region=settings.AWS_REGION)
     return token
 

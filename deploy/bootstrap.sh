@@ -109,7 +109,8 @@ args=(install "$VIDEOPROC_ROLE")
 #    SSM (shell and port forwarding) and CloudWatch (cloud-init's and the journal's lines).
 if [ -z "$ROOT" ] && [ -z "${AWS_ENDPOINT_URL:-}" ]; then
     step "installing the SSM and CloudWatch agents"
-    "$APP/venv/bin/python" -m deploy.agents --env-file "$ETC/env"
+    # A missing agent costs the operators' view, not the instance: the boot goes on.
+    "$APP/venv/bin/python" -m deploy.agents --env-file "$ETC/env" || step "the agents were not installed (see above)"
 fi
 
 # 7. InService only now: once the role answers, the launch hook is completed (deploy/launched.py).

@@ -31,6 +31,7 @@ USERS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "ops": ("videoproc_ops", None),  # the sweeper: expiry, reconciliation, pruning
 }
 ROW_RIGHTS = "SELECT, INSERT, UPDATE, DELETE"
+MIGRATION_LOCK = 727274  # migrations/env.py holds it while it migrates
 
 
 def admin_url(env: Mapping[str, str], secret: str | None) -> str:
@@ -44,6 +45,9 @@ def admin_url(env: Mapping[str, str], secret: str | None) -> str:
 
 def grant(connection: Connection, tables: list[str]) -> dict[str, list[str]]:
     """Create each role's user when missing and give it its rights on ``tables``; return what each may change."""
+    # The migrations' own lock (migrations/env.py): web instances boot together, and two CREATE ROLE
+    # or GRANT statements on the same object at once fail ("tuple concurrently updated").
+    connection.execute(text(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
     database = connection.execute(text("SELECT current_database()")).scalar_one()
     has_rds_iam = connection.execute(text("SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam'")).first() is not None
     given: dict[str, list[str]] = {}

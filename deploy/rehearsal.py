@@ -310,9 +310,12 @@ def rehearse(
             lambda: "ready." in processes.log("worker"), 90, "the worker did not start", lambda: processes.log("worker")
         )
 
-        email, password = f"rehearsal-{secrets.token_hex(4)}@example.com", secrets.token_urlsafe(16)
+        # letters and digits, whatever the draw: the sign-up's own rule
+        email, password = f"rehearsal-{secrets.token_hex(4)}@example.com", f"Rehearsal-{secrets.token_hex(12)}-7"
         form = {"email": email, "password": password, "password_confirm": password}
-        requests.post(f"{api}/api/auth/signup", json=form, timeout=30).raise_for_status()
+        signup = requests.post(f"{api}/api/auth/signup", json=form, timeout=30)
+        if signup.status_code != 201:
+            raise SystemExit(f"rehearsal: the sign-up answered {signup.status_code} {signup.text}")
         token = requests.post(f"{api}/api/auth/login", json={"email": email, "password": password}, timeout=30).json()
         headers = {"Authorization": f"Bearer {token['access_token']}"}
         with make_clip(folder / "clip.mp4").open("rb") as f:

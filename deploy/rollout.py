@@ -13,7 +13,7 @@ A stack update only adds a launch template version: the groups stay on the versi
   worker lifts the protection, idle (``ScaleInProtectedInstances: Wait``, up to AWS's hour);
 - automatic rollback to the version the group ran when a replacement fails or one of the
   role's alarms fires (``AutoRollback`` with the alarms; it needs a desired configuration and
-  numbered versions, hence the pinning).
+  numbered versions, hence the pinning); a refresh whose alarms fire already is not started.
 
 The refresh moves the group's own configuration to the new version on success, and the next
 ``make deploy`` pins that one.
@@ -28,11 +28,21 @@ from typing import Any
 
 ROLES = ("Web", "Worker", "Ops")
 WAVES = (("Web",), ("Worker", "Ops"))  # web (and its migrations) first
-ALARMS = {
-    "Web": ("web-5xx", "web-unhealthy-hosts", "not-ready"),
-    "Worker": ("worker-errors", "not-ready"),
-    "Ops": ("not-ready",),
+# The alarms that roll a group's refresh back: what its new instances themselves cause. Not the
+# deep check (<stack>-not-ready): it follows the database and the ops instance's timer, and is
+# in alarm on a stack whose sweeper predates it, which would roll every release back.
+ALARMS: dict[str, tuple[str, ...]] = {
+    "Web": ("web-5xx", "web-unhealthy-hosts"),
+    "Worker": ("worker-errors",),
+    "Ops": (),
 }
+# What StartInstanceRefresh takes back of a mixed-instances policy's distribution (Describe adds more).
+DISTRIBUTION = (
+    "OnDemandAllocationStrategy",
+    "OnDemandBaseCapacity",
+    "OnDemandPercentageAboveBaseCapacity",
+    "SpotAllocationStrategy",
+)
 DONE = {"Successful", "Failed", "Cancelled", "RollbackSuccessful", "RollbackFailed"}
 PREFERENCES = {
     "MinHealthyPercentage": 100,
@@ -53,8 +63,15 @@ def template_spec(group: Mapping[str, Any]) -> dict[str, Any]:
     return dict(group["MixedInstancesPolicy"]["LaunchTemplate"]["LaunchTemplateSpecification"])
 
 
-def pinned_versions(autoscaling: Any, outputs: Mapping[str, str]) -> dict[str, str]:
-    """Return ``<Role>TemplateVersion`` parameters: the version each existing group runs now."""
+def pinned_versions(autoscaling: Any, outputs: Mapping[str, str], previous: Mapping[str, str]) -> dict[str, str]:
+    """Return ``<Role>TemplateVersion`` parameters: the version each existing group runs now.
+
+    None for a stack made before the pinning (``previous``, its parameters, have none): its
+    running versions predate the launch hook their new instances would wait on forever, so
+    that one update moves the groups to the latest version, and the refresh replaces the rest.
+    """
+    if "WebTemplateVersion" not in previous:
+        return {}
     names = {outputs[f"{role}GroupName"]: role for role in ROLES if f"{role}GroupName" in outputs}
     if not names:
         return {}
@@ -68,8 +85,9 @@ def desired_configuration(group: Mapping[str, Any], template_id: str, version: s
     if "LaunchTemplate" in group:
         return {"LaunchTemplate": spec}
     policy = group["MixedInstancesPolicy"]
-    template = {**policy["LaunchTemplate"], "LaunchTemplateSpecification": spec}
-    return {"MixedInstancesPolicy": {**policy, "LaunchTemplate": template}}
+    template = {"LaunchTemplateSpecification": spec, "Overrides": policy["LaunchTemplate"].get("Overrides", [])}
+    distribution = {k: v for k, v in policy.get("InstancesDistribution", {}).items() if k in DISTRIBUTION}
+    return {"MixedInstancesPolicy": {"LaunchTemplate": template, "InstancesDistribution": distribution}}
 
 
 @dataclass
@@ -95,8 +113,9 @@ class Rollout:
         say: Callable[[str], None] = print,
         poll: float = 30,
         timeout: float = 3 * 3600,
+        cloudwatch: Any = None,
     ) -> None:
-        self.autoscaling, self.stack, self.outputs = autoscaling, stack, outputs
+        self.autoscaling, self.stack, self.outputs, self.cloudwatch = autoscaling, stack, outputs, cloudwatch
         self.say, self.poll, self.timeout = say, poll, timeout
 
     def start(self, role: str) -> Refresh:
@@ -105,16 +124,23 @@ class Rollout:
         group = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
         version = self.outputs[f"{role}LaunchTemplateVersion"]
         refresh = Refresh(role, name, version)
-        if str(template_spec(group)["Version"]) == version:
-            return refresh
+        running = {str(i.get("LaunchTemplate", {}).get("Version")) for i in group["Instances"]}
+        if str(template_spec(group)["Version"]) == version and running <= {version}:
+            return refresh  # the group and every instance in it are on the version already
+        alarms = [f"{self.stack}-{alarm}" for alarm in ALARMS[role]]
+        if self.cloudwatch is not None and alarms:
+            firing = self.cloudwatch.describe_alarms(AlarmNames=alarms, StateValue="ALARM")["MetricAlarms"]
+            if firing:  # the refresh would roll back at once
+                names = ", ".join(a["AlarmName"] for a in firing)
+                raise SystemExit(f"{name}: not refreshed, its alarms are firing already ({names})")
+        preferences: dict[str, Any] = dict(PREFERENCES)
+        if alarms:
+            preferences["AlarmSpecification"] = {"Alarms": alarms}
         answer = self.autoscaling.start_instance_refresh(
             AutoScalingGroupName=name,
             Strategy="Rolling",
             DesiredConfiguration=desired_configuration(group, self.outputs[f"{role}LaunchTemplateId"], version),
-            Preferences={
-                **PREFERENCES,
-                "AlarmSpecification": {"Alarms": [f"{self.stack}-{alarm}" for alarm in ALARMS[role]]},
-            },
+            Preferences=preferences,
         )
         refresh.refresh_id, refresh.status = answer["InstanceRefreshId"], "Pending"
         self.say(f"{name}: instance refresh {refresh.refresh_id} to launch template version {version}")

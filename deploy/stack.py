@@ -237,7 +237,7 @@ def deploy(deployer: Deployer, parameters: Mapping[str, str], local: bool = Fals
         template = {"TemplateURL": f"https://{host}/{bucket}/{template_key}"}
     autoscaling = deployer.client("autoscaling")
     if deployer.exists():  # the update adds launch template versions; the refreshes move the groups
-        running = rollout.pinned_versions(autoscaling, deployer.outputs())
+        running = rollout.pinned_versions(autoscaling, deployer.outputs(), previous_parameters(deployer))
         parameters = {**running, **parameters}
         print(f"updating stack {deployer.stack}; groups stay on {running} until refreshed", flush=True)
     else:
@@ -247,7 +247,10 @@ def deploy(deployer: Deployer, parameters: Mapping[str, str], local: bool = Fals
     if local:  # moto has no instance refresh (tests/test_rollout.py runs the logic on a stand-in)
         print("moto has no instance refresh: the groups keep their version", flush=True)
     else:
-        roll = rollout.Rollout(autoscaling, deployer.stack, outputs, say=lambda line: print(line, flush=True))
+        cloudwatch = deployer.client("cloudwatch")
+        roll = rollout.Rollout(
+            autoscaling, deployer.stack, outputs, say=lambda line: print(line, flush=True), cloudwatch=cloudwatch
+        )
         roll.run()
         for line in roll.report():
             print(line, flush=True)

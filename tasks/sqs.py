@@ -206,13 +206,15 @@ def remove_gone_subscriptions(channel: Any, exchange: str) -> list[str]:
         channel.remove_stale_sns_subscriptions(exchange)
         return []
     sqs, sns = channel.sqs(), channel.fanout.get_client(exchange)
-    pages = sqs.get_paginator("list_queues").paginate(QueueNamePrefix=channel.queue_name_prefix)
-    queues = {url.rsplit("/", 1)[1] for page in pages for url in page.get("QueueUrls", [])}
     gone = []
     for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic):
         for subscription in page["Subscriptions"]:
-            queue = subscription["Endpoint"].rsplit(":", 1)[1]
-            if subscription["Protocol"] == "sqs" and queue not in queues:
+            if subscription["Protocol"] != "sqs":
+                continue
+            *_, account, queue = subscription["Endpoint"].split(":")
+            try:  # asked one by one, as kombu does: a queue made a moment ago may not be listed yet
+                sqs.get_queue_url(QueueName=queue, QueueOwnerAWSAccountId=account)
+            except sqs.exceptions.QueueDoesNotExist:
                 sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
                 gone.append(queue)
     return gone

@@ -213,5 +213,6 @@ def test_the_reference_in_the_docs_follows_the_template() -> None:
     assert docs.updated(page, docs.reference(template)) == page, "run python -m deploy.docs"
     changed = docs.reference(template.replace("The VPC everything runs in.", "Another VPC."))
     assert "| `VpcId` | AWS::EC2::VPC::Id | required | Another VPC. |" in changed
-    assert "| Logs | `logs:CreateLogStream`, `logs:PutLogEvents` | `WorkerLogs.Arn` |" in changed
+    logs = "`logs:CreateLogStream`, `logs:PutLogEvents`, `logs:DescribeLogStreams`"
+    assert f"| Logs | {logs} | `WorkerLogs.Arn` |" in changed
     assert docs.updated(page, changed) != page

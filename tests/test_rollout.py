@@ -34,9 +34,24 @@ class Refreshing:
         self.started: list[dict[str, Any]] = []
         self.polls: Iterator[int] = itertools.count()
         self.asked: dict[str, int] = {}
+        self.replaced: set[str] = set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
+
+    def replace_instances(self, group: str, desired: dict[str, Any]) -> None:
+        """Replace every instance, as a refresh does (moto keeps reporting the old version: recorded here)."""
+        self.client.update_auto_scaling_group(AutoScalingGroupName=group, **desired)
+        self.replaced.add(group)
+
+    def describe_auto_scaling_groups(self, **request: Any) -> dict[str, Any]:
+        found = self.client.describe_auto_scaling_groups(**request)
+        for group in found["AutoScalingGroups"]:
+            if group["AutoScalingGroupName"] in self.replaced:
+                spec = rollout.template_spec(group)
+                for instance in group["Instances"]:
+                    instance["LaunchTemplate"] = {**instance.get("LaunchTemplate", {}), "Version": spec["Version"]}
+        return found
 
     def start_instance_refresh(self, **request: Any) -> dict[str, str]:
         self.started.append(request)
@@ -49,9 +64,7 @@ class Refreshing:
         status = self.ending.get(AutoScalingGroupName, "Successful")
         if status == "Successful":
             request = next(r for r in self.started if r["AutoScalingGroupName"] == AutoScalingGroupName)
-            self.client.update_auto_scaling_group(
-                AutoScalingGroupName=AutoScalingGroupName, **request["DesiredConfiguration"]
-            )
+            self.replace_instances(AutoScalingGroupName, request["DesiredConfiguration"])
         reason = "" if status == "Successful" else "alarm web-5xx is in ALARM; rolled back"
         return {"InstanceRefreshes": [{"Status": status, "PercentageComplete": 100, "StatusReason": reason}]}
 
@@ -86,13 +99,21 @@ def update(app: Flask, stack: dict[str, str], parameters: dict[str, str]) -> dic
 def released(app: Flask, stack: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:  # noqa: F811
     """A new release put on the stack as make deploy does: groups pinned; (pinned versions, outputs)."""
     autoscaling = aws_client("autoscaling", get_settings(app))
-    pinned = rollout.pinned_versions(autoscaling, stack)
+    pinned = rollout.pinned_versions(autoscaling, stack, PINNED_BEFORE)
     outputs = update(app, stack, {**pinned, "ReleaseKey": "releases/videoproc-0.2.0-test.tar.gz"})
     return pinned, outputs
 
 
+PINNED_BEFORE = {"WebTemplateVersion": ""}  # the stack's parameters: made by a release that pins
+
+
 def versions(app: Flask, outputs: dict[str, str]) -> dict[str, str]:
-    return rollout.pinned_versions(aws_client("autoscaling", get_settings(app)), outputs)
+    return rollout.pinned_versions(aws_client("autoscaling", get_settings(app)), outputs, PINNED_BEFORE)
+
+
+def test_a_stack_made_before_the_pinning_is_not_pinned(app: Flask, stack: dict[str, str]) -> None:  # noqa: F811
+    """Its running versions have no launch hook step: new instances of them would wait on the hook forever."""
+    assert rollout.pinned_versions(aws_client("autoscaling", get_settings(app)), stack, {"ReleaseKey": "x"}) == {}
 
 
 def test_a_release_adds_versions_and_the_refreshes_move_the_groups_web_first(
@@ -111,7 +132,7 @@ def test_a_release_adds_versions_and_the_refreshes_move_the_groups_web_first(
     done = rollout.Rollout(client, stack["StackName"], outputs, say=said.append, poll=0).run()
 
     assert [r.role for r in done] == ["Web", "Worker", "Ops"] and {r.status for r in done} == {"Successful"}
-    web, worker, _ = client.started
+    web, worker, ops = client.started
     assert web["AutoScalingGroupName"] == outputs["WebGroupName"]
     assert said.index(f"{outputs['WebGroupName']}: Successful 100%") < said.index(
         next(line for line in said if line.startswith(outputs["WorkerGroupName"]))
@@ -121,18 +142,17 @@ def test_a_release_adds_versions_and_the_refreshes_move_the_groups_web_first(
     assert preferences["ScaleInProtectedInstances"] == "Wait" and preferences["AutoRollback"] is True
     assert preferences["CheckpointPercentages"] == [50, 100] and preferences["SkipMatching"] is True
     name = stack["StackName"]
-    assert preferences["AlarmSpecification"]["Alarms"] == [
-        f"{name}-web-5xx",
-        f"{name}-web-unhealthy-hosts",
-        f"{name}-not-ready",
-    ]
-    assert worker["Preferences"]["AlarmSpecification"]["Alarms"] == [f"{name}-worker-errors", f"{name}-not-ready"]
+    assert preferences["AlarmSpecification"]["Alarms"] == [f"{name}-web-5xx", f"{name}-web-unhealthy-hosts"]
+    assert worker["Preferences"]["AlarmSpecification"]["Alarms"] == [f"{name}-worker-errors"]
+    assert "AlarmSpecification" not in ops["Preferences"], "the deep check never rolls a release back"
     assert web["DesiredConfiguration"] == {
         "LaunchTemplate": {"LaunchTemplateId": outputs["WebLaunchTemplateId"], "Version": new["Web"]}
     }, "a numbered version: what rollback needs"
     mixed = worker["DesiredConfiguration"]["MixedInstancesPolicy"]
     assert mixed["LaunchTemplate"]["LaunchTemplateSpecification"]["Version"] == new["Worker"]
     assert len(mixed["LaunchTemplate"]["Overrides"]) == 3, "the rest of the workers' policy kept"
+    distribution = mixed["InstancesDistribution"]
+    assert set(distribution) <= set(rollout.DISTRIBUTION) and distribution["SpotAllocationStrategy"]
     assert versions(app, outputs) == {f"{role}TemplateVersion": v for role, v in new.items()}
     assert rollout.Rollout(client, name, outputs, say=said.append, poll=0).run()[0].status == "Skipped"
     assert len(client.started) == 3, "a group already on the version is not refreshed again"
@@ -149,3 +169,20 @@ def test_a_web_rollback_stops_the_rollout_before_the_workers(
         rollout.Rollout(client, stack["StackName"], outputs, say=lambda _: None, poll=0).run()
     assert [r["AutoScalingGroupName"] for r in client.started] == [outputs["WebGroupName"]]
     assert versions(app, outputs) == pinned, "every group still runs the version it ran"
+
+
+def test_a_group_whose_alarms_fire_already_is_not_refreshed(
+    app: Flask,
+    stack: dict[str, str],  # noqa: F811
+    released: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    class Firing:
+        def describe_alarms(self, AlarmNames: list[str], StateValue: str) -> dict:
+            return {"MetricAlarms": [{"AlarmName": AlarmNames[0]}]}
+
+    _, outputs = released
+    client = Refreshing(aws_client("autoscaling", get_settings(app)), {})
+    roll = rollout.Rollout(client, stack["StackName"], outputs, say=lambda _: None, poll=0, cloudwatch=Firing())
+    with pytest.raises(SystemExit, match=f"its alarms are firing already \\({stack['StackName']}-web-5xx\\)"):
+        roll.run()
+    assert client.started == [], "a refresh that would roll back at once is not started"
