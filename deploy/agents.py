@@ -53,11 +53,19 @@ def config(log_group: str) -> dict[str, Any]:
     return {"agent": {"run_as_user": "root"}, "logs": {"logs_collected": {"files": {"collect_list": collect}}}}
 
 
+def installed(package: str) -> bool:
+    """Return whether dpkg has ``package`` installed (a baked image has both agents)."""
+    status = subprocess.run(["dpkg-query", "--show", "--showformat=${Status}", package], capture_output=True, text=True)
+    return status.returncode == 0 and status.stdout.endswith(" installed")
+
+
 def install(env: dict[str, str]) -> None:
-    """Install both agents, configure the CloudWatch agent for the role's log group, start them and the journal file."""
+    """Install the agents the image lacks, configure the CloudWatch agent for the role's log group, start them."""
     architecture = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout
     with tempfile.TemporaryDirectory() as folder:
         for name, url in packages(env["AWS_REGION"], architecture.strip()).items():
+            if installed(name):
+                continue
             package = Path(folder) / f"{name}.deb"
             urllib.request.urlretrieve(url, package)  # AWS's own bucket, over HTTPS
             subprocess.run(["dpkg", "--install", str(package)], check=True)

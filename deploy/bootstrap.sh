@@ -38,6 +38,7 @@ if [ "$VIDEOPROC_ROLE" = web ] && ! command -v nginx >/dev/null && [ ! -x /usr/s
     packages+=(nginx-light)
 fi
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
+"$PYTHON" -c 'import boto3' 2>/dev/null || packages+=(python3-boto3)  # fetches the release (step 3)
 if [ ${#packages[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "bootstrap: missing ${packages[*]} and not root to install them" >&2
@@ -54,13 +55,12 @@ if [ -z "$ROOT" ] && ! id videoproc >/dev/null 2>&1; then
     useradd --system --home-dir /opt/videoproc --shell /usr/sbin/nologin videoproc
 fi
 
-# 3. The release into a fresh virtualenv: boto3 first, to fetch the release with the instance role.
+# 3. The release, fetched with the instance role by Debian's boto3, checked, then installed into a
+#    fresh virtualenv from its own wheels only: no package index, and every wheel's hash checked.
 step "installing $RELEASE_KEY from $RELEASE_BUCKET"
 mkdir -p "$APP/release" "$ETC"
 cd "$APP"  # the release's modules, never a checkout's
-"$PYTHON" -m venv "$APP/venv"
-"$APP/venv/bin/pip" install --quiet --disable-pip-version-check boto3
-"$APP/venv/bin/python" - "$APP/release" <<'PY'
+"$PYTHON" - "$APP/release" <<'PY'
 import hashlib, io, os, sys, tarfile, boto3
 s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 body = s3.get_object(Bucket=os.environ["RELEASE_BUCKET"], Key=os.environ["RELEASE_KEY"])["Body"].read()
@@ -85,8 +85,10 @@ with tarfile.open(fileobj=io.BytesIO(body)) as tar:
     else:  # Debian 12's own python3.11 is 3.11.2: extraction filters came in 3.11.4
         tar.extractall(dest, members=plain(tar.getmembers()))
 PY
-"$APP/venv/bin/pip" install --quiet --disable-pip-version-check -r "$APP/release/requirements.lock"
-"$APP/venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "$APP"/release/videoproc-*.whl
+"$PYTHON" -m venv "$APP/venv"
+offline=(--quiet --disable-pip-version-check --no-index --find-links "$APP/release/wheels")
+"$APP/venv/bin/pip" install "${offline[@]}" --require-hashes -r "$APP/release/requirements.lock"
+"$APP/venv/bin/pip" install "${offline[@]}" --no-deps "$APP"/release/videoproc-*.whl
 # Flower reads flowerconfig.py from its working directory.
 ln -sf "$("$APP/venv/bin/python" -c 'import flowerconfig; print(flowerconfig.__file__)')" "$APP/flowerconfig.py"
 

@@ -11,6 +11,7 @@ if [ "${1:-}" = --browser ]; then
   command -v chromedriver >/dev/null || missing+=(chromium-driver)
   # Debian 12's own python3.11 (3.11.2) with venv: the instances' Python, that tests/test_bootstrap.py runs.
   /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3.11-venv)
+  /usr/bin/python3.11 -c 'import boto3' 2>/dev/null || missing+=(python3-boto3)  # fetches the release
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

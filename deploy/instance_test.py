@@ -3,10 +3,11 @@
 Usage: python -m deploy.instance_test [--kind image|bare|both] [--keep DIR]   (make instance-test: both)
 
 1. **The root.** ``mmdebstrap`` (Debian's) builds a Debian 12 root from Debian's package
-   archive, cached under ``build/instance/``: ``image`` holds what a baked image would
-   (Debian's ``python3.11`` with venv, FFmpeg, CA certificates); ``bare`` holds what a stock
-   Debian 12 image has (``python3.11``, CA certificates), so the bootstrap installs FFmpeg and
-   venv itself with apt-get, as on a stock AMI.
+   archive, cached under ``build/instance/``: ``bare`` holds what a stock Debian 12 image has
+   that the bootstrap uses (``python3.11``, systemd, CA certificates), so the bootstrap
+   installs FFmpeg, venv and boto3 itself with apt-get, as on a stock AMI; ``image`` is that
+   root after the template's image component (what EC2 Image Builder bakes) ran its build and
+   test commands in it, all but the CloudWatch agent's, whose package only AWS's network serves.
 2. **Its AWS.** A moto server on the host holds the stack's pieces: the bucket and queues, the
    release (``make release``) and its SHA-256, the instance configuration parameter. The
    database is this machine's PostgreSQL (SQLite in the root's ``/srv`` when none answers).
@@ -15,7 +16,8 @@ Usage: python -m deploy.instance_test [--kind image|bare|both] [--keep DIR]   (m
 4. **The boot.** ``deploy/bootstrap.sh`` runs inside the root under ``bubblewrap`` (its own
    mount namespace; the host's network, so it reaches moto and the package archives), as
    root, with the header user data gives a worker and Debian's own ``python3.11``; systemd
-   is replaced by ``deploy/units.py --direct``, as in the bootstrap test.
+   is replaced by ``deploy/units.py --direct``, as in the bootstrap test. No Python package
+   index answers (``PIP_INDEX_URL`` points nowhere): the release's own wheels are all it gets.
 5. **The first job.** It waits until the worker in the root has processed the upload, prints
    the Python version the instance ran, the boot time (until the bootstrap's launch hook
    step saw the worker answer) and boot-to-first-job, and ends with the processed video's id.
@@ -25,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -45,28 +49,62 @@ from deploy.rehearsal import free_port, make_clip
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "build" / "instance"
 SUITE = "bookworm"  # Debian 12, the AMI's release
-PACKAGES = {
-    "image": ("python3.11", "python3.11-venv", "python3-venv", "ffmpeg", "ca-certificates"),
-    "bare": ("python3.11", "ca-certificates"),
+BASE = ("python3.11", "systemd", "ca-certificates")  # of a stock Debian 12 AMI, what the bootstrap uses
+# The image component's steps that can't run here, and why.
+SKIPPED_STEPS = {
+    "CloudWatchAgentDownload": "its package comes from AWS's bucket, which only AWS's network reaches",
+    "CloudWatchAgent": "installs that package",
 }
 PREFIX = "instance-test-"
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
+def image_script(region: str = "us-east-1") -> str:
+    """Return the template's image component as one bash script: its build then test steps, as Image Builder runs them.
+
+    Every step but those in ``SKIPPED_STEPS`` must be ``ExecuteBash``; each runs in its own shell.
+    """
+    import yaml
+
+    from deploy import stack
+
+    component = stack.parse(stack.render())["Resources"]["ImageComponent"]["Properties"]["Data"]["Fn::Sub"]
+    document = yaml.safe_load(component.replace("${AWS::Region}", region))
+    script = []
+    for phase in document["phases"]:
+        for step in phase["steps"]:
+            if step["name"] in SKIPPED_STEPS:
+                continue
+            if step["action"] != "ExecuteBash":
+                raise ValueError(f"instance-test can't run step {step['name']} ({step['action']})")
+            body = "\n".join(step["inputs"]["commands"])
+            script.append(f"echo 'image component: {phase['name']}/{step['name']}'\nbash -c {shlex.quote(body)}")
+    return "set -e\n" + "\n".join(script) + "\n"
+
+
 def root_tarball(kind: str) -> Path:
-    """Return a Debian 12 root of ``kind`` as a tarball, built by mmdebstrap when not cached."""
+    """Return a Debian 12 root of ``kind`` as a tarball, built by mmdebstrap when not cached.
+
+    The ``image`` root's name carries the component script's digest: a changed component builds a new one.
+    """
     CACHE.mkdir(parents=True, exist_ok=True)
-    tarball = CACHE / f"debian12-{kind}.tar"
+    script = image_script() if kind == "image" else ""
+    digest = hashlib.sha256(f"{BASE}{script}".encode()).hexdigest()[:12]
+    tarball = CACHE / f"debian12-{kind}-{digest}.tar"
     if not tarball.exists():
         if not shutil.which("mmdebstrap"):
             raise SystemExit(
                 "make instance-test needs Debian's mmdebstrap and bubblewrap: apt-get install mmdebstrap bubblewrap"
             )
-        print(f"building the {kind} root with mmdebstrap ({', '.join(PACKAGES[kind])})", flush=True)
+        print(f"building the {kind} root with mmdebstrap ({', '.join(BASE)})", flush=True)
         partial = tarball.with_suffix(".partial")
-        include = ",".join(PACKAGES[kind])
-        argv = ["mmdebstrap", "--variant=minbase", "--format=tar", f"--include={include}", SUITE, str(partial)]
-        subprocess.run(argv, check=True)
+        argv = ["mmdebstrap", "--variant=minbase", "--format=tar", f"--include={','.join(BASE)}"]
+        if script:  # the image component, run in the new root as Image Builder runs it on the build instance
+            hook = CACHE / f"image-{digest}.sh"
+            hook.write_text(script)
+            argv += [f"--customize-hook=copy-in {hook} /tmp", f'--customize-hook=chroot "$1" bash /tmp/{hook.name}']
+            argv += [f'--customize-hook=rm "$1/tmp/{hook.name}"']
+        subprocess.run([*argv, SUITE, str(partial)], check=True)
         partial.rename(tarball)
     return tarball
 
@@ -197,7 +235,7 @@ def _stack(endpoint: str, database_url: str, worker_port: int) -> tuple[Any, Any
         "WORKER_METRICS_PORT": str(worker_port),
     }
     boto3.client("ssm", **aws).put_parameter(
-        Name="/instance-test/instance-config", Value=json.dumps(config), Type="String"
+        Name="/instance-test/instance-config", Value=json.dumps(config), Type="String", Overwrite=True
     )
     header = {
         "VIDEOPROC_ROLE": "worker",
@@ -211,7 +249,7 @@ def _stack(endpoint: str, database_url: str, worker_port: int) -> tuple[Any, Any
         "BOOTSTRAP_DIRECT": "1",  # systemd replaced by deploy/units.py --direct
         "BOOTSTRAP_PYTHON": "python3.11",  # Debian's own
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        **{k: v for k, v in os.environ.items() if k.startswith("PIP_")},  # this machine's package index settings
+        "PIP_INDEX_URL": "http://127.0.0.1:9/no-index",  # a boot needs no Python package index: none answers
     }
     return app, app.test_client(), header
 

@@ -20,6 +20,7 @@ can't model left out, then rehearses the roles under IAM enforcement (``deploy/r
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -39,6 +40,10 @@ TEMPLATE = DEPLOY / "cloudformation.yaml"
 BOOTSTRAP = DEPLOY / "bootstrap.sh"
 PLACEHOLDER = re.compile(r'^(?P<indent> *)- Bootstrap: "@BOOTSTRAP@"$', re.MULTILINE)
 USER_DATA_LIMIT = 16 * 1024  # EC2's limit, before base64
+# The image component's document, and the version its component and recipe carry (Image Builder
+# refuses a changed document under a version it has: the patch becomes the document's digest).
+IMAGE_COMPONENT = re.compile(r"^  ImageComponent:\n.*?(?=^  ImageRecipe:)", re.MULTILINE | re.DOTALL)
+IMAGE_VERSION = "Version: !Sub 1.${ImageRevision}.0"
 # What moto's CloudFormation can't model: it skips these types with a warning and can't resolve these attributes.
 UNMODELLED_TYPES = {
     "AWS::S3::BucketPolicy",
@@ -68,6 +73,10 @@ def render(template: str | None = None, bootstrap: str | None = None) -> str:
     rendered, count = PLACEHOLDER.subn(block, template)
     if not count:
         raise ValueError("no bootstrap placeholder in the template")
+    component = IMAGE_COMPONENT.search(rendered)
+    if component:
+        patch = int(hashlib.sha256(component[0].encode()).hexdigest()[:7], 16)
+        rendered = rendered.replace(IMAGE_VERSION, IMAGE_VERSION.removesuffix("0") + str(patch))
     return rendered
 
 
@@ -261,13 +270,19 @@ def deploy(deployer: Deployer, parameters: Mapping[str, str], local: bool = Fals
 
 
 def local_parameters(deployer: Deployer) -> dict[str, str]:
-    """Return the parameters moto's default VPC, subnets and images give."""
+    """Return the parameters moto's default VPC, subnets and images give (no bake: moto has no Image Builder)."""
     ec2 = deployer.client("ec2")
     vpc = next(v for v in ec2.describe_vpcs()["Vpcs"] if v.get("IsDefault")) or ec2.describe_vpcs()["Vpcs"][0]
     subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]
     ids = ",".join(s["SubnetId"] for s in subnets[:2])
     image = ec2.describe_images()["Images"][0]["ImageId"]
-    return {"VpcId": vpc["VpcId"], "PublicSubnetIds": ids, "PrivateSubnetIds": ids, "ImageId": image}
+    return {
+        "VpcId": vpc["VpcId"],
+        "PublicSubnetIds": ids,
+        "PrivateSubnetIds": ids,
+        "ImageId": image,
+        "BakeImage": "false",
+    }
 
 
 def describe_local(deployer: Deployer, outputs: Mapping[str, str]) -> None:

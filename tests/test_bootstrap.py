@@ -168,6 +168,7 @@ def test_bootstrapped_instances_process_a_real_upload(
         "AWS_ENDPOINT_URL": base_env["AWS_ENDPOINT_URL"],
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
+        "PIP_INDEX_URL": "http://127.0.0.1:9/no-index",  # a boot needs no Python package index: none answers
     }
     for name in ("APP_ENV", "DATABASE_URL", "SECRET_KEY", "S3_BUCKET"):  # only what the bootstrap writes counts
         env[name] = ""
@@ -296,6 +297,7 @@ def test_the_cloudwatch_agent_ships_cloud_init_and_the_journal_into_the_roles_gr
     urls = agents.packages("eu-west-1", "arm64")
     assert urls["amazon-ssm-agent"].endswith("/amazon-ssm-eu-west-1/latest/debian_arm64/amazon-ssm-agent.deb")
     assert "/debian/arm64/latest/amazon-cloudwatch-agent.deb" in urls["amazon-cloudwatch-agent"]
+    assert agents.installed("dpkg") and not agents.installed("videoproc-no-such-package"), "a baked agent is kept"
     journal = units.parse((units.UNIT_DIR / "videoproc-journal.service").read_text(), "videoproc-journal.service")
     assert "/var/log/videoproc/journal.log" in " ".join(journal.command)
     bootstrap_text = (ROOT / "deploy" / "bootstrap.sh").read_text()

@@ -13,7 +13,7 @@ from flask import Flask
 
 from app.extensions import get_settings
 from app.storage import aws_client
-from deploy import docs
+from deploy import agents, docs
 from deploy import stack as stack_tool
 from deploy.stack import UNMODELLED_TYPES, check_parameters, for_moto
 from tests.conftest import ROOT
@@ -123,6 +123,7 @@ def stack(app: Flask) -> dict[str, str]:
     parameters = {
         "VpcId": ec2.describe_vpcs()["Vpcs"][0]["VpcId"],
         "ImageId": ec2.describe_images()["Images"][0]["ImageId"],
+        "BakeImage": "false",  # moto has no Image Builder (test_the_image_is_baked_from_the_component)
         "PublicSubnetIds": subnets,
         "PrivateSubnetIds": subnets,
         "WorkerMaxSize": "4",
@@ -198,6 +199,31 @@ def test_https_with_a_certificate_and_port_80_redirects() -> None:
     assert with_certificate[0]["RedirectConfig"] == {"Protocol": "HTTPS", "Port": "443", "StatusCode": "HTTP_301"}
     assert without[0]["Type"] == "forward"
     assert resources["Database"]["Properties"]["EngineVersion"] == "17", "the major only: minors move under it"
+
+
+def test_the_image_is_baked_from_the_component() -> None:
+    resources = template()["Resources"]
+    baked = {"Fn::If": ["BakeImage", {"Fn::GetAtt": ["Image", "ImageId"]}, {"Ref": "ImageId"}]}
+    for name in ("WebLaunchTemplate", "WorkerLaunchTemplate", "OpsLaunchTemplate"):
+        assert resources[name]["Properties"]["LaunchTemplateData"]["ImageId"] == baked, name
+    image = resources["Image"]
+    assert (image["DeletionPolicy"], image["UpdateReplacePolicy"]) == ("Retain", "Retain"), "rollbacks launch old AMIs"
+    assert image["Properties"]["ImageTestsConfiguration"]["ImageTestsEnabled"]
+    recipe = resources["ImageRecipe"]["Properties"]
+    assert recipe["ParentImage"] == {"Ref": "ImageId"} and "${ImageId}" in recipe["Name"]["Fn::Sub"]
+    assert recipe["AdditionalInstanceConfiguration"]["SystemsManagerAgent"]["UninstallAfterBuild"] is False
+    component = resources["ImageComponent"]["Properties"]
+    assert "python3-boto3 ffmpeg nginx-light" in component["Data"]["Fn::Sub"]
+    agent = agents.packages("${AWS::Region}", "amd64")["amazon-cloudwatch-agent"]
+    assert f"- source: {agent}" in component["Data"]["Fn::Sub"], "the image bakes the package the boot would fetch"
+    # Image Builder refuses a changed document under a version it has: the rendered version follows the document.
+    version = component["Version"]["Fn::Sub"]
+    assert version == recipe["Version"]["Fn::Sub"] and version.startswith("1.${ImageRevision}.")
+    source = stack_tool.TEMPLATE.read_text()
+    changed = stack_tool.render(source.replace("- ffmpeg -hide_banner -version", "- ffmpeg -version"))
+    assert stack_tool.parse(changed)["Resources"]["ImageComponent"]["Properties"]["Version"]["Fn::Sub"] != version
+    elsewhere = stack_tool.render(source.replace("The VPC everything runs in.", "Another VPC."))
+    assert stack_tool.parse(elsewhere)["Resources"]["ImageComponent"]["Properties"]["Version"]["Fn::Sub"] == version
 
 
 def test_make_deploy_refuses_a_site_without_https() -> None:
