@@ -1,4 +1,4 @@
-"""The deep check: do the database, S3 and SQS answer (``/readyz``, and the sweeper's ``Ready`` metric)."""
+"""The deep check: do the database, S3 and SQS answer, can FFmpeg's jail be made (``/readyz``, the ``Ready`` metric)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from sqlalchemy import text
 from app.aws import ping_queue
 from app.extensions import db, get_settings
 from app.storage import get_storage
+from media import jail
 
 
 def check() -> dict[str, str]:
@@ -16,6 +17,8 @@ def check() -> dict[str, str]:
         "s3": lambda: get_storage().ping(),
         "sqs": lambda: ping_queue(get_settings()),
     }
+    if get_settings().MEDIA_JAIL:  # a host that can't make the jail refuses every upload and job
+        checks["jail"] = jail.check
     results: dict[str, str] = {}
     for name, probe in checks.items():
         try:

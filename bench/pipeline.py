@@ -124,15 +124,22 @@ class Runs:
 
 
 def compare(
-    name: str, src: Path, work: Path, runs: int, naive_runs: int, bumpers: Path
+    name: str, src: Path, work: Path, runs: int, naive_runs: int, bumpers: Path, unjailed: bool = False
 ) -> tuple[Runs, dict[str, float]]:
-    """Time the floor, the shipped pipeline and (``naive_runs`` times) the naive one on ``src``; their SSIM."""
+    """Time the floor, the shipped pipeline and (``naive_runs`` times) the naive one on ``src``; their SSIM.
+
+    ``unjailed``: also the shipped pipeline with ``MEDIA_JAIL`` off, interleaved, for the jail's cost.
+    """
     pipeline = Pipeline(PROFILE, bumpers, SANDBOX)
+    bare = Pipeline(PROFILE, bumpers, dataclasses.replace(SANDBOX, jail=False))
     result, quality = Runs(), {}
     for run in range(runs):
         (job := work / f"{name}-{run}").mkdir(parents=True)
         result.time("floor", lambda: ref.floor(src, job / "floor.mp4", PROFILE))
         result.time("shipped", lambda: pipeline.run(src, probe(str(src)), job))
+        if unjailed:
+            (bare_job := work / f"{name}-{run}-unjailed").mkdir()
+            result.time("unjailed", lambda: bare.run(src, probe(str(src)), bare_job))
         if run < naive_runs:
             result.time("naive", lambda: ref.naive(src, job, PROFILE))
     if naive_runs:  # the outputs of every run are the same frames: score the last of each
@@ -185,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             bar(step, steps, name)
             naive_runs = 1 if judged else 0  # 4 to 5 times the others: once, for time
             runs = args.runs if judged else 1  # the other inputs: one run each, for time
-            results[name] = compare(name.split()[0], src, work, runs, naive_runs, work / "bumpers")
+            jail_cost = name == "1080p landscape"
+            results[name] = compare(name.split()[0], src, work, runs, naive_runs, work / "bumpers", jail_cost)
         bar(len(inputs), steps, "presets and CRFs")
         seconds = QUICK_SECONDS if args.quick else SWEEP_SECONDS
         settings = [(PROFILE.preset, PROFILE.crf)] if args.quick else SWEEP
@@ -241,6 +249,16 @@ def report(
             f"**{r.ratio('shipped', 'floor'):.3f}** | {r.cpu_ratio('shipped', 'floor'):.3f} | {naive[0]} | {naive[1]} "
             f"| {scores} |"
         )
+    for name, (r, _quality) in results.items():
+        if "unjailed" in r.times:
+            lines += [
+                "",
+                f"**The jail's cost** (`media/jail.py`: every FFmpeg in bubblewrap), on the {name} input, medians "
+                f"of {len(r.times['unjailed'])} interleaved runs: shipped jailed ÷ unjailed "
+                f"**{r.ratio('shipped', 'unjailed'):.3f}** in wall time ({spread(r.times['shipped'])} against "
+                f"{spread(r.times['unjailed'])}), {r.cpu_ratio('shipped', 'unjailed'):.3f} in CPU seconds. "
+                "Target: within 1.03.",
+            ]
     lines += [
         "",
         f"### Preset and CRF, measured on the first {seconds:g} s of the 1080p input",

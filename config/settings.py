@@ -213,6 +213,7 @@ class Settings:
     FFMPEG_TIMEOUT_BASE: float
     FFMPEG_TIMEOUT_PER_SECOND: float
     FFMPEG_CPU_PER_SECOND: float
+    MEDIA_JAIL: bool  # every ffprobe and FFmpeg in a bubblewrap jail (media/jail.py)
     # Output profile
     OUTPUT_WIDTH: int
     OUTPUT_HEIGHT: int
@@ -258,6 +259,8 @@ class Settings:
         if not self.HEARTBEAT_SECONDS * 3 <= self.STALE_AFTER_SECONDS < self.SQS_VISIBILITY_TIMEOUT:
             # A redelivered message must find its dead worker's row already stale.
             raise ConfigError("need HEARTBEAT_SECONDS * 3 <= STALE_AFTER_SECONDS < SQS_VISIBILITY_TIMEOUT")
+        if self.APP_ENV == "production" and not self.MEDIA_JAIL:
+            raise ConfigError("MEDIA_JAIL can't be off in production: FFmpeg parses hostile files (docs/security.md)")
         if (self.SNS_CONTROL_TOPIC_ARN is None) != (self.SNS_EVENTS_TOPIC_ARN is None):
             # kombu takes predefined topics for every fanout exchange or for none.
             raise ConfigError("set both SNS_CONTROL_TOPIC_ARN and SNS_EVENTS_TOPIC_ARN, or neither")
@@ -420,6 +423,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         FFMPEG_TIMEOUT_BASE=env_float(env, "FFMPEG_TIMEOUT_BASE", 60),
         FFMPEG_TIMEOUT_PER_SECOND=env_float(env, "FFMPEG_TIMEOUT_PER_SECOND", 10),
         FFMPEG_CPU_PER_SECOND=env_float(env, "FFMPEG_CPU_PER_SECOND", 20),
+        MEDIA_JAIL=env_bool(env, "MEDIA_JAIL", True),
         OUTPUT_WIDTH=env_int(env, "OUTPUT_WIDTH", 1280),
         OUTPUT_HEIGHT=env_int(env, "OUTPUT_HEIGHT", 720),
         OUTPUT_FPS=env_int(env, "OUTPUT_FPS", 30),

@@ -31,9 +31,11 @@ abandon() {
 }
 trap abandon EXIT
 
-# 1. System packages: FFmpeg everywhere (ffprobe validates uploads on the web too), nginx on the web.
+# 1. System packages: FFmpeg everywhere (ffprobe validates uploads on the web too) and the jail it runs in
+#    (bubblewrap, media/jail.py), nginx on the web.
 packages=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || packages+=(ffmpeg)
+command -v bwrap >/dev/null || packages+=(bubblewrap)
 if [ "$VIDEOPROC_ROLE" = web ] && ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
     packages+=(nginx-light)
 fi

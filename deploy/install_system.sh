@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Make sure the system programs the stack runs are on PATH: ffmpeg and ffprobe (the pipeline)
-# and nginx (the buffering proxy in front of gunicorn); with --browser also Chromium and its
-# driver (the page tests). Install Debian's packages when root, else say how.
+# Make sure the system programs the stack runs are on PATH: ffmpeg and ffprobe (the pipeline),
+# bubblewrap (the jail every FFmpeg runs in) and nginx (the buffering proxy in front of
+# gunicorn); with --browser also Chromium and its driver (the page tests). Install Debian's
+# packages when root, else say how.
 set -euo pipefail
 missing=()
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing+=(ffmpeg)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v bwrap >/dev/null || missing+=(bubblewrap)  # every FFmpeg runs in its jail (media/jail.py)
 if [ "${1:-}" = --browser ]; then
   command -v chromium >/dev/null || missing+=(chromium)
   command -v chromedriver >/dev/null || missing+=(chromium-driver)

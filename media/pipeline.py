@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from media import commands, runner
+from media.jail import Jail
 from media.probe import MediaInfo
 from media.profile import Profile
-from media.sandbox import Limits, Sandbox
+from media.sandbox import Limits, Sandbox, is_relay
 
 # Shares of the pipeline's progress taken by each step.
 ENCODE_SHARE, JOIN_SHARE = 0.85, 0.10
@@ -27,9 +28,9 @@ class OwnStepFailed(RuntimeError):
     """FFmpeg failed on the pipeline's own files (bumpers, join, poster): not the user's fault."""
 
 
-def _own(argv: list[str], limits: Limits) -> None:
+def _own(argv: list[str], limits: Limits, jail: Jail | None) -> None:
     try:
-        runner.run(argv, limits=limits)
+        runner.run(argv, limits=limits, jail=jail)
     except runner.FFmpegError as exc:
         raise OwnStepFailed(f"{argv[0]} failed on our own files: {exc}") from exc
 
@@ -69,7 +70,8 @@ class Pipeline:
             fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=self.cache_dir)
             os.close(fd)
             try:
-                _own(commands.bumper_command(image, tmp, seconds, self.profile), self.sandbox.encode_limits(seconds))
+                argv = commands.bumper_command(image, tmp, seconds, self.profile)
+                _own(argv, self.sandbox.encode_limits(seconds), self.sandbox.confine(self.cache_dir, (image,)))
                 os.replace(tmp, path)  # atomic: concurrent workers never see half a file
             finally:
                 if os.path.exists(tmp):
@@ -83,12 +85,15 @@ class Pipeline:
         workdir: Path,
         on_progress: Callable[[float], None] | None = None,
         jobs: int = 1,
+        relay: tuple[str, int] | None = None,
     ) -> Outputs:
         """Encode ``src`` (a path, or the worker's relay URL) into ``workdir``; ``on_progress`` gets a fraction 0..1.
 
         The user's file is read in the sandbox, with the demuxer ``info`` names forced;
         ``runner.FFmpegError`` says which limit stopped FFmpeg, if one did. ``jobs``: how many
-        encodes share this host's cores now, this one included (``Sandbox.for_jobs``).
+        encodes share this host's cores now, this one included (``Sandbox.for_jobs``). In the
+        jail every FFmpeg writes ``workdir`` only; ``relay`` (the relay's socket and port) is
+        the encode's only way out when ``src`` is the relay's URL.
         """
         report = on_progress or (lambda _fraction: None)
         sandbox = self.sandbox.for_jobs(jobs)
@@ -104,6 +109,7 @@ class Pipeline:
             decoded[0] = max(decoded[0], done)
             report(ENCODE_SHARE * min(done / content, 1.0))
 
+        source = () if is_relay(str(src)) else (src,)
         runner.run(
             commands.encode_command(
                 str(src),
@@ -116,6 +122,7 @@ class Pipeline:
             ),
             on_progress=progress,
             limits=limits,
+            jail=sandbox.confine(workdir, (*source, self.profile.watermark_image), relay),
         )
         if decoded[0] < content * MIN_DECODED_SHARE - 0.5:
             raise TruncatedInput(f"the input ends after {decoded[0]:.1f}s of the {content:.1f}s its header announces")
@@ -123,10 +130,11 @@ class Pipeline:
             pieces = [str(path) for path in (intro, body, outro) if path]
             listing = workdir / "pieces.txt"
             listing.write_text(commands.concat_list(pieces))
-            _own(commands.concat_command(str(listing), str(final)), limits)
+            _own(commands.concat_command(str(listing), str(final)), limits, sandbox.confine(workdir, (self.cache_dir,)))
         report(ENCODE_SHARE + JOIN_SHARE)
         if not poster.exists():  # no frame reached the poster's branch: take it from the result instead
             intro_length = self.profile.intro_seconds if intro else 0.0
-            _own(commands.poster_command(str(final), str(poster), intro_length + poster_at), limits)
+            argv = commands.poster_command(str(final), str(poster), intro_length + poster_at)
+            _own(argv, limits, sandbox.confine(workdir))
         report(1.0)
         return Outputs(video=final, poster=poster, duration=content)

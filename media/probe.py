@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from media import runner
-from media.sandbox import Sandbox
+from media.sandbox import Sandbox, is_relay
 
 # ffprobe names mp4 and mov alike ("mov,mp4,m4a,3gp,3g2,mj2"); the brand tells them apart.
 QUICKTIME_BRANDS = {"qt"}
@@ -129,33 +129,36 @@ def parse_probe(data: dict[str, Any]) -> MediaInfo:
     )
 
 
-def probe_twice(path: str, sandbox: Sandbox | None = None) -> MediaInfo:
+def probe_twice(path: str, sandbox: Sandbox | None = None, relay: tuple[str, int] | None = None) -> MediaInfo:
     """Probe ``path``; a suspect failure (a crash, the wall limit) is tried once more in a fresh ffprobe.
 
     The same reason again raises with ``repeated`` set: the file's verdict, not a busy host's.
     """
     try:
-        return probe(path, sandbox)
+        return probe(path, sandbox, relay)
     except ProbeError as exc:
         if exc.blame != runner.SUSPECT:
             raise
         first = exc.reason
     try:
-        return probe(path, sandbox)
+        return probe(path, sandbox, relay)
     except ProbeError as exc:
         exc.repeated = exc.reason == first
         raise
 
 
-def probe(path: str, sandbox: Sandbox | None = None) -> MediaInfo:
+def probe(path: str, sandbox: Sandbox | None = None, relay: tuple[str, int] | None = None) -> MediaInfo:
     """Probe ``path`` with ffprobe in the sandbox; raise ``ProbeError`` when it is not readable media.
 
-    Without a sandbox (the pipeline's own outputs) only the default limits apply.
+    ``path`` is a file (the jail may read it and nothing else) or the worker's relay URL
+    (``relay``: its socket and port, the jail's only way out). Without a sandbox (the
+    pipeline's own outputs) only the default limits apply.
     """
     sandbox = sandbox or Sandbox()
+    jail = sandbox.confine(read=() if is_relay(path) else (path,), relay=relay)
     try:
         argv = probe_args(path, sandbox.input_options(source=path))
-        out = runner.run(argv, limits=sandbox.probe_limits(), capture=True)
+        out = runner.run(argv, limits=sandbox.probe_limits(), capture=True, jail=jail)
     except runner.FFmpegError as exc:
         reason = "format" if NOT_WHITELISTED in exc.stderr else exc.reason
         lines = exc.stderr.strip().splitlines()

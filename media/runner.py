@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import IO
 
+from media.jail import Jail
 from media.progress import out_time_seconds
 from media.sandbox import Limits, child_env
 
@@ -28,6 +29,8 @@ PICTURE_TOO_LARGE = re.compile(r"Picture size (\d+)x(\d+) (?:is invalid|exceeds)
 OUT_OF_MEMORY = "Cannot allocate memory"
 # The host's scratch disk, not the file: FFmpeg says so in its own words and exits 1.
 DISK_FULL = ("No space left on device", "Disk quota exceeded")
+# bubblewrap's own errors, before the program runs: the jail could not be made on this host.
+JAIL_FAILED = "bwrap: "
 CRASH_SIGNALS = {-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE}
 # Whose fault an ending is. The file's: a verdict it earned under our own limits (FFmpeg's own error, a limit the
 # runner set and saw reached). The host's: killed from outside (the OOM killer, an operator) or stopped by us. Not
@@ -42,6 +45,7 @@ BLAME: dict[str | None, str] = {
     "killed": HOST,
     "stopped": HOST,
     "disk": HOST,
+    "jail": HOST,
     "timeout": SUSPECT,
     "crashed": SUSPECT,
 }
@@ -61,8 +65,8 @@ class FFmpegError(Exception):
     Reasons: ``stopped`` (``stop``), ``timeout`` (the wall limit), ``cpu`` (the CPU-time limit, its CPU time seen
     at it), ``memory`` (the address-space limit), ``resolution`` (a picture over ``max_pixels``), ``output`` (too
     much of it), ``killed`` (SIGKILL from outside: the OOM killer, an operator), ``disk`` (the scratch disk is full),
-    ``crashed``, or None for FFmpeg's own errors. ``blame`` says whose fault that is (``BLAME``). ``stderr`` is for
-    the log, never for the user.
+    ``crashed``, ``jail`` (bubblewrap could not make the jail here), or None for FFmpeg's own errors. ``blame``
+    says whose fault that is (``BLAME``). ``stderr`` is for the log, never for the user.
     """
 
     def __init__(self, argv: list[str], returncode: int | None, stderr: str, reason: str | None = None) -> None:
@@ -102,10 +106,13 @@ class _Stderr(threading.Thread):
         self.stream, self.proc = stream, proc
         self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self.reason: str | None = None
+        self.first: str | None = None
 
     def run(self) -> None:
         for raw in self.stream:
             line = raw.decode("utf-8", "replace").rstrip()[:STDERR_LINE_CHARS]
+            if self.first is None:
+                self.first = line
             self.tail.append(line)
             if self.reason is None and PICTURE_TOO_LARGE.search(line):
                 self.reason = "resolution"
@@ -146,20 +153,34 @@ def stop(owner: str) -> int:
 
 
 def _cpu_seconds(pid: int) -> float | None:
-    """Return the CPU time of an exited, not yet reaped child (its zombie's /proc entry); None when unknown."""
+    """Return the CPU time of an exited, not yet reaped child (its zombie's /proc entry); None when unknown.
+
+    Its reaped children's count too: in a jail, FFmpeg is bubblewrap's child.
+    """
     try:
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # wait for the exit, leave the zombie for Popen
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+        return sum(int(field) for field in fields[11:15]) / CLOCK_TICKS  # utime, stime, cutime, cstime
     except (OSError, ValueError, IndexError):
         return None
 
 
+def _status(returncode: int, jailed: bool) -> int:
+    """Return the child's status as Popen gives it: bubblewrap reports a signal as 128 + its number."""
+    if jailed and 128 < returncode < 128 + signal.NSIG:
+        return -(returncode - 128)
+    return returncode
+
+
 def run(
-    argv: list[str], on_progress: ProgressCallback | None = None, limits: Limits | None = None, capture: bool = False
+    argv: list[str],
+    on_progress: ProgressCallback | None = None,
+    limits: Limits | None = None,
+    capture: bool = False,
+    jail: Jail | None = None,
 ) -> str:
-    """Run ``argv`` under ``limits``; return its stdout when ``capture`` (ffprobe's JSON), else "".
+    """Run ``argv`` under ``limits``, inside ``jail`` when given; return its stdout when ``capture``, else "".
 
     Without ``capture``, stdout carries ``-progress pipe:1`` lines and ``on_progress``
     gets the seconds done as FFmpeg reports them. The child is killed when the wall
@@ -169,7 +190,7 @@ def run(
     limits = limits or Limits()
     timed_out = threading.Event()
     with subprocess.Popen(
-        argv,
+        jail.command(argv) if jail else argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -214,12 +235,16 @@ def run(
                 _running.pop(proc, None)
                 stopped = proc in _stopped
                 _stopped.discard(proc)
+    returncode = _status(proc.returncode, jail is not None)
+    if jail is not None and returncode == 1 and (errors.first or "").startswith(JAIL_FAILED):
+        # bubblewrap could not make the jail (or start the program in it): the host's fault, never the file's.
+        raise FFmpegError(argv, returncode, errors.text(), "jail")
     if stopped:
-        raise FFmpegError(argv, proc.returncode, errors.text(), "stopped")
+        raise FFmpegError(argv, returncode, errors.text(), "stopped")
     # A picture over the limit fails the run even if FFmpeg got to exit 0 before it was killed.
-    if proc.returncode != 0 or errors.reason == "resolution":
-        reason = _reason(proc.returncode, timed_out.is_set(), errors, cpu, limits.cpu_seconds)
-        raise FFmpegError(argv, proc.returncode, errors.text(), reason)
+    if returncode != 0 or errors.reason == "resolution":
+        reason = _reason(returncode, timed_out.is_set(), errors, cpu, limits.cpu_seconds)
+        raise FFmpegError(argv, returncode, errors.text(), reason)
     return output.decode("utf-8", "replace")
 
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from config import Settings
+    from media.jail import Jail
 
 MiB = 1024**2
 # Short container names (what ``media.probe.container_name`` returns) to libavformat demuxers.
@@ -97,6 +98,7 @@ class Sandbox:
     timeout_base: float = 60.0
     timeout_per_second: float = 10.0
     cpu_per_second: float = 20.0
+    jail: bool = False  # every child in media.jail (MEDIA_JAIL); off for a sandbox made without settings
 
     @classmethod
     def from_settings(cls, s: Settings) -> Sandbox:
@@ -112,7 +114,21 @@ class Sandbox:
             timeout_base=s.FFMPEG_TIMEOUT_BASE,
             timeout_per_second=s.FFMPEG_TIMEOUT_PER_SECOND,
             cpu_per_second=s.FFMPEG_CPU_PER_SECOND,
+            jail=s.MEDIA_JAIL,
         )
+
+    def confine(
+        self,
+        scratch: str | os.PathLike[str] | None = None,
+        read: tuple[Any, ...] = (),
+        relay: tuple[str, int] | None = None,
+    ) -> Jail | None:
+        """Return one child's jail (``scratch`` writable, ``read`` readable, ``relay`` reachable); None when off."""
+        if not self.jail:
+            return None
+        from media.jail import Jail
+
+        return Jail(str(scratch) if scratch else None, tuple(str(path) for path in read if path), relay)
 
     def for_jobs(self, jobs: int) -> Sandbox:
         """Return the sandbox for an encode that starts while ``jobs`` run on this host (itself included)."""

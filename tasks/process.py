@@ -217,7 +217,7 @@ class VideoJob:
             limits = Limits.from_settings(config)
             try:
                 with relay.checked():  # an S3 failure mid-read is raised as itself, not as a broken video
-                    info = probe(relay.url, pipeline().sandbox)
+                    info = probe(relay.url, pipeline().sandbox, relay.socket)
                     check(info, limits)  # the same rules as the upload: the worker trusts no earlier check
                     sharing = running_jobs(config.WORKER_TMP_DIR)  # FFmpeg's threads: the cores shared by these
                     outputs = pipeline().run(
@@ -226,6 +226,7 @@ class VideoJob:
                         workdir,
                         lambda f: self.progress(DOWNLOADED + int((ENCODED - DOWNLOADED) * f)),
                         sharing,
+                        relay.socket,
                     )
             except (ProbeError, FFmpegError) as exc:
                 if self.lost.is_set():  # killed by the heartbeat: not a fault of the video

@@ -20,6 +20,9 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
+import socketserver
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -56,13 +59,24 @@ class Relay:
         self._token = secrets.token_urlsafe(16)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
+        # The same answers on a unix socket, for FFmpeg in a jail with no network (media/jail.py): a short
+        # folder of its own, since a socket's path is limited to 107 bytes.
+        self._socket_dir = tempfile.mkdtemp(prefix="videoproc-relay-")
+        self._unix = socketserver.ThreadingUnixStreamServer(os.path.join(self._socket_dir, "s"), _handler(self))
+        self._unix.daemon_threads = True
         self._threads = [threading.Thread(target=self._fetch, name=f"relay-{n}", daemon=True) for n in range(FETCHERS)]
+        self._threads.append(threading.Thread(target=self._unix.serve_forever, args=(0.1,), daemon=True))
         self._threads.append(threading.Thread(target=self._server.serve_forever, args=(0.1,), daemon=True))
 
     @property
     def url(self) -> str:
         """What FFmpeg opens: the object, at an address only this process knows."""
         return f"http://127.0.0.1:{self._server.server_address[1]}/{self._token}"
+
+    @property
+    def socket(self) -> tuple[str, int]:
+        """The jail's way to the relay: its unix socket, and the loopback port its URL names."""
+        return str(self._unix.server_address), self._server.server_address[1]
 
     def failure(self) -> BaseException | None:
         """Return the S3 error that stopped the relay, if one did."""
@@ -112,7 +126,10 @@ class Relay:
             self._cond.notify_all()
         if self._threads[-1].is_alive():  # serving: shutdown() waits for serve_forever to return
             self._server.shutdown()
+            self._unix.shutdown()
         self._server.server_close()
+        self._unix.server_close()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
         for thread in self._threads:
             if thread.ident is not None:  # started
                 thread.join(timeout=10)
@@ -233,5 +250,8 @@ def _handler(relay: Relay) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
+
+        def address_string(self) -> str:  # a unix socket's peer has no address
+            return str(self.client_address[0]) if self.client_address else "unix"
 
     return Handler

@@ -213,7 +213,7 @@ def test_the_image_is_baked_from_the_component() -> None:
     assert recipe["ParentImage"] == {"Ref": "ImageId"} and "${ImageId}" in recipe["Name"]["Fn::Sub"]
     assert recipe["AdditionalInstanceConfiguration"]["SystemsManagerAgent"]["UninstallAfterBuild"] is False
     component = resources["ImageComponent"]["Properties"]
-    assert "python3-boto3 ffmpeg nginx-light" in component["Data"]["Fn::Sub"]
+    assert "python3-boto3 ffmpeg bubblewrap nginx-light" in component["Data"]["Fn::Sub"]
     agent = agents.packages("${AWS::Region}", "amd64")["amazon-cloudwatch-agent"]
     assert f"- source: {agent}" in component["Data"]["Fn::Sub"], "the image bakes the package the boot would fetch"
     # Image Builder refuses a changed document under a version it has: the rendered version follows the document.

@@ -135,7 +135,7 @@ class TestRealLimits:
     ) -> None:
         calls: list[str] = []
 
-        def failing(path: str, sandbox: object = None) -> MediaInfo:
+        def failing(path: str, sandbox: object = None, relay: object = None) -> MediaInfo:
             calls.append(path)
             raise ProbeError("ffprobe failed", reasons[len(calls) - 1])
 
@@ -147,7 +147,7 @@ class TestRealLimits:
     def test_a_probe_killed_from_outside_is_not_tried_again_on_the_spot(self, monkeypatch: pytest.MonkeyPatch) -> None:
         calls: list[str] = []
 
-        def killed(path: str, sandbox: object = None) -> MediaInfo:
+        def killed(path: str, sandbox: object = None, relay: object = None) -> MediaInfo:
             calls.append(path)
             raise ProbeError("ffprobe failed", "killed")
 

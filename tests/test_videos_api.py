@@ -324,7 +324,8 @@ def test_unknown_route_is_json(client: FlaskClient) -> None:
 def test_health_and_readiness(client: FlaskClient, make_app: Callable) -> None:
     assert client.get("/healthz").json == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json["checks"] == {"database": "ok", "s3": "ok", "sqs": "ok"}
+    assert ready.status_code == 200
+    assert ready.json["checks"] == {"database": "ok", "s3": "ok", "sqs": "ok", "jail": "ok"}
     broken = make_app({"SQS_QUEUE_NAME": "no-such-queue", "S3_BUCKET": "no-such-bucket"}).test_client()
     response = broken.get("/readyz")
     assert response.status_code == 503
