@@ -54,8 +54,8 @@ deploy: install ## Create or update stack STACK= on AWS (PARAMETERS=file.json), 
 deploy-local: install ## The same into a moto server of its own, then every role run under its IAM enforcement with one real upload (STACK=videoproc-local)
 	$(BIN)/python -m deploy.stack deploy-local --stack $(or $(STACK),videoproc-local)
 
-instance-test: install ## Boot a worker on clean Debian 12 roots (mmdebstrap, bubblewrap; as root) as user data would; time its first job
-	$(BIN)/python -m deploy.instance_test --kind both
+instance-test: install ## Boot a worker on clean Debian 12 roots (mmdebstrap, bubblewrap, systemd-nspawn; as root) as user data would; time its first job
+	$(BIN)/python -m deploy.instance_test --kind all
 
 format: install
 	$(BIN)/ruff check --fix .

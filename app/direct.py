@@ -112,9 +112,16 @@ def describe(video: Video, sent: list[dict[str, Any]] | None = None) -> dict[str
     done = {p["part_number"] for p in sent or []}
     expires = video.upload_expires_at
     seconds = max(1, min(get_settings().PRESIGNED_URL_EXPIRES, int((expires - utcnow()).total_seconds())))
+    size, part = video.size_bytes, video.part_size
+    count = part_count(size, part)
+
+    def length(n: int) -> int:  # every part is part_size bytes but the last, which is the rest
+        return part if n < count else size - part * (count - 1)
+
+    key, upload = video.original_key, video.s3_upload_id
     urls = [
-        {"part_number": n, "url": storage.part_url(video.original_key, video.s3_upload_id, n, seconds)}
-        for n in range(1, part_count(video.size_bytes, video.part_size) + 1)
+        {"part_number": n, "size": length(n), "url": storage.part_url(key, upload, n, seconds, length(n))}
+        for n in range(1, count + 1)
         if n not in done
     ]
     return {

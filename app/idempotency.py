@@ -23,13 +23,13 @@ from datetime import timedelta
 from typing import Any
 
 from flask import Response, g, make_response, request
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.api.errors import APIError, error_response, from_domain
 from app.auth import token_subject
 from app.errors import DomainError
-from app.extensions import db
+from app.extensions import db, get_settings
 from app.models import IdempotencyKey, utcnow
 
 HEADER = "Idempotency-Key"
@@ -121,11 +121,25 @@ def created(video_id: str) -> None:
         db.session.execute(update(IdempotencyKey).where(IdempotencyKey.id == key_id).values(video_id=video_id))
 
 
-def idempotent(fingerprint: Callable[[], str], recover: Recover | None = None) -> Callable[[Any], Any]:
+def _over_cap(user_id: int, key: str) -> bool:
+    """Return whether ``key`` would be one more than the ``IDEMPOTENCY_KEYS_PER_USER`` the user may hold."""
+    mine = IdempotencyKey.user_id == user_id
+    held = db.session.scalar(select(func.count(IdempotencyKey.id)).where(mine))
+    if int(held or 0) < get_settings().IDEMPOTENCY_KEYS_PER_USER:
+        return False
+    return db.session.scalar(select(IdempotencyKey.id).where(mine, IdempotencyKey.key == key)) is None
+
+
+def idempotent(
+    fingerprint: Callable[[], str], recover: Recover | None = None, owns: Callable[..., bool] | None = None
+) -> Callable[[Any], Any]:
     """Make a route that creates something answer a retried request (same key) with its first answer.
 
     Put it right under ``@bp.route``, so it sees the final answer of the decorators below.
     ``recover(video_id)`` answers for a first request that died after ``created``.
+    ``owns(user_id, **route_arguments)``: whether the route's object is the user's; a key on
+    anything else is never stored (the route answers 404 unkeyed). A user holds at most
+    ``IDEMPOTENCY_KEYS_PER_USER`` keys: past that, 429 ``too_many_idempotency_keys``.
     """
 
     def decorate(view: Any) -> Any:
@@ -138,6 +152,15 @@ def idempotent(fingerprint: Callable[[], str], recover: Recover | None = None) -
             if not 1 <= len(key) <= MAX_KEY or not key.isascii() or not key.isprintable():
                 raise APIError(
                     400, "invalid_idempotency_key", f"{HEADER} must be 1 to {MAX_KEY} printable ASCII characters."
+                )
+            if owns is not None and not owns(int(subject), **kwargs):
+                return view(*args, **kwargs)
+            if _over_cap(int(subject), key):  # a held key is still answered (a replay)
+                raise APIError(
+                    429,
+                    "too_many_idempotency_keys",
+                    f"Too many {HEADER}s in use; they are kept {get_settings().IDEMPOTENCY_KEY_SECONDS} s.",
+                    headers={"Retry-After": "3600"},
                 )
             claimed = _claim(int(subject), key, fingerprint(), recover)
             if isinstance(claimed, Response):

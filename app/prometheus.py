@@ -33,6 +33,8 @@ from app.metrics import dead_letter_depth
 from app.models import Status, Video
 
 UPLOADS = Counter("videoproc_uploads", "Uploads by outcome: accepted, or the error code answered", ["outcome"])
+# Every label comes from a fixed set: the app's rules, these methods, the app's own status codes.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_SECONDS = Histogram("videoproc_request_seconds", "API request latency by route", ["route", "method", "status"])
 JOBS = Counter("videoproc_jobs", "Processing jobs that ended, by outcome", ["outcome"])
 PROCESSING_SECONDS = Histogram(
@@ -102,7 +104,13 @@ def exposition(app: Flask) -> bytes:
 
 
 def _route() -> str:
+    """The matched rule (one of the app's own), or ``unmatched``: never the client's path."""
     return request.url_rule.rule if request.url_rule else "unmatched"
+
+
+def _method() -> str:
+    """The request's method when HTTP defines it, else ``other``: a client's made-up method is no new series."""
+    return request.method if request.method in METHODS else "other"
 
 
 def _upload_outcome(response: Response) -> str:
@@ -128,7 +136,7 @@ def init_app(app: Flask) -> None:
     def _observe(response: Response) -> Response:
         if "metrics_started" in g:
             seconds = time.perf_counter() - g.pop("metrics_started")
-            REQUEST_SECONDS.labels(_route(), request.method, str(response.status_code)).observe(seconds)
+            REQUEST_SECONDS.labels(_route(), _method(), str(response.status_code)).observe(seconds)
         if request.endpoint == UPLOAD_ENDPOINT:
             UPLOADS.labels(_upload_outcome(response)).inc()
         return response

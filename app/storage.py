@@ -100,9 +100,15 @@ class Storage:
             self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)["UploadId"]
         )
 
-    def part_url(self, key: str, upload_id: str, part_number: int, expires: int) -> str:
-        """Return a presigned URL to PUT one part's bytes to."""
+    def part_url(self, key: str, upload_id: str, part_number: int, expires: int, length: int) -> str:
+        """Return a presigned URL to PUT one part's bytes to: exactly ``length`` of them.
+
+        botocore signs ``Content-Length`` when it is in the parameters (``X-Amz-SignedHeaders=
+        content-length;host``): S3 refuses a part of any other size, so a URL can't store more
+        than the upload declared.
+        """
         params = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number}
+        params["ContentLength"] = length
         return str(self.client.generate_presigned_url("upload_part", Params=params, ExpiresIn=expires))
 
     def list_parts(self, key: str, upload_id: str) -> list[dict[str, Any]]:

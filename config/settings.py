@@ -146,6 +146,8 @@ class Settings:
     SIGNUP_LIMIT_PER_ACCOUNT: str
     # Every upload attempt counts, refused or not: each costs a probe.
     UPLOAD_LIMIT_PER_USER: str
+    UPLOAD_RESUME_LIMIT_PER_USER: str
+    UPLOAD_COMPLETE_LIMIT_PER_USER: str
     # Uploads one client address may have in flight through nginx (deploy/nginx.conf.template).
     UPLOADS_PER_ADDRESS: int
     # AWS
@@ -176,6 +178,7 @@ class Settings:
     UPLOAD_PART_BYTES: int
     UPLOAD_EXPIRES_SECONDS: int
     IDEMPOTENCY_KEY_SECONDS: int
+    IDEMPOTENCY_KEYS_PER_USER: int
     # Refused originals are kept under quarantine/ this long (the bucket's lifecycle rule), never deleted in line.
     QUARANTINE_DAYS: int
     # An S3 original with no row, or a multipart upload with none, older than this is removed by the sweeper.
@@ -371,6 +374,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         SIGNUP_LIMIT_PER_ADDRESS=env_str(env, "SIGNUP_LIMIT_PER_ADDRESS", "10 per hour"),
         SIGNUP_LIMIT_PER_ACCOUNT=env_str(env, "SIGNUP_LIMIT_PER_ACCOUNT", "5 per hour"),
         UPLOAD_LIMIT_PER_USER=env_str(env, "UPLOAD_LIMIT_PER_USER", "10 per minute;100 per hour"),
+        UPLOAD_RESUME_LIMIT_PER_USER=env_str(env, "UPLOAD_RESUME_LIMIT_PER_USER", "60 per minute;600 per hour"),
+        UPLOAD_COMPLETE_LIMIT_PER_USER=env_str(env, "UPLOAD_COMPLETE_LIMIT_PER_USER", "30 per minute;300 per hour"),
         UPLOADS_PER_ADDRESS=env_int(env, "UPLOADS_PER_ADDRESS", 4),
         AWS_REGION=env_str(env, "AWS_REGION", env_str(env, "AWS_DEFAULT_REGION", "us-east-1")),
         AWS_ENDPOINT_URL=endpoint,
@@ -394,6 +399,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         UPLOAD_PART_BYTES=env_int(env, "UPLOAD_PART_BYTES", 8 * 1024**2),
         UPLOAD_EXPIRES_SECONDS=env_int(env, "UPLOAD_EXPIRES_SECONDS", 12 * 3600),
         IDEMPOTENCY_KEY_SECONDS=env_int(env, "IDEMPOTENCY_KEY_SECONDS", 24 * 3600),
+        IDEMPOTENCY_KEYS_PER_USER=env_int(env, "IDEMPOTENCY_KEYS_PER_USER", 1000),
         QUARANTINE_DAYS=env_int(env, "QUARANTINE_DAYS", 7),
         ORPHAN_AFTER_SECONDS=env_int(env, "ORPHAN_AFTER_SECONDS", 3600),
         MAX_JSON_BYTES=env_int(env, "MAX_JSON_BYTES", 16 * 1024),

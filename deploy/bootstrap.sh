@@ -99,7 +99,8 @@ step "writing $ETC/env from $INSTANCE_CONFIG"
 "$APP/venv/bin/python" -m deploy.envfile --role "$VIDEOPROC_ROLE" --parameter "$INSTANCE_CONFIG" --out "$ETC/env"
 mkdir -p "$ROOT/var/lib/videoproc/scratch"  # WORKER_TMP_DIR of the worker unit
 if [ -z "$ROOT" ]; then
-    chown -R videoproc: "$APP" /var/lib/videoproc
+    # The code stays root's, read-only to the service user: a compromise of it can't persist there.
+    chown -R videoproc: /var/lib/videoproc
 fi
 
 # 5. The role's units.

@@ -1,6 +1,6 @@
 """``make instance-test``: boot a worker on a clean Debian 12 root, as user data would, and time its first job.
 
-Usage: python -m deploy.instance_test [--kind image|bare|both] [--keep DIR]   (make instance-test: both)
+Usage: python -m deploy.instance_test [--kind image|bare|systemd|all] [--keep DIR]   (make instance-test: all)
 
 1. **The root.** ``mmdebstrap`` (Debian's) builds a Debian 12 root from Debian's package
    archive, cached under ``build/instance/``: ``bare`` holds what a stock Debian 12 image has
@@ -18,7 +18,12 @@ Usage: python -m deploy.instance_test [--kind image|bare|both] [--keep DIR]   (m
    root, with the header user data gives a worker and Debian's own ``python3.11``; systemd
    is replaced by ``deploy/units.py --direct``, as in the bootstrap test. No Python package
    index answers (``PIP_INDEX_URL`` points nowhere): the release's own wheels are all it gets.
-5. **The first job.** It waits until the worker in the root has processed the upload, prints
+5. **Under systemd** (``--kind systemd``): the ``image`` root boots with systemd as its init in
+   ``systemd-nspawn`` (Debian's systemd-container), and a oneshot unit runs the bootstrap as
+   cloud-init runs user data, so ``systemctl`` enables the worker's real unit with its
+   drop-ins (``hardening.conf``, ``jail.conf``): the upload is processed under them, FFmpeg in
+   its jail inside the unit's sandbox.
+6. **The first job.** It waits until the worker in the root has processed the upload, prints
    the Python version the instance ran, the boot time (until the bootstrap's launch hook
    step saw the worker answer) and boot-to-first-job, and ends with the processed video's id.
 """
@@ -30,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -156,8 +162,12 @@ def jail(root: Path, argv: list[str], env: dict[str, str]) -> list[str]:
     return command + argv
 
 
-def boot(kind: str, keep: Path | None = None) -> dict[str, Any]:
-    """Boot a worker on a ``kind`` root and process one upload; return what was measured."""
+def boot(kind: str, keep: Path | None = None, systemd: bool = False) -> dict[str, Any]:
+    """Boot a worker on a ``kind`` root and process one upload; return what was measured.
+
+    ``systemd``: the root boots with systemd as its init (``systemd-nspawn --boot``) and runs the
+    bootstrap as its user data unit, so the worker runs under its real unit and drop-ins.
+    """
     from moto.server import ThreadedMotoServer
 
     port = free_port()
@@ -176,17 +186,33 @@ def boot(kind: str, keep: Path | None = None) -> dict[str, Any]:
         app, api, env = _stack(endpoint, url, worker_port)
         video_id = _upload(api)
         started = time.monotonic()
-        booted, out = _bootstrap(root, env)
-        processed = _wait_processed(app, video_id, started, root)
+        if systemd:
+            container = _boot_systemd(root, env, scratch / "console.log")
+            try:
+                processed = _wait_processed(app, video_id, started, root, console=scratch / "console.log")
+                booted, out = processed, (scratch / "console.log").read_text(errors="replace")
+                units = subprocess.run(
+                    ["systemctl", f"--root={root}", "is-enabled", "videoproc-worker.service"],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+                if units != "enabled":
+                    raise SystemExit(f"instance-test: the worker's unit is {units!r} in the booted root, not enabled")
+                exposure = _exposure(root, "videoproc-worker.service")
+                if exposure > 3.0:
+                    raise SystemExit(f"instance-test: the installed worker unit's exposure is {exposure}, over 3.0")
+                print(f"the worker ran under its unit as installed: exposure {exposure}", flush=True)
+            finally:
+                _halt(container)
+        else:
+            booted, out = _bootstrap(root, env)
+            processed = _wait_processed(app, video_id, started, root)
+        version = "import platform; print(platform.python_version())"
         python = subprocess.run(
-            jail(
-                root, ["/opt/videoproc/venv/bin/python", "-c", "import platform; print(platform.python_version())"], {}
-            ),
-            capture_output=True,
-            text=True,
+            ["chroot", str(root), "/opt/videoproc/venv/bin/python", "-c", version], capture_output=True, text=True
         ).stdout.strip()
         return {
-            "kind": kind,
+            "kind": f"{kind} under systemd" if systemd else kind,
             "python": python,
             "boot_seconds": booted,
             "boot_to_first_job_seconds": processed,
@@ -287,7 +313,59 @@ def _bootstrap(root: Path, env: dict[str, str]) -> tuple[float, str]:
     return seconds, run.stdout
 
 
-def _wait_processed(app: Any, video_id: str, started: float, root: Path, timeout: float = 300) -> float:
+def _boot_systemd(root: Path, env: dict[str, str], console: Path) -> subprocess.Popen[bytes]:
+    """Boot ``root`` with systemd in ``systemd-nspawn``; its user data unit runs the bootstrap with ``env``.
+
+    The host's network (moto and PostgreSQL are on its loopback); the console goes to ``console``.
+    """
+    if not shutil.which("systemd-nspawn"):
+        raise SystemExit("make instance-test --kind systemd needs Debian's systemd-container (systemd-nspawn)")
+    shutil.copy(ROOT / "deploy" / "bootstrap.sh", root / "bootstrap.sh")
+    header = {k: v for k, v in env.items() if k != "BOOTSTRAP_DIRECT"}  # systemd runs the units
+    (root / "etc/videoproc-userdata.env").write_text("".join(f'{k}="{v}"\n' for k, v in header.items()))
+    unit = root / "etc/systemd/system/videoproc-userdata.service"
+    unit.write_text(
+        "[Unit]\nDescription=the instance's user data (cloud-init's part)\nAfter=network.target\n"
+        "[Service]\nType=oneshot\nEnvironmentFile=/etc/videoproc-userdata.env\n"
+        "ExecStart=/bin/bash /bootstrap.sh\nStandardOutput=journal+console\nStandardError=journal+console\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / unit.name).symlink_to(f"/etc/systemd/system/{unit.name}")
+    srv = root / "srv"
+    argv = ["systemd-nspawn", f"--directory={root}", "--boot", "--register=no", "--keep-unit"]
+    argv += ["--console=read-only", f"--bind={srv}:{srv}"]
+    with console.open("wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _exposure(root: Path, unit: str) -> float:
+    """Return ``systemd-analyze security``'s exposure of ``unit`` as installed in ``root`` (its drop-ins included)."""
+    analyzed = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", f"--root={root}", "--no-pager", unit],
+        capture_output=True,
+        text=True,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", analyzed.stdout)
+    if not found:
+        raise SystemExit(f"instance-test: systemd-analyze said nothing of {unit}: {analyzed.stderr[-500:]}")
+    return float(found[1])
+
+
+def _halt(container: subprocess.Popen[bytes]) -> None:
+    """Halt the container (SIGTERM: systemd-nspawn asks its init to power off), or kill it after a minute."""
+    container.terminate()
+    try:
+        container.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        container.kill()
+        container.wait()
+
+
+def _wait_processed(
+    app: Any, video_id: str, started: float, root: Path, timeout: float = 300, console: Path | None = None
+) -> float:
     """Wait until the video is processed; return the seconds since ``started`` (the boot's start)."""
     from app.extensions import db
     from app.models import Video
@@ -303,7 +381,7 @@ def _wait_processed(app: Any, video_id: str, started: float, root: Path, timeout
         if status == "failed":
             break
         time.sleep(0.5)
-    log = root / "var/log/videoproc/videoproc-worker.service.log"
+    log = console or root / "var/log/videoproc/videoproc-worker.service.log"
     tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no worker log)"
     raise SystemExit(f"instance-test: video {video_id} is {status}, not processed:\n{tail}")
 
@@ -319,13 +397,13 @@ def _stop(root: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Boot a worker on the chosen roots; print what each measured."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kind", choices=("image", "bare", "both"), default="image")
+    parser.add_argument("--kind", choices=("image", "bare", "systemd", "all"), default="image")
     parser.add_argument("--keep", type=Path, help="keep the root and its logs in this folder")
     args = parser.parse_args(argv)
     if os.geteuid() != 0 or not shutil.which("bwrap"):
         raise SystemExit("make instance-test runs as root with Debian's bubblewrap and mmdebstrap installed")
-    kinds = ("image", "bare") if args.kind == "both" else (args.kind,)
-    results = [boot(kind, args.keep) for kind in kinds]
+    kinds = ("image", "bare", "systemd") if args.kind == "all" else (args.kind,)
+    results = [boot("image" if kind == "systemd" else kind, args.keep, kind == "systemd") for kind in kinds]
     for result in results:
         print(
             f"{result['kind']} root: Debian's Python {result['python']}; bootstrap {result['boot_seconds']:.0f}s; "

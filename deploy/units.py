@@ -92,12 +92,20 @@ def read_environment_file(path: Path) -> dict[str, str]:
 
 
 def install(role: str, root: Path | None) -> list[Path]:
-    """Write the role's units (and the services its timers start) into ``<root>/etc/systemd/system``."""
+    """Write the role's units (the services its timers start, and their drop-ins) into ``<root>/etc/systemd/system``.
+
+    The drop-ins: ``videoproc-.service.d/hardening.conf``, every unit's sandbox, and a unit's own
+    ``<unit>.d/`` where it needs more (the jail's namespaces for the web and the worker).
+    """
     target = Path(f"{root or ''}/etc/systemd/system")
     target.mkdir(parents=True, exist_ok=True)
     names = list(ROLES[role]) + [n.replace(".timer", ".service") for n in ROLES[role] if n.endswith(".timer")]
+    files = [Path(name) for name in names]
+    for folder in ["videoproc-.service.d", *(f"{name}.d" for name in names)]:
+        files += [path.relative_to(UNIT_DIR) for path in sorted((UNIT_DIR / folder).glob("*.conf"))]
     written = []
-    for name in names:
+    for name in files:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
         (target / name).write_text(relocate((UNIT_DIR / name).read_text(), root))
         written.append(target / name)
     return written

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import gc
+import hashlib
+import hmac
 import json
 import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 import requests
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
 from app import direct, quotas, timing
 from app.extensions import db, get_settings
@@ -21,7 +25,7 @@ from app.storage import aws_client, get_storage
 from app.sweeper import sweep
 from media.sniff import may_be
 from tests.clips import ffprobe, make_clip
-from tests.conftest import Worker, statements
+from tests.conftest import Worker, signup_and_login, statements, unique_email
 from tests.test_reliability import Stack, stack  # noqa: F401  (a fixture)
 
 MiB = 1024**2
@@ -101,6 +105,88 @@ def test_start_checks_the_declared_upload(client: FlaskClient, auth: dict[str, s
     assert client.get(f"/api/videos/{plan['video_id']}", headers=auth).status_code == 404
 
 
+def sigv4_accepts(url: str, method: str, headers: dict[str, str], secret: str) -> bool:
+    """Check a presigned URL's signature as S3 does for a request with ``headers`` (moto checks none).
+
+    AWS Signature Version 4, query-string form: the canonical request from the URL and the
+    headers it names in ``X-Amz-SignedHeaders``, the payload unsigned.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    signature = query.pop("X-Amz-Signature")
+    signed = query["X-Amz-SignedHeaders"].split(";")
+    values = {"host": parts.netloc, **{k.lower(): v for k, v in headers.items()}}
+    canonical = "\n".join(
+        [
+            method,
+            parts.path,
+            "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())),
+            "".join(f"{name}:{values.get(name, '').strip()}\n" for name in signed),
+            ";".join(signed),
+            "UNSIGNED-PAYLOAD",
+        ]
+    )
+    _key, date, region, service, _terminator = query["X-Amz-Credential"].split("/")
+    scope = f"{date}/{region}/{service}/aws4_request"
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    to_sign = f"AWS4-HMAC-SHA256\n{query['X-Amz-Date']}\n{scope}\n{digest}"
+    key = f"AWS4{secret}".encode()
+    for piece in (date, region, service, "aws4_request"):
+        key = hmac.new(key, piece.encode(), hashlib.sha256).digest()
+    return hmac.compare_digest(hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest(), signature)
+
+
+def test_each_part_url_signs_its_exact_length(client: FlaskClient, auth: dict[str, str], big_clip: Path) -> None:
+    plan = start(client, auth, big_clip).json
+    size, part = big_clip.stat().st_size, plan["part_size"]
+    count = len(plan["parts"])
+    assert count > 1 and [p["size"] for p in plan["parts"]] == [part] * (count - 1) + [size - part * (count - 1)]
+    secret = get_settings(client.application).AWS_SECRET_ACCESS_KEY or ""
+    for entry in plan["parts"]:
+        query = dict(parse_qsl(urlsplit(entry["url"]).query))
+        assert query["X-Amz-SignedHeaders"] == "content-length;host"
+        length = str(entry["size"])
+        assert sigv4_accepts(entry["url"], "PUT", {"Content-Length": length}, secret), "the declared size passes"
+        for other in (entry["size"] + 1, 5 * 1024**3):  # a byte more, or S3's largest part: refused
+            assert not sigv4_accepts(entry["url"], "PUT", {"Content-Length": str(other)}, secret)
+    assert client.delete(f"/api/uploads/{plan['upload_id']}", headers=auth).status_code == 204
+
+
+def test_resume_and_complete_are_rate_limited_and_keys_are_kept_only_for_ones_own_uploads(
+    client: FlaskClient, clip: Callable
+) -> None:
+    headers = signup_and_login(client, unique_email())
+    plan = start(client, headers, clip("small.mp4")).json
+    resumed = [client.get(f"/api/uploads/{plan['upload_id']}", headers=headers).status_code for _ in range(150)]
+    assert resumed.count(200) == 60 and resumed.count(429) == 90, "UPLOAD_RESUME_LIMIT_PER_USER: 60 a minute"
+    made_up = "00000000-0000-4000-8000-000000000000"
+    body = {"parts": [{"part_number": 1, "etag": '"x"'}]}
+    completes = [
+        client.post(
+            f"/api/uploads/{made_up}/complete", json=body, headers={**headers, "Idempotency-Key": f"fresh-{n}"}
+        ).status_code
+        for n in range(150)
+    ]
+    assert completes.count(404) == 30 and completes.count(429) == 120, "UPLOAD_COMPLETE_LIMIT_PER_USER: 30 a minute"
+    with client.application.app_context():
+        video = db.session.get(Video, plan["video_id"])
+        assert video is not None
+        kept = db.session.scalars(select(IdempotencyKey).where(IdempotencyKey.user_id == video.user_id)).all()
+        assert kept == [], "no key is stored for an upload that is not the user's"
+
+
+def test_a_user_holds_a_bounded_number_of_idempotency_keys(
+    make_app: Callable[..., Any], clip: Callable[[str], Path]
+) -> None:
+    client = make_app({"IDEMPOTENCY_KEYS_PER_USER": "3"}).test_client()
+    headers = signup_and_login(client, unique_email())
+    answers = [start(client, {**headers, "Idempotency-Key": f"key-{n}"}, clip("small.mp4")) for n in range(4)]
+    assert [a.status_code for a in answers] == [201, 201, 201, 429]
+    assert answers[3].json["error"]["code"] == "too_many_idempotency_keys"
+    replay = start(client, {**headers, "Idempotency-Key": "key-0"}, clip("small.mp4"))
+    assert (replay.status_code, replay.headers["Idempotent-Replayed"]) == (201, "true"), "a held key still answers"
+
+
 def test_answers_say_how_long_they_waited_on_s3_and_sqs(
     client: FlaskClient, auth: dict[str, str], clip: Callable
 ) -> None:
@@ -131,7 +217,8 @@ def test_the_upload_routes_read_nothing_back(client: FlaskClient, auth: dict[str
     assert sent == ["SELECT", "SELECT", "UPDATE", "UPDATE", "UPDATE"]
     with statements(client) as sent:
         assert start(client, {**auth, "Idempotency-Key": "counted"}, path).status_code == 201
-    assert sent == ["INSERT", "SELECT", "SELECT", "SELECT", "INSERT", "INSERT", "UPDATE"], "the key, then its answer"
+    # The keys the user holds (IDEMPOTENCY_KEYS_PER_USER), the key, the start as above, then the key's answer.
+    assert sent == ["SELECT", "INSERT", "SELECT", "SELECT", "SELECT", "INSERT", "INSERT", "UPDATE"]
 
 
 def test_the_same_idempotency_key_twice_gives_one_video(

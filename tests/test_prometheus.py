@@ -43,6 +43,23 @@ def test_the_api_counts_uploads_requests_and_videos(client: FlaskClient, clip: C
     assert "\nvideoproc_dead_letter_messages " in text
 
 
+def test_made_up_methods_add_no_series(client: FlaskClient) -> None:
+    def series(text: str) -> set[tuple[tuple[str, str], ...]]:
+        families = text_string_to_metric_families(text)
+        found = (s for f in families if f.name == "videoproc_request_seconds" for s in f.samples)
+        return {tuple(sorted(s.labels.items())) for s in found}
+
+    client.open("/api/videos", method="BREW")  # one first: the series for the method "other" may be new
+    client.get("/metrics")  # and /metrics's own
+    before = series(client.get("/metrics").text)
+    for n in range(40):
+        client.open(f"/api/videos/made-up-{n}", method=f"X-METHOD-{n}")
+    after = series(client.get("/metrics").text)
+    assert after == before, sorted(after - before)[:5]
+    methods = {dict(labels)["method"] for labels in after}
+    assert "other" in methods and not any(m.startswith("X-METHOD") for m in methods)
+
+
 def test_a_metrics_token_is_required_when_set(make_app: Callable[..., Flask]) -> None:
     client = make_app({"SQS_QUEUE_NAME": "api-tests"}, METRICS_TOKEN="scrape-secret").test_client()
     assert client.get("/metrics").status_code == 401

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,13 @@ def test_the_release_installs_with_no_index_on_both_machines(tmp_path: Path) -> 
         "the lock names exactly the release's wheels"
     )
     assert json.loads((unpacked / "RELEASE.json").read_text())["machines"] == list(release.MACHINES)
+    (wheel,) = unpacked.glob("videoproc-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    drop_ins = ("videoproc-.service.d/hardening.conf", "videoproc-worker.service.d/jail.conf")
+    assert {f"deploy/systemd/{name}" for name in (*drop_ins, "videoproc-web.service.d/jail.conf")} <= names, (
+        "the units' sandbox ships with them"
+    )
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}  # this machine's wheel folder too
     for machine in release.MACHINES:

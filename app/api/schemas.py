@@ -165,7 +165,10 @@ class UploadStartSchema(Strict):
 
 class PartUrlSchema(ma.Schema):
     part_number = ma.fields.Integer(required=True)
-    url = ma.fields.String(required=True, metadata={"description": "presigned: PUT the part's bytes here"})
+    size = ma.fields.Integer(required=True, metadata={"description": "bytes: exactly these, S3 refuses others"})
+    url = ma.fields.String(
+        required=True, metadata={"description": "presigned, Content-Length signed: PUT exactly `size` bytes here"}
+    )
 
 
 class SentPartSchema(ma.Schema):

@@ -37,6 +37,16 @@ def _own_upload(upload_id: str) -> Video:
     return video
 
 
+def _owned_by(user_id: int, upload_id: str) -> bool:
+    """Return whether ``upload_id`` names one of the user's uploads (an ``Idempotency-Key`` is stored only then)."""
+    try:
+        upload_id = str(uuid.UUID(upload_id))
+    except ValueError:
+        return False
+    found = db.session.scalar(select(Video.id).where(Video.upload_id == upload_id, Video.user_id == user_id))
+    return found is not None
+
+
 def _uploading(video: Video) -> Video:
     if video.status != Status.UPLOADING.value:
         raise APIError(409, "not_uploading", f"This upload is over; the video is {video.status}.")
@@ -68,7 +78,8 @@ def start_upload(body: dict[str, Any]) -> dict[str, Any]:
 @bp.route("/uploads/<upload_id>", methods=["GET"])
 @bp.doc(security=BEARER)
 @bp.response(200, DirectUploadSchema)
-@error_answers(401, 404, 409, 503)
+@error_answers(401, 404, 409, 429, 503)
+@per_user("UPLOAD_RESUME_LIMIT_PER_USER")
 @login_required
 def upload_state(upload_id: str) -> dict[str, Any]:
     """Resume: the parts S3 already has, and fresh URLs for the missing ones."""
@@ -77,11 +88,12 @@ def upload_state(upload_id: str) -> dict[str, Any]:
 
 
 @bp.route("/uploads/<upload_id>/complete", methods=["POST"])
-@idempotent(json_fingerprint)
+@per_user("UPLOAD_COMPLETE_LIMIT_PER_USER")
+@idempotent(json_fingerprint, owns=lambda user_id, upload_id: _owned_by(user_id, upload_id))
 @bp.doc(security=BEARER)
 @bp.arguments(PartsSchema)
 @bp.response(202, UploadAcceptedSchema)
-@error_answers(400, 401, 404, 409, 415, 422, 503)
+@error_answers(400, 401, 404, 409, 415, 422, 429, 503)
 @login_required
 def complete_upload(body: dict[str, Any], upload_id: str) -> dict[str, Any]:
     """Complete the upload from the parts' ETags; the video is checked and queued for processing.
