@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHECKOV := $(VENV)-checkov/bin/checkov
 
-.PHONY: run test install system lint format bench assets clean release deploy deploy-local instance-test
+.PHONY: run test install system lint format bench assets clean release deploy deploy-local instance-test audit
 
 run: install ## Start moto (local AWS), the API, a worker and Flower; Ctrl-C stops all
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
@@ -38,6 +38,14 @@ lint: install $(CHECKOV) ## Lint, check formatting and types, check the CloudFor
 	$(BIN)/cfn-lint deploy/cloudformation.yaml build/cloudformation.yaml
 	$(CHECKOV) --file build/cloudformation.yaml --framework cloudformation --compact --quiet --skip-download
 	$(BIN)/python -m deploy.docs --check
+
+audit: install $(VENV)-audit/bin/pip-audit ## pip-audit on the release's pinned requirements; report in docs/security.md (says so when the advisory database can't be reached)
+	$(BIN)/python -m deploy.audit --pip-audit $(VENV)-audit/bin/pip-audit
+
+$(VENV)-audit/bin/pip-audit: requirements-audit.txt
+	$(PYTHON) -m venv $(VENV)-audit
+	$(VENV)-audit/bin/python -m pip install --quiet -r requirements-audit.txt
+	touch $(VENV)-audit/bin/pip-audit
 
 $(CHECKOV): requirements-checkov.txt
 	$(PYTHON) -m venv $(VENV)-checkov

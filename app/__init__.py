@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app import api, cli, database, logs, prometheus, security, spool, storage, timing, web
+from app import api, cli, database, logs, prometheus, security, sessions, spool, storage, timing, web
 from app.api import errors
 from app.extensions import celery_init_app, db, migrate
 from app.ratelimit import limiter
@@ -27,6 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     security.init_app(app)
     spool.init_app(app)
     limiter.init_app(app)
+    sessions.init_app(app)
     db.init_app(app)
     database.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))

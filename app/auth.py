@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -10,12 +11,13 @@ from typing import Any, TypeVar
 import jwt
 from flask import g, request
 
+from app import sessions
 from app.api.errors import APIError
 from app.extensions import db, get_settings
 from app.models import User, utcnow
 
 ALGORITHM = "HS256"
-REQUIRED_CLAIMS = ["exp", "iat", "sub"]
+REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -30,7 +32,7 @@ def issue_token(user: User) -> tuple[str, int]:
     """Return a signed access token for ``user`` and its lifetime in seconds."""
     lifetime = get_settings().JWT_EXPIRES_SECONDS
     now = utcnow()
-    claims = {"sub": str(user.id), "iat": now, "exp": now + timedelta(seconds=lifetime)}
+    claims = {"sub": str(user.id), "iat": now, "exp": now + timedelta(seconds=lifetime), "jti": uuid.uuid4().hex}
     return jwt.encode(claims, _key(), algorithm=ALGORITHM), lifetime
 
 
@@ -52,20 +54,28 @@ def token_subject() -> str | None:
         return None
 
 
-def token_user_id() -> int:
-    """Return the user id of the request's bearer token; 401 unless the token is present and valid."""
+def token_claims() -> dict[str, Any]:
+    """Return the claims of the request's bearer token; 401 unless it is present, valid and not logged out."""
     token = _bearer()
     if token is None:
         raise APIError(401, "unauthorized", "Send 'Authorization: Bearer <token>'.")
     try:
-        user_id = int(_claims(token)["sub"])
+        claims = _claims(token)
+        user_id = int(claims["sub"])
     except jwt.ExpiredSignatureError as exc:
         raise APIError(401, "token_expired", "The access token has expired; log in again.") from exc
     except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError) as exc:
         raise APIError(401, "invalid_token", "The access token is not valid.") from exc
     if not 0 < user_id < 2**63:
         raise APIError(401, "invalid_token", "The access token is not valid.")
-    return user_id
+    if sessions.is_revoked(str(claims["jti"])):
+        raise APIError(401, "token_revoked", "This token was logged out; log in again.")
+    return claims
+
+
+def token_user_id() -> int:
+    """Return the user id of the request's bearer token; 401 unless the token is present, valid and not revoked."""
+    return int(token_claims()["sub"])
 
 
 def known_user(user: User | None) -> User:

@@ -10,7 +10,7 @@ from sqlalchemy import DateTime, Dialect, ForeignKey, Index, String, TypeDecorat
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from app.extensions import Model, db
+from app.extensions import Model, db, get_settings
 
 
 def utcnow() -> datetime:
@@ -67,12 +67,16 @@ class User(Model):
     videos: Mapped[list[Video]] = relationship(back_populates="owner", cascade="all, delete-orphan")
 
     def set_password(self, password: str) -> None:
-        """Store a salted hash of ``password``."""
-        self.password_hash = generate_password_hash(password)
+        """Store a salted hash of ``password``, by today's ``PASSWORD_HASH`` (scrypt at OWASP's parameters)."""
+        self.password_hash = generate_password_hash(password, method=get_settings().PASSWORD_HASH)
 
     def check_password(self, password: str) -> bool:
         """Return whether ``password`` matches the stored hash."""
         return check_password_hash(self.password_hash, password)
+
+    def needs_rehash(self) -> bool:
+        """Return whether the stored hash was made otherwise than ``PASSWORD_HASH`` says today."""
+        return not self.password_hash.startswith(get_settings().PASSWORD_HASH + "$")
 
 
 class Video(Model):

@@ -54,6 +54,18 @@ def per_account(name: str) -> Any:
     return limiter.limit(setting(name), key_func=account_key, deduct_when=failed, scope=f"{name}:account")
 
 
+def account_address_key() -> str:
+    """Return the limit key of the account a JSON body names, from this client address."""
+    return f"{account_key()}:{get_remote_address()}"
+
+
+def per_account_address(name: str) -> Any:
+    """Limit a route's refused attempts per account and client address: another address is not held back."""
+    return limiter.limit(
+        setting(name), key_func=account_address_key, deduct_when=failed, scope=f"{name}:account-address"
+    )
+
+
 def per_user(name: str) -> Any:
     """Limit every attempt at a route per signed-in user, by the setting ``name``."""
     return limiter.limit(setting(name), key_func=user_key, scope=f"{name}:user")

@@ -141,7 +141,10 @@ class Settings:
     RATELIMIT_ENABLED: bool
     RATELIMIT_KEY_PREFIX: str
     LOGIN_LIMIT_PER_ADDRESS: str
-    LOGIN_LIMIT_PER_ACCOUNT: str
+    LOGIN_LIMIT_PER_ACCOUNT_ADDRESS: str
+    LOGIN_DELAY_FREE_FAILURES: int
+    LOGIN_DELAY_MAX_SECONDS: int
+    PASSWORD_HASH: str
     SIGNUP_LIMIT_PER_ADDRESS: str
     SIGNUP_LIMIT_PER_ACCOUNT: str
     # Every upload attempt counts, refused or not: each costs a probe.
@@ -370,7 +373,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         RATELIMIT_ENABLED=env_bool(env, "RATELIMIT_ENABLED", True),
         RATELIMIT_KEY_PREFIX=env_str(env, "RATELIMIT_KEY_PREFIX", "videoproc"),
         LOGIN_LIMIT_PER_ADDRESS=env_str(env, "LOGIN_LIMIT_PER_ADDRESS", "30 per minute"),
-        LOGIN_LIMIT_PER_ACCOUNT=env_str(env, "LOGIN_LIMIT_PER_ACCOUNT", "10 per 15 minutes"),
+        LOGIN_LIMIT_PER_ACCOUNT_ADDRESS=env_str(env, "LOGIN_LIMIT_PER_ACCOUNT_ADDRESS", "10 per 15 minutes"),
+        LOGIN_DELAY_FREE_FAILURES=env_int(env, "LOGIN_DELAY_FREE_FAILURES", 5),
+        LOGIN_DELAY_MAX_SECONDS=env_int(env, "LOGIN_DELAY_MAX_SECONDS", 300),
+        # OWASP's scrypt (N=2^15, r=8, p=3: 32 MiB, as strong as its N=2^17, p=1 at a quarter of the memory)
+        PASSWORD_HASH=env_str(env, "PASSWORD_HASH", "scrypt:32768:8:3"),
         SIGNUP_LIMIT_PER_ADDRESS=env_str(env, "SIGNUP_LIMIT_PER_ADDRESS", "10 per hour"),
         SIGNUP_LIMIT_PER_ACCOUNT=env_str(env, "SIGNUP_LIMIT_PER_ACCOUNT", "5 per hour"),
         UPLOAD_LIMIT_PER_USER=env_str(env, "UPLOAD_LIMIT_PER_USER", "10 per minute;100 per hour"),

@@ -148,7 +148,9 @@ class TestAccounts:
 
 LIMITED = {
     "SQS_QUEUE_NAME": "api-tests",
-    "LOGIN_LIMIT_PER_ACCOUNT": "3 per minute",
+    "LOGIN_LIMIT_PER_ACCOUNT_ADDRESS": "5 per minute",
+    "LOGIN_DELAY_FREE_FAILURES": "3",
+    "LOGIN_DELAY_MAX_SECONDS": "60",
     "LOGIN_LIMIT_PER_ADDRESS": "8 per minute",
     "SIGNUP_LIMIT_PER_ADDRESS": "4 per minute",
     "TRUSTED_PROXIES": "1",
@@ -157,8 +159,8 @@ OTHER_WEB_PROCESS = """
 from app import create_app
 client = create_app().test_client()
 wrong = {"email": "victim@example.com", "password": "not-it-123"}
-for n in range(3):
-    print(client.post("/api/auth/login", json=wrong, headers={"X-Forwarded-For": f"10.0.0.{n}"}).status_code)
+for n in range(12):
+    print(client.post("/api/auth/login", json=wrong, headers={"X-Forwarded-For": "10.0.0.1"}).status_code)
 """
 
 
@@ -169,7 +171,7 @@ def limited(make_app: Callable, app: Flask) -> Flask:
 
 
 class TestRateLimits:
-    def test_wrong_passwords_lock_the_account_across_web_processes(
+    def test_an_attackers_failures_slow_the_attacker_and_never_lock_the_owner_out(
         self, limited: Flask, base_env: dict, redis_url: str, client: FlaskClient
     ) -> None:
         if not redis_url.startswith("redis://"):
@@ -182,17 +184,19 @@ class TestRateLimits:
             text=True,
             check=True,
         )
-        assert other.stdout.split() == ["401"] * 3, "three wrong passwords, from three addresses, in another process"
+        answers = other.stdout.split()
+        assert answers[:3] == ["401"] * 3, "three free failures (LOGIN_DELAY_FREE_FAILURES)"
+        assert answers.count("401") <= 5 and answers[-1] == "429", answers  # then a growing delay, then the limit
         web = limited.test_client()
-        right = web.post(
-            "/api/auth/login",
-            json={"email": "victim@example.com", "password": PASSWORD},
-            headers={"X-Forwarded-For": "10.0.0.9"},
-        )
-        assert right.status_code == 429 and right.json["error"]["code"] == "rate_limited"
-        assert 0 < int(right.headers["Retry-After"]) <= 60
+        login = {"email": "victim@example.com", "password": PASSWORD}
+        owner = web.post("/api/auth/login", json=login, headers={"X-Forwarded-For": "10.0.0.9"})
+        assert owner.status_code == 200, "the owner, from another address, after the attacker's 12 failures"
+        attacker = web.post("/api/auth/login", json=login, headers={"X-Forwarded-For": "10.0.0.1"})
+        assert attacker.status_code == 429, "the attacker's address waits, across web processes, even with it right"
+        assert attacker.json["error"]["code"] in ("rate_limited", "login_delayed")
+        assert 0 < int(attacker.headers["Retry-After"]) <= 60
         stranger = web.post("/api/auth/login", json={"email": "x@example.com", "password": "nope-1234"})
-        assert stranger.status_code == 401, "another account is not locked"
+        assert stranger.status_code == 401, "another account is not held back"
 
     def test_logging_in_does_not_count_against_the_account(self, limited: Flask, client: FlaskClient) -> None:
         signup_and_login(client, "owner@example.com")

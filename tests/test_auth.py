@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 import jwt
 import pytest
 from flask.testing import FlaskClient
+from sqlalchemy import select
+from werkzeug.security import generate_password_hash
 
+from app import sessions
 from app.extensions import db
 from app.models import User
-from tests.conftest import PASSWORD
+from config import load_settings
+from tests.conftest import PASSWORD, signup_and_login, unique_email
 
 SIGNUP = {"email": "Creator@Example.com", "password": PASSWORD, "password_confirm": PASSWORD, "city": "Lima"}
 
@@ -32,6 +38,9 @@ def test_duplicate_email_is_a_conflict(client: FlaskClient) -> None:
     [
         ({"password": "short1", "password_confirm": "short1"}, "weak_password"),
         ({"password": "lettersonly", "password_confirm": "lettersonly"}, "weak_password"),
+        ({"password": "password12345", "password_confirm": "password12345"}, "weak_password"),  # long, and common
+        ({"password": "qwertyuiop123", "password_confirm": "qwertyuiop123"}, "weak_password"),  # a keyboard walk
+        ({"password": "creatorexample", "password_confirm": "creatorexample"}, "weak_password"),  # the email
         ({"password_confirm": "something-else-2"}, "password_mismatch"),
         ({"email": "not-an-email"}, "invalid_email"),
     ],
@@ -75,6 +84,46 @@ def test_videos_need_a_valid_token(client: FlaskClient, header: str | None, code
 
 
 def test_expired_token_is_401(client: FlaskClient, app) -> None:
-    token = jwt.encode({"sub": "1", "iat": 0, "exp": 1}, app.config["SECRET_KEY"], algorithm="HS256")
+    token = jwt.encode({"sub": "1", "iat": 0, "exp": 1, "jti": "x"}, app.config["SECRET_KEY"], algorithm="HS256")
     response = client.get("/api/videos", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401 and response.json["error"]["code"] == "token_expired"
+
+
+def test_a_logged_out_token_is_refused_until_it_would_have_expired(client: FlaskClient, app) -> None:
+    headers = signup_and_login(client, unique_email())
+    other = signup_and_login(client, unique_email())
+    claims = jwt.decode(headers["Authorization"][7:], app.config["SECRET_KEY"], algorithms=["HS256"])
+    assert len(claims["jti"]) == 32, "every token names itself"
+    assert client.get("/api/videos", headers=headers).status_code == 200
+    assert client.post("/api/auth/logout", headers=headers).status_code == 204
+    refused = client.get("/api/videos", headers=headers)
+    assert (refused.status_code, refused.json["error"]["code"]) == (401, "token_revoked")
+    assert client.post("/api/auth/logout", headers=headers).status_code == 401, "it can't log out twice"
+    assert client.get("/api/videos", headers=other).status_code == 200, "only that token"
+    with app.app_context():
+        key = sessions._key("revoked", claims["jti"])
+        remaining = sessions.store().get_expiry(key) - time.time()
+    assert 3500 < remaining <= 3600, "listed for the rest of the token's lifetime, no longer"
+
+
+def test_passwords_are_hashed_at_owasps_scrypt_and_old_hashes_redone_at_login(make_app) -> None:
+    client = make_app({"PASSWORD_HASH": "scrypt:32768:8:3"}).test_client()
+    email = unique_email()
+    signup_and_login(client, email)
+    with client.application.app_context():
+        user = db.session.scalar(select(User).where(User.email == email))
+        assert user is not None and user.password_hash.startswith("scrypt:32768:8:3$")
+        user.password_hash = generate_password_hash(PASSWORD, method="scrypt:16384:8:1")  # an old account's
+        db.session.commit()
+    assert client.post("/api/auth/login", json={"email": email, "password": PASSWORD}).status_code == 200
+    with client.application.app_context():
+        user = db.session.scalar(select(User).where(User.email == email))
+        assert user is not None and user.password_hash.startswith("scrypt:32768:8:3$") and user.check_password(PASSWORD)
+    assert load_settings({"APP_ENV": "testing"}).PASSWORD_HASH == "scrypt:32768:8:3", "the default"
+
+
+def test_logout_holds_with_rate_limits_off(make_app) -> None:
+    client = make_app({"RATELIMIT_ENABLED": "false"}).test_client()
+    headers = signup_and_login(client, unique_email())
+    assert client.post("/api/auth/logout", headers=headers).status_code == 204
+    assert client.get("/api/videos", headers=headers).json["error"]["code"] == "token_revoked"

@@ -196,6 +196,36 @@ open.onsuccess = () => {
 """
 
 
+def interrupted_upload(browser: Any, site: str, clip: Path) -> None:
+    """Sign up and pick ``clip`` while the network drops every part: started, the file kept, nothing in S3."""
+    from selenium.webdriver.common.by import By
+
+    sign_up(browser, site)
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*partNumber=*"]})
+    browser.find_element(By.ID, "files").send_keys(str(clip))
+    started = "return Object.keys(localStorage).some((k) => k.startsWith('videoproc.upload.'))"
+    wait_for(lambda: browser.execute_script(started) and browser.execute_async_script(KEPT_FILES) == 1, timeout=20)
+    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+
+
+def test_logging_out_revokes_the_token_and_leaves_nothing_in_the_browser(
+    site: str,
+    browser: Any,
+    big_clip: Path,  # noqa: F811
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    interrupted_upload(browser, site, big_clip)  # an upload left to resume
+    token = browser.execute_script("return localStorage.getItem('videoproc.token')")
+
+    browser.find_element(By.ID, "logout").click()
+    wait_for(lambda: browser.execute_script("return Object.keys(localStorage).length") == 0, timeout=10)
+    assert browser.execute_async_script(KEPT_FILES) == 0, "the kept file is gone"
+    refused = requests.get(f"{site}/api/videos", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (401, "token_revoked")
+
+
 def test_a_reload_resumes_the_upload_without_picking_the_file_again(
     site: str,
     browser: Any,
@@ -203,15 +233,7 @@ def test_a_reload_resumes_the_upload_without_picking_the_file_again(
 ) -> None:
     from selenium.webdriver.common.by import By
 
-    sign_up(browser, site)
-    # The network drops every part: the upload is started, the file kept, nothing reaches S3.
-    browser.execute_cdp_cmd("Network.enable", {})
-    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*partNumber=*"]})
-    browser.find_element(By.ID, "files").send_keys(str(big_clip))
-    started = "return Object.keys(localStorage).some((k) => k.startsWith('videoproc.upload.'))"
-    wait_for(lambda: browser.execute_script(started) and browser.execute_async_script(KEPT_FILES) == 1, timeout=20)
-
-    browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+    interrupted_upload(browser, site, big_clip)
     browser.refresh()  # the user reloads; nobody picks the file again
     wait_for(lambda: "queued for processing" in browser.find_element(By.ID, "transfers").text, timeout=60)
     wait_for(lambda: browser.execute_async_script(KEPT_FILES) == 0, timeout=10)  # the copy is gone once done

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy import release
+from deploy import audit, release
 
 
 def test_lock_pins_every_wheel_with_its_hashes_and_marks_what_one_machine_needs() -> None:
@@ -84,3 +84,26 @@ def test_the_release_installs_with_no_index_on_both_machines(tmp_path: Path) -> 
         assert len(chosen) == len(lines)
         compiled = [name for name in chosen if not name.endswith("-none-any.whl")]
         assert compiled and all(name.endswith(f"_{machine}.whl") for name in compiled), (machine, compiled)
+
+
+def test_the_audit_report_names_each_advisory_and_what_was_not_audited(tmp_path: Path) -> None:
+    report = {
+        "dependencies": [
+            {"name": "flask", "version": "3.1.3", "vulns": []},
+            {"name": "pyjwt", "version": "2.0.0", "vulns": [{"id": "GHSA-xxxx", "fix_versions": ["2.4.0"]}]},
+            {"name": "zxcvbn", "skip_reason": "Dependency not found on PyPI"},
+        ]
+    }
+    text = audit.section(report, tmp_path / "requirements.lock")
+    assert "3 pinned packages, 2 audited" in text and "**1 with known vulnerabilities**" in text
+    assert (
+        "| pyjwt | 2.0.0 | GHSA-xxxx | 2.4.0 |" in text
+        and "Not audited (the database knew nothing of them): zxcvbn" in text
+    )
+    page = tmp_path / "security.md"
+    page.write_text("# Security\n\nbefore\n")
+    audit.write(text, page)
+    audit.write(text.replace("GHSA-xxxx", "GHSA-yyyy"), page)  # a second run replaces the first
+    written = page.read_text()
+    assert written.count(audit.BEGIN) == 1 and "GHSA-yyyy" in written and "GHSA-xxxx" not in written
+    assert written.startswith("# Security\n\nbefore\n")

@@ -12,7 +12,7 @@ from werkzeug.datastructures import FileStorage
 from app.models import Status
 
 MAX_EMAIL = 254  # RFC 5321's longest address
-MIN_PASSWORD, MAX_PASSWORD = 8, 128
+MIN_PASSWORD, MAX_PASSWORD = 12, 128
 MAX_TITLE = 200
 MAX_PER_PAGE, MAX_PAGE = 100, 100_000
 
@@ -38,7 +38,7 @@ class SignupSchema(Strict):
     password = Text(
         required=True,
         validate=validate.Length(1, MAX_PASSWORD),
-        metadata={"description": f"{MIN_PASSWORD} to {MAX_PASSWORD} characters, letters and digits"},
+        metadata={"description": f"{MIN_PASSWORD} to {MAX_PASSWORD} characters, not easy to guess (zxcvbn score 3+)"},
     )
     password_confirm = Text(required=True, validate=validate.Length(max=MAX_PASSWORD))
     first_name = Text(allow_none=True, validate=validate.Length(max=100))

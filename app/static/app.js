@@ -42,10 +42,19 @@ async function logIn(email, password) {
   show();
 }
 
-function logOut() {
+async function logOut() {
+  // The server forgets the token (it is refused from now on), then this browser forgets
+  // everything of the user's: the token, the email, the uploads to resume, the kept files.
+  try {
+    await api("POST", "/api/auth/logout");
+  } catch {
+    // already expired or revoked: nothing to forget on the server
+  }
   token = null;
-  localStorage.removeItem("videoproc.token");
-  forgetAll(); // nothing of the user's stays in this browser
+  for (const key of Object.keys(localStorage)) {
+    if (key.startsWith("videoproc.")) localStorage.removeItem(key);
+  }
+  await forgetAll();
   show();
 }
 
