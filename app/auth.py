@@ -46,12 +46,16 @@ def _claims(token: str) -> dict[str, Any]:
 
 
 def token_subject() -> str | None:
-    """Return the ``sub`` of the request's valid bearer token, or None (for rate-limit keys; no database)."""
+    """Return the ``sub`` of the request's valid, not logged-out bearer token, or None (no database).
+
+    For rate-limit keys and ``Idempotency-Key`` rows: a logged-out token is anonymous to both.
+    """
     token = _bearer()
     try:
-        return str(_claims(token)["sub"]) if token else None
+        claims = _claims(token) if token else None
     except jwt.InvalidTokenError:
         return None
+    return str(claims["sub"]) if claims and not sessions.is_revoked(str(claims["jti"])) else None
 
 
 def token_claims() -> dict[str, Any]:

@@ -55,8 +55,10 @@ def per_account(name: str) -> Any:
 
 
 def account_address_key() -> str:
-    """Return the limit key of the account a JSON body names, from this client address."""
-    return f"{account_key()}:{get_remote_address()}"
+    """Return the limit key of the account a JSON body names, from this client's network (an IPv6 /64)."""
+    from app.sessions import client_network
+
+    return f"{account_key()}:{client_network()}"
 
 
 def per_account_address(name: str) -> Any:

@@ -27,6 +27,8 @@ from deploy import release
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "security.md"
 BEGIN, END = "<!-- audit -->", "<!-- /audit -->"
+# pip-audit's own words when the advisory database doesn't answer at all (DNS, refused, timed out, TLS).
+UNREACHABLE = ("ConnectionError", "Max retries exceeded", "NameResolutionError", "timed out", "SSLError")
 
 
 def release_lock(folder: Path) -> Path:
@@ -48,6 +50,8 @@ def audit(pip_audit: str, lock: Path) -> dict[str, Any]:
     try:
         report: dict[str, Any] = json.loads(result.stdout)
     except ValueError:
+        if any(sign in result.stderr for sign in UNREACHABLE):  # no answer at all: say so, as for a mirror's 404s
+            return {"dependencies": [], "unreachable": result.stderr.strip().splitlines()[-1][:300]}
         raise SystemExit(f"audit: pip-audit failed ({result.returncode}): {result.stderr[-1000:]}") from None
     return report
 
@@ -101,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         lock = args.lock or release_lock(Path(folder))
         report = audit(args.pip_audit, lock)
     packages = report["dependencies"]
+    if "unreachable" in report:
+        print(f"audit: the advisory database can't be reached from here ({report['unreachable']}); nothing audited.")
+        return 0
     if packages and all("skip_reason" in p for p in packages):
         print(
             f"audit: the advisory database can't be reached from here: none of the {len(packages)} pinned packages "

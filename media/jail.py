@@ -49,7 +49,7 @@ FORWARDER_PYTHON = "/usr/bin/python3"
 # Runs inside the jail: listen on 127.0.0.1:PORT, carry each connection to the relay's unix socket,
 # run the command as a child and end as it ended (its exit status, or its signal).
 FORWARDER = r"""
-import os, signal, socket, subprocess, sys, threading
+import signal, socket, subprocess, sys, threading
 port, path, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 server = socket.create_server(("127.0.0.1", port))
 def pump(a, b):
@@ -80,10 +80,7 @@ child = subprocess.Popen(argv)
 for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda s, f: child.send_signal(s))
 code = child.wait()
-if code < 0:
-    signal.signal(-code, signal.SIG_DFL)
-    os.kill(os.getpid(), -code)
-sys.exit(code)
+sys.exit(128 - code if code < 0 else code)  # PID 1 can't signal itself: a signal is 128 + it, as bubblewrap says
 """
 
 
@@ -104,7 +101,9 @@ class Jail:
         bwrap = shutil.which("bwrap")
         if bwrap is None:
             raise JailUnavailable("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
-        cmd = [bwrap, "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session"]
+        # --disable-userns: no user namespace inside it (the kernel's widest door for a compromised FFmpeg)
+        cmd = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--as-pid-1", "--die-with-parent"]
+        cmd += ["--new-session"]
         cmd += ["--cap-drop", "ALL", "--clearenv"]
         env = {**(child_env() if env is None else env), "PATH": "/usr/local/bin:/usr/bin:/bin"}
         for name, value in env.items():

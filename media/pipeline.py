@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,30 @@ class TruncatedInput(Exception):
 
 class OwnStepFailed(RuntimeError):
     """FFmpeg failed on the pipeline's own files (bumpers, join, poster): not the user's fault."""
+
+
+def plain_file(path: Path) -> Path:
+    """Return ``path`` if it is a plain file (never followed: FFmpeg wrote its folder), else fail as the file's fault.
+
+    A compromised FFmpeg could leave a link in its scratch directory (to another job's file,
+    to ``/proc/...``) for the worker, outside the jail, to upload or write through.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = 0
+    if not stat.S_ISREG(mode):
+        raise runner.FFmpegError([str(path)], 0, f"{path.name} is not a plain file after FFmpeg", None)
+    return path
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write ``text`` to a new ``path`` in FFmpeg's folder: whatever is there is replaced, never written through."""
+    if os.path.lexists(path):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _own(argv: list[str], limits: Limits, jail: Jail | None) -> None:
@@ -129,12 +154,12 @@ class Pipeline:
         if body != final:
             pieces = [str(path) for path in (intro, body, outro) if path]
             listing = workdir / "pieces.txt"
-            listing.write_text(commands.concat_list(pieces))
+            _write_new(listing, commands.concat_list(pieces))
             _own(commands.concat_command(str(listing), str(final)), limits, sandbox.confine(workdir, (self.cache_dir,)))
         report(ENCODE_SHARE + JOIN_SHARE)
-        if not poster.exists():  # no frame reached the poster's branch: take it from the result instead
+        if not os.path.lexists(poster):  # no frame reached the poster's branch: take it from the result instead
             intro_length = self.profile.intro_seconds if intro else 0.0
             argv = commands.poster_command(str(final), str(poster), intro_length + poster_at)
             _own(argv, limits, sandbox.confine(workdir))
         report(1.0)
-        return Outputs(video=final, poster=poster, duration=content)
+        return Outputs(video=plain_file(final), poster=plain_file(poster), duration=content)

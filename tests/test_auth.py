@@ -127,3 +127,31 @@ def test_logout_holds_with_rate_limits_off(make_app) -> None:
     headers = signup_and_login(client, unique_email())
     assert client.post("/api/auth/logout", headers=headers).status_code == 204
     assert client.get("/api/videos", headers=headers).json["error"]["code"] == "token_revoked"
+
+
+def test_a_logged_out_token_holds_no_idempotency_key_and_no_limit_of_its_user(client: FlaskClient, app) -> None:
+    headers = signup_and_login(client, unique_email())
+    user_id = int(jwt.decode(headers["Authorization"][7:], app.config["SECRET_KEY"], algorithms=["HS256"])["sub"])
+    assert client.post("/api/auth/logout", headers=headers).status_code == 204
+    body = {"title": "t", "filename": "a.mp4", "size": 1000, "content_type": "video/mp4"}
+    for n in range(3):
+        answer = client.post("/api/uploads", json=body, headers={**headers, "Idempotency-Key": f"after-logout-{n}"})
+        assert answer.json["error"]["code"] == "token_revoked"
+    with app.app_context():
+        from app.models import IdempotencyKey
+
+        assert db.session.scalars(select(IdempotencyKey).where(IdempotencyKey.user_id == user_id)).all() == []
+
+
+def test_an_ipv6_client_is_one_client_per_64(app) -> None:
+    with app.test_request_context(environ_base={"REMOTE_ADDR": "2001:db8:1:2:aaaa::1"}):
+        assert sessions.client_network() == "2001:db8:1:2::/64"
+    with app.test_request_context(environ_base={"REMOTE_ADDR": "203.0.113.7"}):
+        assert sessions.client_network() == "203.0.113.7"
+
+
+def test_logins_go_on_when_the_shared_store_is_down(make_app) -> None:
+    client = make_app({"RATELIMIT_STORAGE_URI": "redis://127.0.0.1:1/0"}).test_client()  # nothing listens there
+    headers = signup_and_login(client, unique_email())
+    assert client.get("/api/videos", headers=headers).status_code == 200, "not revoked, as far as anyone can tell"
+    assert client.post("/api/auth/logout", headers=headers).status_code == 204

@@ -154,6 +154,7 @@ for pid in [*range(2, 4096), {os.getpid()}]:  # the test's own PID among them, a
     except ProcessLookupError:
         pass
 sets.update(pid=os.getpid(), others=alive, proc=os.path.exists("/proc"))
+sets["nested_userns"] = libc.unshare(0x10000000)  # CLONE_NEWUSER: the kernel's widest door, shut
 print(json.dumps(sets))
 """,
     )
@@ -165,6 +166,7 @@ print(json.dumps(sets))
     assert seen["no_new_privs"] == 1
     assert (seen["pid"], seen["others"]) == (1, []), "the jailed command is PID 1, alone: no other process exists"
     assert seen["proc"] is False, "no /proc at all: nothing of the host's or its own to read"
+    assert seen["nested_userns"] == -1, "no user namespace inside the jail (--disable-userns)"
 
 
 def test_ffmpeg_still_encodes_in_the_jail(tmp_path: Path) -> None:
@@ -233,8 +235,14 @@ def test_a_jail_that_cant_be_made_is_the_hosts_fault_never_the_files(
         jail.check()  # /readyz says so (app/readiness.py)
 
 
-def test_limits_and_verdicts_survive_the_jail(tmp_path: Path) -> None:
-    confined = jail.Jail(scratch=str(tmp_path))
+@pytest.mark.parametrize("relayed", [False, True], ids=["plain", "through-the-relay-forwarder"])
+def test_limits_and_verdicts_survive_the_jail(tmp_path: Path, relayed: bool) -> None:
+    relay = None
+    if relayed:  # the forwarder is PID 1 and the command its child: their ends must read the same
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(tmp_path / "relay.sock"))  # the socket file the jail binds
+        relay = (str(tmp_path / "relay.sock"), 18999)
+    confined = jail.Jail(scratch=str(tmp_path), relay=relay)
     with pytest.raises(runner.FFmpegError) as crashed:
         runner.run(["/usr/bin/python3", "-c", "import ctypes; ctypes.string_at(0)"], jail=confined)  # a real fault
     assert crashed.value.reason == "crashed" and crashed.value.blame == runner.SUSPECT
@@ -244,3 +252,18 @@ def test_limits_and_verdicts_survive_the_jail(tmp_path: Path) -> None:
     with pytest.raises(runner.FFmpegError) as failed:
         runner.run(["sh", "-c", "echo broken >&2; exit 3"], jail=confined)
     assert (failed.value.returncode, failed.value.reason, failed.value.stderr) == (3, None, "broken")
+
+
+def test_the_worker_never_follows_what_ffmpeg_left_in_its_folder(tmp_path: Path) -> None:
+    from media.pipeline import _write_new, plain_file
+
+    secret = tmp_path / "elsewhere"
+    secret.write_text("another job's original")
+    (tmp_path / "poster.jpg").symlink_to(secret)  # what a compromised FFmpeg could leave for the upload
+    with pytest.raises(runner.FFmpegError, match="not a plain file") as caught:
+        plain_file(tmp_path / "poster.jpg")
+    assert caught.value.blame == runner.FILE
+    (tmp_path / "pieces.txt").symlink_to(secret)  # and for the join's listing, written by the worker
+    _write_new(tmp_path / "pieces.txt", "file 'a.mp4'\n")
+    assert secret.read_text() == "another job's original" and not (tmp_path / "pieces.txt").is_symlink()
+    assert plain_file(tmp_path / "pieces.txt") == tmp_path / "pieces.txt"

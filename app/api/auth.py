@@ -105,6 +105,8 @@ def login(body: dict[str, Any]) -> dict[str, Any]:
         sessions.login_failed(email)
         raise APIError(401, "invalid_credentials", "Wrong email or password.")
     if not user.check_password(password):
+        if user.needs_rehash():  # a weaker, faster hash: spend what an unknown email costs, so neither shows
+            check_password_hash(_dummy_hash(), password)
         sessions.login_failed(email)
         raise APIError(401, "invalid_credentials", "Wrong email or password.")
     if user.needs_rehash():  # made with weaker parameters than today's: stronger from this login on

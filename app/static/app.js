@@ -55,7 +55,7 @@ async function logOut() {
     if (key.startsWith("videoproc.")) localStorage.removeItem(key);
   }
   await forgetAll();
-  show();
+  location.reload(); // uploads in flight stop, and nothing of theirs stays on the page for the next user
 }
 
 function show() {
