@@ -65,8 +65,10 @@ def client_network() -> str:
 
 
 def _shared(default: T) -> Callable[[Callable[P, T]], Callable[P, T]]:
-    """Answer ``default`` (and say so in the log) when the store can't be reached: a Redis outage
-    must not stop every login and every authenticated request; the rate limits fall back alike."""
+    """Answer ``default``, with a warning in the log, when the store can't be reached.
+
+    A Redis outage must not stop every login and every authenticated request; the rate limits fall back alike.
+    """
 
     def decorate(function: Callable[P, T]) -> Callable[P, T]:
         @functools.wraps(function)

@@ -326,7 +326,8 @@ def check_names(env: Mapping[str, str]) -> None:
     A misspelt variable would otherwise be ignored and its setting left at the default.
     """
     known = {f.name for f in dataclasses.fields(Settings)} | OTHER_VARIABLES
-    families = {name.split("_", 1)[0] for name in known}
+    # AWS_* is the AWS SDK's namespace (AWS_ENDPOINT_URL_S3, AWS_MAX_ATTEMPTS…): not ours to police.
+    families = {name.split("_", 1)[0] for name in known} - {"AWS"}
     for name in env:
         if name in known or name.split("_", 1)[0] not in families:
             continue

@@ -183,6 +183,10 @@ def test_other_variables_are_left_alone() -> None:
         "LOG_GROUP_PREFIX": "/p/",
         "PATH": "/bin",
         "VIDEOPROC_ROLE": "web",
+        # the AWS SDK's own variables, near misses of ours by spelling: its namespace, not a typo of ours
+        "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
+        "AWS_ENDPOINT_URL_SQS": "http://127.0.0.1:9",
+        "AWS_MAX_ATTEMPTS": "5",
     }
     assert load_settings(env).SECRET_KEY == "x"
 
