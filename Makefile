@@ -5,10 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHECKOV := $(VENV)-checkov/bin/checkov
 
-.PHONY: run test install system lint format bench assets clean release deploy deploy-local instance-test audit
+.PHONY: run test test-unit install system lint format bench assets clean release deploy deploy-local instance-test audit
 
 run: install ## Start moto (local AWS), the API, a worker and Flower; Ctrl-C stops all
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+
+test-unit: install ## The unit tier: every test that needs no server, database server, FFmpeg or worker (about 20 s)
+	$(BIN)/python -m pytest -m unit
 
 test: install ## Run the whole test suite (unit and end-to-end)
 	@deploy/install_system.sh --browser
@@ -29,10 +32,11 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 system: ## FFmpeg and nginx (apt-get when root)
 	@deploy/install_system.sh
 
-lint: install $(CHECKOV) ## Lint, check formatting and types, check the CloudFormation template (cfn-lint, checkov; as written and as deployed) and its reference in docs/
+lint: install $(CHECKOV) ## Lint, check formatting, types and the import layers, check the CloudFormation template (cfn-lint, checkov; as written and as deployed) and its reference in docs/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	bash -n deploy/bootstrap.sh
 	$(BIN)/python -m deploy.stack render --out build/cloudformation.yaml
 	$(BIN)/cfn-lint deploy/cloudformation.yaml build/cloudformation.yaml

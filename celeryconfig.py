@@ -13,7 +13,7 @@ from config import Settings
 # Delivery: a message is deleted from SQS only after its task returns. A job whose pool
 # process dies while the worker lives (the OOM killer's usual victim) is retried at once by
 # the worker's main process, which knows that run is over: the retry's delivery takes the
-# row over (app/jobs.py). Should that send fail, the message is rejected back to the queue;
+# row over (domain/jobs.py). Should that send fail, the message is rejected back to the queue;
 # a worker that dies whole leaves its message for SQS to deliver again after the visibility
 # timeout, when its heartbeat is stale.
 task_acks_late = True

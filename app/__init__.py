@@ -1,38 +1,33 @@
-"""The web side: upload → S3 → database row → queue."""
+"""The HTTP edge: the API, the page and the ``flask`` command line, on the domain's runtime."""
 
 from __future__ import annotations
 
 from flask import Flask
 
-from app import api, cli, database, logs, prometheus, security, sessions, spool, storage, timing, web
+from app import api, cli, instrumentation, security, sessions, spool, timing, web
 from app.api import errors
-from app.extensions import celery_init_app, db, migrate
 from app.ratelimit import limiter
 from app.safejson import SafeJSONProvider
-from config import Settings, load_settings
-from config.settings import INSTANCE_DIR, ROOT
+from config import Settings
+from config.settings import ROOT
+from domain.extensions import db, migrate
+from domain.runtime import create_runtime
+from ops import logs
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app from the environment's settings, or from ``settings`` when given."""
-    app = Flask(__name__, instance_path=str(INSTANCE_DIR))
-    settings = load_settings() if settings is None else settings
-    app.config.from_mapping(settings.as_config())
-    app.extensions["settings"] = settings
+    app = create_runtime(__name__, settings)
     app.json = SafeJSONProvider(app)
 
     timing.init_app(app)
     logs.init_app(app)
-    prometheus.init_app(app)
+    instrumentation.init_app(app)
     security.init_app(app)
     spool.init_app(app)
     limiter.init_app(app)
     sessions.init_app(app)
-    db.init_app(app)
-    database.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
-    storage.init_app(app)
-    celery_init_app(app)
     errors.init_app(app)
     cli.init_app(app)
     api.init_app(app)

@@ -13,8 +13,8 @@ from flask import g, request
 
 from app import sessions
 from app.api.errors import APIError
-from app.extensions import db, get_settings
-from app.models import User, utcnow
+from domain.extensions import db, get_settings
+from domain.models import User, utcnow
 
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti"]

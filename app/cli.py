@@ -9,12 +9,12 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from app import dlq, metrics
-from app.aws import ensure_bucket, ensure_queues
-from app.extensions import get_settings
-from app.models import Status
-from app.queue import EnqueueError
-from app.sweeper import requeue, sweep
+from domain.extensions import get_settings
+from domain.models import Status
+from domain.queue import EnqueueError
+from ops import dlq, metrics
+from ops.aws import ensure_bucket, ensure_queues
+from ops.sweeper import requeue, sweep
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from sqlalchemy.exc import IntegrityError
 
 from app.api.errors import APIError, error_response, from_domain
 from app.auth import token_subject
-from app.errors import DomainError
-from app.extensions import db, get_settings
-from app.models import IdempotencyKey, utcnow
+from domain.errors import DomainError
+from domain.extensions import db, get_settings
+from domain.models import IdempotencyKey, utcnow
 
 HEADER = "Idempotency-Key"
 MAX_KEY = 255
@@ -213,9 +213,3 @@ def _after_failure(key_id: int, recover: Recover | None) -> None:
             _release(key_id)
     except Exception:
         db.session.rollback()
-
-
-def prune(older_than: timedelta) -> int:
-    """Delete keys recorded more than ``older_than`` ago; return how many (the caller commits)."""
-    result = db.session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < utcnow() - older_than))
-    return int(getattr(result, "rowcount", 0) or 0)

@@ -14,7 +14,7 @@ from flask import Response, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-from app.extensions import get_settings
+from domain.extensions import get_settings
 
 limiter = Limiter(key_func=get_remote_address)
 

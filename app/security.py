@@ -10,7 +10,7 @@ from flask import Flask, Response, request
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app.extensions import get_settings
+from domain.extensions import get_settings
 
 HEADERS = {
     "X-Content-Type-Options": "nosniff",

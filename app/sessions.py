@@ -27,7 +27,7 @@ from flask import Flask, current_app
 from flask_limiter.util import get_remote_address
 from limits.storage import Storage, storage_from_string
 
-from app.extensions import get_settings
+from domain.extensions import get_settings
 
 WINDOW_SECONDS = 15 * 60  # failures older than this are forgotten
 logger = logging.getLogger(__name__)

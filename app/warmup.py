@@ -12,7 +12,7 @@ import logging
 
 from flask import Flask
 
-from app.storage import get_storage
+from domain.storage import get_storage
 
 logger = logging.getLogger(__name__)
 

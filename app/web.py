@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, make_response, render_template
 
-from app.storage import get_storage
+from domain.storage import get_storage
 
 bp = Blueprint("web", __name__)
 

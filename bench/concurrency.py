@@ -22,12 +22,12 @@ import flask_migrate
 from sqlalchemy import select
 
 from app import create_app
-from app.aws import ensure_bucket, ensure_queues
-from app.extensions import db, get_settings
-from app.models import Video
 from bench import reference
 from bench.job import CORES, INPUT, environment, local_aws, tree_cpu_seconds
 from bench.pipeline import bar, machine, write_section
+from domain.extensions import db, get_settings
+from domain.models import Video
+from ops.aws import ensure_bucket, ensure_queues
 from tests.conftest import ROOT, Worker, post_upload, signup_and_login
 
 SECONDS = 6.0  # of the reference input: with the bumpers, 10 s out

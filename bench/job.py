@@ -31,13 +31,13 @@ from moto.server import ThreadedMotoServer
 from sqlalchemy import select
 
 from app import create_app
-from app.aws import ensure_bucket, ensure_queues
-from app.extensions import db, get_settings
-from app.models import Video
 from bench import reference
 from bench.pipeline import PROFILE, SANDBOX, Runs, bar, machine, spread, write_section
+from domain.extensions import db, get_settings
+from domain.models import Video
 from media.pipeline import Pipeline
 from media.probe import probe
+from ops.aws import ensure_bucket, ensure_queues
 from tests.clips import make_clip
 from tests.conftest import GENEROUS, ROOT, Worker, free_port, post_upload, signup_and_login
 

@@ -27,17 +27,17 @@ from pathlib import Path
 from bench import reference as ref
 from config import load_settings
 from config.settings import ASSETS_DIR, ROOT
+from domain import media
 from media.pipeline import Pipeline
 from media.probe import probe
 from media.profile import Profile
-from media.sandbox import Sandbox
 
 PROFILE = Profile(
     intro_image=str(ASSETS_DIR / "intro.png"),
     outro_image=str(ASSETS_DIR / "outro.png"),
     watermark_image=str(ASSETS_DIR / "logo.png"),
 )
-SANDBOX = Sandbox.from_settings(load_settings({"APP_ENV": "testing"}))
+SANDBOX = media.confinement(load_settings({"APP_ENV": "testing"}))
 # The settings tried on the first SWEEP_SECONDS of the 1080p input: (preset, CRF).
 SWEEP = [
     ("ultrafast", 23),

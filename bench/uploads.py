@@ -43,11 +43,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from app import create_app, timing
-from app.aws import ensure_bucket, ensure_queues
-from app.extensions import get_settings
 from bench.job import CORES, cpu_seconds, environment, own_cpu
 from bench.pipeline import bar, machine, write_section
 from client import uploader
+from domain.extensions import get_settings
+from ops.aws import ensure_bucket, ensure_queues
 from tests.clips import make_clip
 from tests.conftest import PASSWORD, POSTGRES_URL, ROOT, answers, free_port, serving, wait_for
 

@@ -21,7 +21,6 @@ from urllib.parse import quote, urlsplit
 from zxcvbn import zxcvbn
 
 from config.env import ConfigError, env_bool, env_float, env_int, env_list, env_str
-from media.sandbox import UnknownContainer, demuxers
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_DIR = ROOT / "instance"
@@ -177,7 +176,7 @@ class Settings:
     SNS_EVENTS_TOPIC_ARN: str | None
     # Upload validation
     MAX_UPLOAD_BYTES: int
-    # Direct uploads (app/direct.py)
+    # Direct uploads (domain/direct.py)
     UPLOAD_PART_BYTES: int
     UPLOAD_EXPIRES_SECONDS: int
     IDEMPOTENCY_KEY_SECONDS: int
@@ -206,7 +205,7 @@ class Settings:
     VIDEO_MAX_FRAMES: int
     VIDEO_MAX_PIXEL_RATE: float
     VIDEO_MAX_STREAMS: int
-    # Fair use, per user (app/quotas.py)
+    # Fair use, per user (domain/quotas.py)
     USER_MAX_ACTIVE_VIDEOS: int
     USER_MAX_UPLOADS_PER_DAY: int
     USER_MAX_BYTES_PER_DAY: int
@@ -243,7 +242,7 @@ class Settings:
     MAX_ATTEMPTS: int
     SHUTDOWN_GRACE_SECONDS: float
     SWEEP_AFTER_SECONDS: int
-    # The backlog metric the worker group scales on (app/metrics.py)
+    # The backlog metric the worker group scales on (ops/metrics.py)
     METRICS_NAMESPACE: str
     WORKER_ASG_NAME: str | None
     # Leaving the group without losing a job (tasks/instance.py)
@@ -272,10 +271,6 @@ class Settings:
             raise ConfigError("set both SNS_CONTROL_TOPIC_ARN and SNS_EVENTS_TOPIC_ARN, or neither")
         if self.UPLOAD_PART_BYTES < 5 * 1024**2:
             raise ConfigError("UPLOAD_PART_BYTES must be at least 5 MiB (5242880), S3's least part size")
-        try:
-            demuxers(self.VIDEO_ALLOWED_FORMATS)
-        except UnknownContainer as exc:
-            raise ConfigError(f"VIDEO_ALLOWED_FORMATS: {exc}") from exc
         if self.CELERY_BROKER_URL is None:
             url = broker_url(self.AWS_ACCESS_KEY_ID, self.AWS_SECRET_ACCESS_KEY, self.SQS_ENDPOINT_URL)
             object.__setattr__(self, "CELERY_BROKER_URL", url)

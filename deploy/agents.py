@@ -8,7 +8,7 @@ what no process of ours ships itself, into the role's log group, one stream per 
 file: cloud-init's output (the bootstrap's own lines) and the journal, which
 ``videoproc-journal.service`` writes to ``/var/log/videoproc/journal.log`` (the agent reads
 files, not journald): every unit's stderr, nginx's errors, the kernel's (the OOM killer).
-The processes' own records already reach the same group (``LOG_GROUP``, app/logs.py).
+The processes' own records already reach the same group (``LOG_GROUP``, ops/logs.py).
 """
 
 from __future__ import annotations

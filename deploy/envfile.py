@@ -10,7 +10,7 @@ boot, so no secret is ever in user data or in the template:
   never sign or read a token, so they may not read it);
 - ``DATABASE_HOST``, ``DATABASE_PORT``, ``DATABASE_NAME`` (and ``DATABASE_SSLMODE``,
   ``require`` by default): ``DATABASE_URL`` for the role's own user, ``videoproc_<role>``,
-  with no password: it logs in with an IAM token (``DATABASE_IAM_AUTH``, ``app/database.py``).
+  with no password: it logs in with an IAM token (``DATABASE_IAM_AUTH``, ``domain/database.py``).
   ``DATABASE_SECRET_ARN`` (RDS's managed master secret) is passed on to web instances only, as
   ``DATABASE_ADMIN_SECRET_ARN``, for the migration unit to read when it runs
   (``deploy/migrate.py``); no process keeps it, so its rotation breaks nothing. A

@@ -1,4 +1,4 @@
-"""gunicorn's settings hooks for the API: warm workers, and Prometheus's multi-process mode (app/prometheus.py).
+"""gunicorn's settings hooks for the API: warm workers, and Prometheus's multi-process mode (ops/prometheus.py).
 
 Used as ``gunicorn --config python:deploy.gunicorn_conf``. With ``PROMETHEUS_MULTIPROC_DIR``
 set, every gunicorn worker writes its samples to files there: the directory is emptied when

@@ -231,9 +231,9 @@ def _stack(endpoint: str, database_url: str, worker_port: int) -> tuple[Any, Any
     import flask_migrate
 
     from app import create_app
-    from app.aws import ensure_bucket, ensure_queues
-    from app.extensions import get_settings
     from config import load_settings
+    from domain.extensions import get_settings
+    from ops.aws import ensure_bucket, ensure_queues
 
     credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     names = {"S3_BUCKET": "instance-test-videos", "SQS_QUEUE_PREFIX": PREFIX, "SQS_QUEUE_NAME": "videos"}
@@ -367,8 +367,8 @@ def _wait_processed(
     app: Any, video_id: str, started: float, root: Path, timeout: float = 300, console: Path | None = None
 ) -> float:
     """Wait until the video is processed; return the seconds since ``started`` (the boot's start)."""
-    from app.extensions import db
-    from app.models import Video
+    from domain.extensions import db
+    from domain.models import Video
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -10,7 +10,7 @@ existing ``DATABASE_URL``) ``DATABASE_URL`` is used as it is.
 On PostgreSQL it then makes sure of one login per role (``USERS``), each allowed only the
 rows it works on and nothing else: no table of its own, no schema change, no ``TRUNCATE``,
 ``alembic_version`` read-only. On RDS each gets ``rds_iam``: it logs in with an IAM token
-(``app/database.py``), never a password. The grants are given again after every migration,
+(``domain/database.py``), never a password. The grants are given again after every migration,
 so a new table is covered by the release that adds it.
 """
 
@@ -73,8 +73,8 @@ def main() -> int:
     import flask_migrate
 
     from app import create_app
-    from app.extensions import db
     from config import load_settings
+    from domain.extensions import db
 
     env = dict(os.environ)
     secret = None

@@ -5,10 +5,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from config import Settings
 
 MAX_BUMPERS_SECONDS = 5.0
 
@@ -36,23 +32,6 @@ class Profile:
             raise ValueError("bumper lengths must not be negative")
         if self.intro_seconds + self.outro_seconds > MAX_BUMPERS_SECONDS:
             raise ValueError(f"intro and outro together must last at most {MAX_BUMPERS_SECONDS:g}s")
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> Profile:
-        """Build the profile from the ``OUTPUT_*``, bumper and watermark settings."""
-        return cls(
-            width=s.OUTPUT_WIDTH,
-            height=s.OUTPUT_HEIGHT,
-            fps=s.OUTPUT_FPS,
-            max_duration=s.OUTPUT_MAX_DURATION,
-            crf=s.OUTPUT_CRF,
-            preset=s.OUTPUT_PRESET,
-            intro_seconds=s.INTRO_SECONDS,
-            outro_seconds=s.OUTRO_SECONDS,
-            intro_image=s.INTRO_IMAGE,
-            outro_image=s.OUTRO_IMAGE,
-            watermark_image=s.WATERMARK_IMAGE or None,
-        )
 
     @property
     def timescale(self) -> int:

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from config import Settings
     from media.jail import Jail
 
 MiB = 1024**2
@@ -99,23 +98,6 @@ class Sandbox:
     timeout_per_second: float = 10.0
     cpu_per_second: float = 20.0
     jail: bool = False  # every child in media.jail (MEDIA_JAIL); off for a sandbox made without settings
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> Sandbox:
-        """Build the sandbox from the ``VIDEO_*`` and ``FFMPEG_*`` settings."""
-        return cls(
-            formats=tuple(s.VIDEO_ALLOWED_FORMATS),
-            max_pixels=s.VIDEO_MAX_WIDTH * s.VIDEO_MAX_HEIGHT,
-            threads=s.FFMPEG_THREADS or share(1),
-            share_cores=not s.FFMPEG_THREADS,
-            probe_memory=s.FFPROBE_MEMORY_MB * MiB,
-            probe_seconds=s.FFPROBE_TIMEOUT,
-            encode_memory=s.FFMPEG_MEMORY_MB * MiB,
-            timeout_base=s.FFMPEG_TIMEOUT_BASE,
-            timeout_per_second=s.FFMPEG_TIMEOUT_PER_SECOND,
-            cpu_per_second=s.FFMPEG_CPU_PER_SECOND,
-            jail=s.MEDIA_JAIL,
-        )
 
     def confine(
         self,

@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import values
 
 # The pool's processes write their samples to files that the main process's metrics port adds
-# up (app/prometheus.py): a fresh directory per start. prometheus_client picks its storage when
+# up (ops/prometheus.py): a fresh directory per start. prometheus_client picks its storage when
 # it is imported, and Celery's command line may have imported it already (Flower's plugin), so
 # the multi-process storage is set here, before any metric exists (pinned in test_upstream.py).
 # The process that made the directory removes it when it exits (every `celery` command made one).
@@ -38,14 +38,16 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from app import create_app, jobs, logs, prometheus
-from app.extensions import db, get_settings
-from app.storage import get_storage
 from celeryconfig import PROCESS_TASK
+from domain import jobs
+from domain.extensions import db, get_settings
+from domain.runtime import create_runtime
+from domain.storage import get_storage
+from ops import logs, prometheus
 from tasks import heartbeat, instance, monitoring, sqs
 from tasks.scratch import remove_orphans
 
-flask_app = create_app()
+flask_app = create_runtime(__name__)
 app = celery_app = flask_app.extensions["celery"]
 settings = get_settings(flask_app)
 celery_app.steps["consumer"].add(heartbeat.make_step(settings))

@@ -25,9 +25,9 @@ from celery import bootsteps
 from celery.signals import worker_shutting_down
 from celery.worker import state
 
-from app.aws import queue_url
-from app.storage import aws_client
 from config import Settings
+from domain.storage import aws_client
+from ops.aws import queue_url
 from tasks.scratch import alive
 
 logger = logging.getLogger(__name__)

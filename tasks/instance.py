@@ -33,8 +33,8 @@ from typing import Any
 from celery import bootsteps
 from celery.signals import worker_shutdown
 
-from app.storage import aws_client
 from config import Settings
+from domain.storage import aws_client
 from tasks.heartbeat import held_requests
 
 logger = logging.getLogger(__name__)

@@ -16,20 +16,18 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from flask import Flask, current_app
 
-from app import jobs
-from app.extensions import db, get_settings
-from app.logs import log_context
-from app.models import Status, Video
-from app.prometheus import JOBS, PROCESSING_SECONDS, PROCESSING_SPEED, RETRIES, STEP_SECONDS
-from app.storage import Storage, get_storage, poster_key, processed_video_key
 from celeryconfig import PROCESS_TASK
+from domain import jobs, media
+from domain.extensions import db, get_settings
+from domain.models import Status, Video
+from domain.storage import Storage, get_storage, poster_key, processed_video_key
 from media import runner
 from media.pipeline import Pipeline, TruncatedInput
 from media.probe import ProbeError, probe
-from media.profile import Profile
 from media.runner import FFmpegError
-from media.sandbox import Sandbox
-from media.validate import Limits, MediaRejected, check, rejection
+from media.validate import MediaRejected, check, rejection
+from ops.logs import log_context
+from ops.prometheus import JOBS, PROCESSING_SECONDS, PROCESSING_SPEED, RETRIES, STEP_SECONDS
 from tasks.errors import HostFault, PermanentError, backoff, is_missing, is_transient
 from tasks.relay import Relay
 from tasks.scratch import job_dir, running_jobs
@@ -63,7 +61,7 @@ def pipeline() -> Pipeline:
     """Return this worker process's pipeline; its bumpers are rendered once and reused."""
     config = get_settings()
     cache = Path(config.WORKER_TMP_DIR or tempfile.gettempdir()) / "videoproc-bumpers"
-    return Pipeline(Profile.from_settings(config), cache, Sandbox.from_settings(config))
+    return Pipeline(media.output(config), cache, media.confinement(config))
 
 
 def _ffmpeg_failure(exc: FFmpegError) -> PermanentError:
@@ -214,7 +212,7 @@ class VideoJob:
             workdir = Path(tmp)
             steps.lap("download")  # until the original can be read: FFmpeg reads it as it arrives
             self.progress(DOWNLOADED)
-            limits = Limits.from_settings(config)
+            limits = media.limits(config)
             try:
                 with relay.checked():  # an S3 failure mid-read is raised as itself, not as a broken video
                     info = probe(relay.url, pipeline().sandbox, relay.socket)

@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from app.storage import TRANSFER, Storage
+from domain.storage import TRANSFER, Storage
 
 CHUNK = TRANSFER.multipart_chunksize  # one ranged GET to S3, as the worker's other transfers
 FETCHERS = TRANSFER.max_request_concurrency  # ranged GETs in flight

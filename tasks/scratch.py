@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 
-from app import spool
-from app.spool import alive
+from ops import orphans
+from ops.orphans import alive
 
 __all__ = ["PREFIX", "alive", "job_dir", "remove_orphans", "running_jobs"]
 PREFIX = "videoproc-job-"
@@ -19,9 +19,9 @@ def job_dir(video_id: str, base: str | None) -> tempfile.TemporaryDirectory[str]
 
 def remove_orphans(base: str | None) -> int:
     """Delete scratch directories whose process is gone; return how many."""
-    return spool.remove_orphans(base, PREFIX)
+    return orphans.remove_orphans(base, PREFIX)
 
 
 def running_jobs(base: str | None) -> int:
     """Return how many jobs on this host hold a scratch directory now (every worker sharing ``base``)."""
-    return sum(1 for pid in spool.owners(base, PREFIX) if alive(pid))
+    return sum(1 for pid in orphans.owners(base, PREFIX) if alive(pid))

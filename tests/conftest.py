@@ -30,20 +30,55 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
 from app import create_app
-from app.aws import ensure_bucket, ensure_queues, queue_url
-from app.extensions import db, get_settings
-from app.metrics import COUNTS
-from app.models import Usage, User, Video
-from app.storage import aws_client, get_storage
 from config import load_settings
+from domain.extensions import db, get_settings
+from domain.models import Usage, User, Video
+from domain.storage import aws_client, get_storage
+from ops.aws import ensure_bucket, ensure_queues, queue_url
+from ops.metrics import COUNTS
 from tests.clips import make_clip, make_image
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tiers (make test-unit, make test): a test is ``unit`` unless it uses one of these fixtures
+# (a server, a database server, FFmpeg, a worker) or is marked ``system`` or ``e2e``.
+SERVER_FIXTURES = frozenset({"database_url", "redis_url", "aws_endpoint", "clip", "worker", "start_worker"})
+TOOLS = frozenset({"ffmpeg", "ffprobe", "bwrap", "celery", "gunicorn", "nginx", "moto_server", "systemd-nspawn"})
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # The suite signs up hundreds of users from one address: only the rate-limit tests use real limits.
 GENEROUS = "100000 per minute"
 PASSWORD = "correct-horse-1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier: ``unit`` or ``system``."""
+    for item in items:
+        needs = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        tier = "system" if needs or item.get_closest_marker("e2e") or item.get_closest_marker("system") else "unit"
+        item.add_marker(tier)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_stays_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail a ``unit`` test that reaches a server over TCP or starts FFmpeg, bubblewrap or a service."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    connect, popen_init = socket.socket.connect, subprocess.Popen.__init__
+
+    def guarded_connect(sock: socket.socket, address: Any) -> Any:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(f"a unit test connected to {address}: mark it system (tests/conftest.py)")
+        return connect(sock, address)
+
+    def guarded_popen(self: subprocess.Popen, args: Any, *rest: Any, **kwargs: Any) -> None:
+        argv = [str(a) for a in ([args] if isinstance(args, str | os.PathLike) else args)]
+        modules = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"]  # python -m celery, -m media.jail
+        if Path(argv[0]).name in TOOLS or any(m.split(".")[0] in TOOLS | {"media", "deploy"} for m in modules):
+            raise AssertionError(f"a unit test started {argv[0]}: mark it system (tests/conftest.py)")
+        popen_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded_popen)
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -23,12 +23,12 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
-from app import quotas
-from app.extensions import db
-from app.logs import KeyValueFormatter
-from app.models import Usage, User, Video, utcnow
 from app.security import HEADERS
 from app.spool import SPOOL_PREFIX
+from domain import quotas
+from domain.extensions import db
+from domain.models import Usage, User, Video, utcnow
+from ops.logs import KeyValueFormatter
 from tests.conftest import PASSWORD, post_upload, signup_and_login, unique_email
 
 

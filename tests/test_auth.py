@@ -11,9 +11,9 @@ from sqlalchemy import select
 from werkzeug.security import generate_password_hash
 
 from app import sessions
-from app.extensions import db
-from app.models import User
 from config import load_settings
+from domain.extensions import db
+from domain.models import User
 from tests.conftest import PASSWORD, signup_and_login, unique_email
 
 SIGNUP = {"email": "Creator@Example.com", "password": PASSWORD, "password_confirm": PASSWORD, "city": "Lima"}
@@ -138,7 +138,7 @@ def test_a_logged_out_token_holds_no_idempotency_key_and_no_limit_of_its_user(cl
         answer = client.post("/api/uploads", json=body, headers={**headers, "Idempotency-Key": f"after-logout-{n}"})
         assert answer.json["error"]["code"] == "token_revoked"
     with app.app_context():
-        from app.models import IdempotencyKey
+        from domain.models import IdempotencyKey
 
         assert db.session.scalars(select(IdempotencyKey).where(IdempotencyKey.user_id == user_id)).all() == []
 

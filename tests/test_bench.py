@@ -16,6 +16,8 @@ from media.pipeline import Pipeline
 from media.probe import probe
 from tests.clips import ffprobe
 
+pytestmark = pytest.mark.system  # FFmpeg
+
 SHORT = dataclasses.replace(PROFILE, max_duration=2.0)
 
 

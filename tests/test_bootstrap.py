@@ -24,10 +24,10 @@ from botocore.stub import Stubber
 from flask import Flask
 from sqlalchemy.engine import make_url
 
-from app.aws import ensure_bucket, ensure_queues
-from app.extensions import get_settings
-from app.storage import aws_client
 from deploy import agents, launched, release, stack, units
+from domain.extensions import get_settings
+from domain.storage import aws_client
+from ops.aws import ensure_bucket, ensure_queues
 from tests.conftest import PASSWORD, ROOT, free_port, unique_email, wait_for
 from tests.test_e2e import row
 

@@ -16,9 +16,9 @@ import pytest
 import requests
 from flask import Flask
 
-from app.aws import ensure_bucket, ensure_queues
-from app.extensions import get_settings
 from client import uploader
+from domain.extensions import get_settings
+from ops.aws import ensure_bucket, ensure_queues
 from tests.clips import ffprobe, make_clip
 from tests.conftest import PASSWORD, ROOT, Worker, serving, unique_email, wait_for
 from tests.test_direct_uploads import PART, big_clip  # noqa: F401  (a fixture)

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from app.extensions import get_settings
-from app.storage import aws_client
 from deploy import agents, docs
 from deploy import stack as stack_tool
 from deploy.stack import UNMODELLED_TYPES, check_parameters, for_moto
+from domain.extensions import get_settings
+from domain.storage import aws_client
 from tests.conftest import ROOT
 
 TEMPLATE = ROOT / "deploy" / "cloudformation.yaml"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tomllib
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -148,10 +149,23 @@ def test_the_readme_layout_names_every_module() -> None:
     readme = (ROOT / "README.md").read_text()
     layout = readme[readme.index("## Layout") :]
     layout = layout[: layout.index("\n## ", 1)]
-    packages = ("app", "app/api", "client", "tasks", "media", "config", "deploy", "bench")
+    blocks: dict[str, str] = {}  # each top-level folder's lines, from its name to the next folder's
+    for line in layout.splitlines():
+        if line and not line.startswith(" ") and "/ " in line:
+            folder = line.split("/", 1)[0]
+        if blocks or "/ " in line:
+            blocks[folder] = blocks.get(folder, "") + line + "\n"
+    packages = ("app", "app/api", "client", "tasks", "ops", "domain", "media", "config", "deploy", "bench")
     modules = [p for pkg in packages for p in sorted((ROOT / pkg).glob("*.py")) if p.name != "__init__.py"]
     assert len(modules) > 40
-    assert [str(p.relative_to(ROOT)) for p in modules if p.name not in layout] == []
+    misplaced = [str(p.relative_to(ROOT)) for p in modules if p.name not in blocks[p.relative_to(ROOT).parts[0]]]
+    assert misplaced == [], "name each module under its own folder in the README's layout"
+
+
+def test_the_readme_states_the_import_contracts() -> None:
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c["layers"] for c in contracts if c["type"] == "layers")
+    assert f"`{' → '.join(layers)}`" in (ROOT / "README.md").read_text()
 
 
 def test_settings_are_typed_and_read_only() -> None:

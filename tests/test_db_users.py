@@ -1,4 +1,4 @@
-"""Each role's own database user, allowed only its rows, logged in by IAM token (deploy/migrate.py, app/database.py)."""
+"""Each role's own database user, allowed only its rows, logged in by IAM token (domain/database.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
-from app import database
-from app.extensions import db
 from deploy import migrate
+from domain import database
+from domain.extensions import db
 
 
 @pytest.fixture

@@ -18,12 +18,13 @@ import requests
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from app import direct, quotas, timing
-from app.extensions import db, get_settings
-from app.models import IdempotencyKey, Video, utcnow
-from app.storage import aws_client, get_storage
-from app.sweeper import sweep
+from app import timing
+from domain import direct, quotas
+from domain.extensions import db, get_settings
+from domain.models import IdempotencyKey, Video, utcnow
+from domain.storage import aws_client, get_storage
 from media.sniff import may_be
+from ops.sweeper import sweep
 from tests.clips import ffprobe, make_clip
 from tests.conftest import Worker, signup_and_login, statements, unique_email
 from tests.test_reliability import Stack, stack  # noqa: F401  (a fixture)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from app.dlq import describe
+from ops.dlq import describe
 
 
 def test_reads_a_kombu_message() -> None:

@@ -12,10 +12,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.extensions import db
-from app.models import User, Video
-from app.queue import enqueue_video
-from app.storage import get_storage
+from domain.extensions import db
+from domain.models import User, Video
+from domain.queue import enqueue_video
+from domain.storage import get_storage
 from tests.clips import ffprobe, moov_before_mdat
 from tests.conftest import Worker, post_upload, queue_empty, signup_and_login, unique_email, wait_for
 

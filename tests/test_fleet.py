@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from app.aws import ensure_queues, queue_url
-from app.extensions import get_settings
-from app.storage import aws_client
+from domain.extensions import get_settings
+from domain.storage import aws_client
+from ops.aws import ensure_queues, queue_url
 from tests.conftest import Worker, post_upload, signup_and_login, unique_email, wait_for
 from tests.test_e2e import row
 from tests.test_instance import FakeMetadata

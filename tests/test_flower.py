@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from app.queue import enqueue_video
 from config import ConfigError
 from config.flower import flower_options
+from domain.queue import enqueue_video
 from tests.conftest import ROOT, Worker, free_port, wait_for
 from tests.test_e2e import row, seed_video
 

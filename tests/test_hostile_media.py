@@ -20,7 +20,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.queue import enqueue_video
+from domain.queue import enqueue_video
 from tests import hostile
 from tests.conftest import ROOT, Worker, post_upload, signup_and_login, unique_email, wait_for
 from tests.test_e2e import row, seed_video
@@ -38,9 +38,9 @@ from media.pipeline import Pipeline
 from media.probe import ProbeError, probe
 from media.profile import Profile
 from media.runner import FFmpegError
-from media.sandbox import Sandbox
+from domain.media import confinement
 
-box = Sandbox.from_settings(load_settings({"APP_ENV": "testing", "SECRET_KEY": "x"}))
+box = confinement(load_settings({"APP_ENV": "testing", "SECRET_KEY": "x"}))
 result = {}
 try:
     info = probe(sys.argv[1], box)

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from app.aws import ensure_queues
-from app.extensions import get_settings
-from app.queue import enqueue_video
-from app.storage import aws_client
+from domain.extensions import get_settings
+from domain.queue import enqueue_video
+from domain.storage import aws_client
+from ops.aws import ensure_queues
 from tasks.instance import InstanceGuard, Metadata
 from tests.conftest import Worker, wait_for
 from tests.test_e2e import row, seed_video

@@ -25,7 +25,10 @@ from media.probe import probe
 from media.sandbox import Limits, Sandbox
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.skipif(not jail.available(), reason="bubblewrap can't make namespaces here")
+pytestmark = [
+    pytest.mark.system,  # bubblewrap and FFmpeg
+    pytest.mark.skipif(not jail.available(), reason="bubblewrap can't make namespaces here"),
+]
 SECRETS = {"SECRET_KEY": "jail-test-secret-key-0123456789", "DATABASE_URL": "postgresql://owner:hunter2@db/videoproc"}
 
 
@@ -232,7 +235,7 @@ def test_a_jail_that_cant_be_made_is_the_hosts_fault_never_the_files(
     which = jail.shutil.which
     monkeypatch.setattr(jail.shutil, "which", lambda name, *args: None if name == "bwrap" else which(name, *args))
     with pytest.raises(jail.JailUnavailable, match="apt-get install bubblewrap"):
-        jail.check()  # /readyz says so (app/readiness.py)
+        jail.check()  # /readyz says so (ops/readiness.py)
 
 
 @pytest.mark.parametrize("relayed", [False, True], ids=["plain", "through-the-relay-forwarder"])

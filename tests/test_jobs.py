@@ -1,4 +1,4 @@
-"""The job's state machine (app/jobs.py): guards, and the sweeper raced against a redelivery and a retry.
+"""The job's state machine (domain/jobs.py): guards, and the sweeper raced against a redelivery and a retry.
 
 The races are real interleavings: the sweeper reads its candidates, then, before its
 UPDATE, another actor moves the row (a redelivery's claim, a retry's claim). The sweeper's
@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from app import jobs, sweeper
-from app.extensions import db, get_settings
-from app.models import Status, User, Video, utcnow
+from domain import jobs
+from domain.extensions import db, get_settings
+from domain.models import Status, User, Video, utcnow
+from ops import sweeper
 
 STALE = 60
 

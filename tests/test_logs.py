@@ -9,10 +9,10 @@ from typing import Any
 
 from flask import Flask
 
-from app.extensions import get_settings
-from app.logs import CloudWatchHandler, log_context
-from app.storage import aws_client
 from deploy.envfile import environment
+from domain.extensions import get_settings
+from domain.storage import aws_client
+from ops.logs import CloudWatchHandler, log_context
 
 ALARM_PATTERN = '"level=ERROR"'  # WorkerErrorsFilter's pattern in deploy/cloudformation.yaml
 

@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from config import load_settings
+from config import ConfigError, load_settings
+from domain import media as media_settings
 from media import commands
 from media.probe import MediaInfo, container_name, parse_probe
 from media.profile import Profile
@@ -68,20 +69,20 @@ class TestValidate:
         check(info(), Limits())
 
     @pytest.mark.parametrize(
-        ("media", "code", "status"),
+        ("media", "code", "kind"),
         [
-            (info(has_video=False), "no_video_stream", 415),
-            (info(container="mkv"), "format_not_allowed", 415),
-            (info(duration=0.5), "duration_out_of_bounds", 422),
-            (info(duration=1801), "duration_out_of_bounds", 422),
-            (info(width=160, height=120), "resolution_out_of_bounds", 422),
-            (info(width=8192, height=4320), "resolution_out_of_bounds", 422),
+            (info(has_video=False), "no_video_stream", "format"),
+            (info(container="mkv"), "format_not_allowed", "format"),
+            (info(duration=0.5), "duration_out_of_bounds", "bounds"),
+            (info(duration=1801), "duration_out_of_bounds", "bounds"),
+            (info(width=160, height=120), "resolution_out_of_bounds", "bounds"),
+            (info(width=8192, height=4320), "resolution_out_of_bounds", "bounds"),
         ],
     )
-    def test_rejects(self, media: MediaInfo, code: str, status: int) -> None:
+    def test_rejects(self, media: MediaInfo, code: str, kind: str) -> None:
         with pytest.raises(MediaRejected) as caught:
             check(media, Limits())
-        assert (caught.value.code, caught.value.status) == (code, status)
+        assert (caught.value.code, caught.value.kind) == (code, kind)
 
     def test_portrait_compares_long_side_to_long_side(self) -> None:
         course = Limits(min_duration=20, max_duration=60, min_width=1920, min_height=1080)
@@ -91,12 +92,17 @@ class TestValidate:
         with pytest.raises(MediaRejected, match="Duration"):
             check(info(width=1920, height=1080, duration=10), course)
 
+    def test_a_container_with_no_demuxer_stops_the_process(self) -> None:
+        settings = load_settings({"APP_ENV": "testing", "VIDEO_ALLOWED_FORMATS": "mp4,hls"})
+        with pytest.raises(ConfigError, match="VIDEO_ALLOWED_FORMATS: no demuxer known for container 'hls'"):
+            media_settings.confinement(settings)
+
     def test_limits_from_settings(self) -> None:
         env = {"VIDEO_ALLOWED_FORMATS": "mp4", "VIDEO_MIN_DURATION": "20", "VIDEO_MAX_DURATION": "60"}
         env |= {"VIDEO_MIN_WIDTH": "1920", "VIDEO_MIN_HEIGHT": "1080", "VIDEO_MAX_WIDTH": "3840"}
         env |= {"VIDEO_MAX_HEIGHT": "2160", "VIDEO_MAX_FPS": "120", "VIDEO_MAX_FRAMES": "7200"}
         s = load_settings({**env, "VIDEO_MAX_PIXEL_RATE": "1e9", "VIDEO_MAX_STREAMS": "4", "SECRET_KEY": "x"})
-        assert Limits.from_settings(s) == Limits(("mp4",), 20, 60, 1920, 1080, 3840, 2160, 120, 7200, 1e9, 4)
+        assert media_settings.limits(s) == Limits(("mp4",), 20, 60, 1920, 1080, 3840, 2160, 120, 7200, 1e9, 4)
 
 
 class TestProfile:

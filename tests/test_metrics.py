@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from flask import Flask
 
-from app import metrics
-from app.aws import ensure_queues, queue_url
-from app.extensions import db, get_settings
-from app.metrics import Backlog, metric_data
-from app.models import User, Video, utcnow
-from app.storage import aws_client
 from config import load_settings
+from domain.extensions import db, get_settings
+from domain.models import User, Video, utcnow
+from domain.storage import aws_client
+from ops import metrics
+from ops.aws import ensure_queues, queue_url
+from ops.metrics import Backlog, metric_data
 
 
 def test_backlog_per_instance_counts_an_empty_group_as_one() -> None:

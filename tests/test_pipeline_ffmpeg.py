@@ -14,6 +14,8 @@ from media.probe import ProbeError, probe
 from media.profile import Profile
 from tests.clips import ffprobe, moov_before_mdat
 
+pytestmark = pytest.mark.system  # FFmpeg
+
 BRANDED = Profile(
     intro_image=str(ASSETS_DIR / "intro.png"),
     outro_image=str(ASSETS_DIR / "outro.png"),

@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
-from app import direct, dlq, jobs
-from app.aws import dlq_url, queue_url
-from app.extensions import db, get_settings
-from app.models import Status, User, Video, utcnow
-from app.queue import enqueue_video
-from app.storage import aws_client, get_storage
-from app.sweeper import sweep
+from domain import direct, jobs
+from domain.extensions import db, get_settings
+from domain.models import Status, User, Video, utcnow
+from domain.queue import enqueue_video
+from domain.storage import aws_client, get_storage
+from ops import dlq
+from ops.aws import dlq_url, queue_url
+from ops.sweeper import sweep
 from tests.conftest import queue_empty, wait_for
 from tests.test_direct_uploads import complete, put_parts, start
 from tests.test_reliability import Stack, stack  # noqa: F401  (a fixture)

@@ -14,8 +14,8 @@ import pytest
 import requests
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from app.storage import Storage, aws_client
 from config import load_settings
+from domain.storage import Storage, aws_client
 from media.probe import probe
 from media.sandbox import Sandbox, is_relay
 from tasks.errors import is_missing, is_transient

@@ -25,12 +25,12 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import dlq
-from app.aws import ensure_queues, queue_url
-from app.extensions import db, get_settings
-from app.models import Video
-from app.queue import enqueue_video
-from app.storage import aws_client, get_storage
+from domain.extensions import db, get_settings
+from domain.models import Video
+from domain.queue import enqueue_video
+from domain.storage import aws_client, get_storage
+from ops import dlq
+from ops.aws import ensure_queues, queue_url
 from tests.clips import make_clip
 from tests.conftest import (
     Worker,

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import pytest
 from flask import Flask
 
-from app.extensions import get_settings
-from app.storage import aws_client
+from domain.extensions import get_settings
+from domain.storage import aws_client
 from tasks.sqs import prune_mailboxes
 from tests.conftest import ROOT, Worker, wait_for
 from tests.test_reliability import (

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from app.extensions import get_settings
-from app.storage import aws_client
 from deploy import rollout
 from deploy.stack import for_moto
+from domain.extensions import get_settings
+from domain.storage import aws_client
 from tests.test_cloudformation import stack, template  # noqa: F401  (stack is a fixture)
 
 

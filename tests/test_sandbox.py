@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from domain import media as media_settings
 from media import probe as media_probe
 from media import runner
 from media.probe import MediaInfo, ProbeError, frame_rate, parse_probe
@@ -51,7 +52,7 @@ class TestOptions:
         from config import load_settings
 
         s = load_settings({"APP_ENV": "testing", "FFMPEG_THREADS": "3", "VIDEO_ALLOWED_FORMATS": "mp4,mkv"})
-        box = Sandbox.from_settings(s)
+        box = media_settings.confinement(s)
         assert (box.threads, box.demuxers, box.max_pixels) == (3, ("mov", "matroska"), 7680 * 4320)
         assert (box.probe_memory, box.encode_memory) == (512 * MiB, 1536 * MiB)
         assert box.for_jobs(5) is box  # a fixed FFMPEG_THREADS is the operator's
@@ -61,7 +62,7 @@ class TestOptions:
 
         assert [share(jobs, cores=4) for jobs in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
         assert share(1, cores=64) == 16 and share(0, cores=2) == 2
-        box = Sandbox.from_settings(load_settings({"APP_ENV": "testing"}))
+        box = media_settings.confinement(load_settings({"APP_ENV": "testing"}))
         assert box.share_cores and box.threads == share(1)  # the probe's and the bumpers'
         assert box.for_jobs(64).threads == 1 and box.for_jobs(1).threads == share(1)
         assert box.for_jobs(64).output_options() == {"threads": 1}
@@ -212,13 +213,13 @@ class TestWhatNoRealClipHas:
     def test_refused(self, changes: dict, code: str) -> None:
         with pytest.raises(MediaRejected) as caught:
             check(info(**changes), MediaLimits())
-        assert (caught.value.code, caught.value.status) == (code, 422)
+        assert (caught.value.code, caught.value.kind) == (code, "bounds")
 
     def test_a_stream_no_picture_was_decoded_from_is_not_a_video(self) -> None:
         # An index bomb under the memory limit: ffprobe drops the index and can't decode a frame.
         with pytest.raises(MediaRejected) as caught:
             check(info(pixel_format=None), MediaLimits())
-        assert (caught.value.code, caught.value.status) == ("not_a_video", 415)
+        assert (caught.value.code, caught.value.kind) == ("not_a_video", "format")
 
     def test_real_clips_pass(self) -> None:
         check(info(), MediaLimits())
@@ -240,18 +241,18 @@ class TestWhatNoRealClipHas:
 
 class TestRejections:
     @pytest.mark.parametrize(
-        ("reason", "status", "code"),
+        ("reason", "kind", "code"),
         [
-            ("format", 415, "format_not_allowed"),
-            ("resolution", 422, "resolution_out_of_bounds"),
-            ("memory", 422, "too_complex"),
-            ("cpu", 422, "too_complex"),
-            ("timeout", 422, "too_complex"),
-            (None, 415, "not_a_video"),
+            ("format", "format", "format_not_allowed"),
+            ("resolution", "bounds", "resolution_out_of_bounds"),
+            ("memory", "bounds", "too_complex"),
+            ("cpu", "bounds", "too_complex"),
+            ("timeout", "bounds", "too_complex"),
+            (None, "format", "not_a_video"),
         ],
     )
-    def test_messages_never_carry_ffmpeg_output(self, reason: str | None, status: int, code: str) -> None:
+    def test_messages_never_carry_ffmpeg_output(self, reason: str | None, kind: str, code: str) -> None:
         error = ProbeError("/tmp/upload-abc: Invalid data found", reason, "/tmp/upload-abc: Invalid data found")
         refused = rejection(error, MediaLimits())
-        assert (refused.status, refused.code) == (status, code)
+        assert (refused.kind, refused.code) == (kind, code)
         assert "/tmp" not in refused.message and "Invalid data" not in refused.message

@@ -14,8 +14,8 @@ from flask import Flask
 from sqlalchemy import Column, MetaData, Table, create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from app.extensions import db
-from app.models import UTCDateTime
+from domain.extensions import db
+from domain.models import UTCDateTime
 from tests.conftest import ROOT
 
 

@@ -19,13 +19,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import estimates, jobs
-from app import storage as storage_module
-from app.aws import queue_url
-from app.extensions import db, get_settings
-from app.models import IdempotencyKey, Status, User, Video, utcnow
-from app.storage import aws_client, get_storage
 from celeryconfig import PROCESS_TASK
+from domain import estimates, jobs
+from domain import storage as storage_module
+from domain.extensions import db, get_settings
+from domain.models import IdempotencyKey, Status, User, Video, utcnow
+from domain.storage import aws_client, get_storage
+from ops.aws import queue_url
 from tests.conftest import ROOT, free_port, post_upload, signup_and_login, statements, unique_email, wait_for
 
 upload = post_upload
@@ -223,7 +223,7 @@ def test_the_answer_tells_a_worker_faster_than_the_upload(
     client: FlaskClient, auth: dict, clip: Callable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A worker that claims the video between its message and the route's own move to queued.
-    from app import uploads
+    from domain import uploads
 
     def send_then_claim(video_id: str, task_id: str) -> None:
         assert jobs.claim(video_id, f"{task_id}:0", None, stale_after=60)

@@ -20,7 +20,7 @@ from webargs.multidictproxy import MultiDictProxy
 from werkzeug.datastructures import CombinedMultiDict
 
 from app.api.schemas import ErrorSchema
-from app.extensions import db
+from domain.extensions import db
 
 DEFAULT_VALIDATION_STATUS = 400
 

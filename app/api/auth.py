@@ -16,9 +16,9 @@ from app.api import BEARER, bp, error_answers
 from app.api.errors import APIError
 from app.api.schemas import MAX_PASSWORD, MIN_PASSWORD, AccountSchema, LoginSchema, SignupSchema, TokenSchema
 from app.auth import issue_token, login_required, token_claims
-from app.extensions import db
-from app.models import User
 from app.ratelimit import per_account, per_account_address, per_address
+from domain.extensions import db
+from domain.models import User
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 PROFILE_FIELDS = ("first_name", "last_name", "city", "country")

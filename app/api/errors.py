@@ -9,7 +9,7 @@ from flask import Flask, Response, g, jsonify, request
 from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from app.errors import (
+from domain.errors import (
     Conflict,
     DomainError,
     Invalid,
@@ -20,7 +20,7 @@ from app.errors import (
     TooLarge,
     Unavailable,
 )
-from app.extensions import db, get_settings
+from domain.extensions import db, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def invalid_request(messages: dict[str, Any]) -> tuple[Response, int]:
     return error_response(400, "invalid_request", f"Invalid request: {summary}"[:500], fields=fields)
 
 
-# Each domain error's HTTP status: the domain (app/errors.py) knows no HTTP.
+# Each domain error's HTTP status: the domain (domain/errors.py) knows no HTTP.
 STATUS: dict[type[DomainError], int] = {
     Invalid: 400,
     NotFound: 404,

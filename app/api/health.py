@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app import readiness
 from app.api import Blueprint
 from app.api.schemas import HealthSchema, ReadySchema
+from ops import readiness
 
 bp = Blueprint("health", __name__, description="For load balancers")
 

@@ -9,7 +9,7 @@ from flask_smorest.fields import Upload
 from marshmallow import validate
 from werkzeug.datastructures import FileStorage
 
-from app.models import Status
+from domain.models import Status
 
 MAX_EMAIL = 254  # RFC 5321's longest address
 MIN_PASSWORD, MAX_PASSWORD = 12, 128

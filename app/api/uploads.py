@@ -8,7 +8,6 @@ from typing import Any
 from flask import g
 from sqlalchemy import select
 
-from app import direct
 from app.api import BEARER, bp, error_answers
 from app.api.errors import APIError
 from app.api.schemas import (
@@ -19,11 +18,12 @@ from app.api.schemas import (
 )
 from app.api.videos import accepted
 from app.auth import login_required
-from app.extensions import db
 from app.idempotency import idempotent, json_fingerprint
-from app.models import Status, Video
 from app.ratelimit import per_user
-from app.uploads import queue_stored
+from domain import direct
+from domain.extensions import db
+from domain.models import Status, Video
+from domain.uploads import queue_stored
 
 
 def _own_upload(upload_id: str) -> Video:

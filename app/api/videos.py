@@ -10,7 +10,7 @@ from typing import Any
 from flask import current_app, g, request
 from sqlalchemy import and_, bindparam, func, select
 
-from app import estimates, idempotency, jobs, quotas
+from app import idempotency
 from app.api import BEARER, bp, error_answers
 from app.api.errors import APIError
 from app.api.schemas import (
@@ -22,14 +22,15 @@ from app.api.schemas import (
     VideoSchema,
 )
 from app.auth import known_user, login_required, token_required
-from app.extensions import db, get_settings
 from app.idempotency import idempotent, route_fingerprint
-from app.models import Status, User, Video
-from app.queue import EnqueueError
 from app.ratelimit import per_user
-from app.storage import get_storage, video_prefixes
-from app.sweeper import requeue
-from app.uploads import accept_upload, queue_stored
+from domain import estimates, jobs, quotas
+from domain.extensions import db, get_settings
+from domain.models import Status, User, Video
+from domain.queue import EnqueueError
+from domain.storage import get_storage, video_prefixes
+from domain.uploads import accept_upload, queue_stored
+from ops.sweeper import requeue
 
 
 def _iso(value: datetime | None) -> str | None:

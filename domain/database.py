@@ -15,8 +15,8 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import event
 
-from app.extensions import db, get_settings
-from app.storage import aws_client
+from domain.extensions import db, get_settings
+from domain.storage import aws_client
 
 _clients: dict[int, Any] = {}  # one RDS client per process (made after a fork, never shared across one)
 

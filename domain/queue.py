@@ -6,8 +6,8 @@ import logging
 
 from flask import current_app
 
-from app import timing
 from celeryconfig import PROCESS_TASK
+from domain import timing
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from app.aws import dlq_url, queue_url
-from app.storage import aws_client
 from config import Settings
+from domain.storage import aws_client
+from ops.aws import dlq_url, queue_url
 
 
 def describe(body: str) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from datetime import datetime
 from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import aliased
 
-from app.extensions import db
-from app.models import Status, Video, utcnow
+from domain.extensions import db
+from domain.models import Status, Video, utcnow
 
 WAITING = (Status.UPLOADED.value, Status.QUEUED.value)
 

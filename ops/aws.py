@@ -8,8 +8,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from app.storage import QUARANTINE, aws_client
 from config import Settings
+from domain.storage import QUARANTINE, aws_client
 
 logger = logging.getLogger(__name__)
 RETENTION_SECONDS = 14 * 24 * 3600  # SQS's maximum: an outage of days loses nothing

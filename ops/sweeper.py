@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from botocore.exceptions import BotoCoreError, ClientError
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import direct, idempotency, jobs, quotas, reconcile
-from app.extensions import db
-from app.models import Status, Video, utcnow
-from app.queue import EnqueueError, enqueue_video
-from app.storage import get_storage
 from config import Settings
+from domain import direct, jobs, quotas
+from domain.extensions import db
+from domain.models import IdempotencyKey, Status, Video, utcnow
+from domain.queue import EnqueueError, enqueue_video
+from domain.storage import get_storage
+from ops import reconcile
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +90,12 @@ def sweep(settings: Settings, storage: bool = True) -> SweepReport:
     What it reads is only a list of candidates: each change re-checks its reason (a stale
     heartbeat, an overdue retry, an old ``updated_at``) in its own UPDATE, so a delivery
     that claimed a row since this sweep read it keeps it. It also reconciles the rows with
-    SQS and S3 (``app/reconcile.py``; ``storage``: the bucket's listing too). The sweep owns
+    SQS and S3 (``ops/reconcile.py``; ``storage``: the bucket's listing too). The sweep owns
     its transactions: it commits after each pass, and each row before its message is sent.
     """
     report = SweepReport(expired=direct.expire(settings))
     db.session.commit()
-    idempotency.prune(timedelta(seconds=settings.IDEMPOTENCY_KEY_SECONDS))
+    prune_keys(timedelta(seconds=settings.IDEMPOTENCY_KEY_SECONDS))
     quotas.prune()
     db.session.commit()
     now = utcnow()
@@ -137,3 +138,9 @@ def sweep(settings: Settings, storage: bool = True) -> SweepReport:
         },
     )
     return report
+
+
+def prune_keys(older_than: timedelta) -> int:
+    """Delete Idempotency-Keys recorded more than ``older_than`` ago; return how many (the caller commits)."""
+    result = db.session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < utcnow() - older_than))
+    return int(getattr(result, "rowcount", 0) or 0)

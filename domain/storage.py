@@ -15,9 +15,9 @@ from botocore.exceptions import ClientError
 from flask import Flask, current_app
 from werkzeug.utils import secure_filename
 
-from app import timing
-from app.extensions import get_settings
 from config import Settings
+from domain import timing
+from domain.extensions import get_settings
 
 # Files above 16 MiB go up in 16 MiB parts, four at a time: memory stays bounded.
 MAX_KEY_NAME = 100  # S3 keys are at most 1024 bytes

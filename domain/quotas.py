@@ -1,6 +1,6 @@
 """Fair use: per-user limits on videos in flight, uploads and bytes a day, and retries of a failed video.
 
-Each limit is a setting; a request over one is refused (``OverLimit``: 429) with a code naming it. The
+Each limit is a setting; a request over one is refused (``OverLimit``) with a code naming it. The
 upload route checks before it reads the body (the declared length counts) and again,
 with the user's row locked, in the transaction that records the video, so concurrent
 uploads can't slip past together.
@@ -12,9 +12,9 @@ from datetime import timedelta
 
 from sqlalchemy import delete, func, select, update
 
-from app.errors import Conflict, OverLimit
-from app.extensions import db, get_settings
-from app.models import Status, Usage, User, Video, utcnow
+from domain.errors import Conflict, OverLimit
+from domain.extensions import db, get_settings
+from domain.models import Status, Usage, User, Video, utcnow
 
 ACTIVE = (
     Status.UPLOADING.value,
@@ -61,7 +61,7 @@ def _usage(user_id: int, lock: bool) -> tuple[int, int, int]:
 
 
 def check_upload(user_id: int, incoming_bytes: int, lock: bool = False) -> None:
-    """Raise 429 when one more upload of ``incoming_bytes`` would break a limit.
+    """Raise ``OverLimit`` when one more upload of ``incoming_bytes`` would break a limit.
 
     With ``lock`` the user's row is locked (``SELECT … FOR UPDATE``) until the caller's
     transaction ends: call it right before inserting the video, then commit.

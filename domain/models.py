@@ -10,7 +10,7 @@ from sqlalchemy import DateTime, Dialect, ForeignKey, Index, String, TypeDecorat
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from app.extensions import Model, db, get_settings
+from domain.extensions import Model, db, get_settings
 
 
 def utcnow() -> datetime:
@@ -37,10 +37,10 @@ def new_id() -> str:
 
 
 class Status(enum.StrEnum):
-    """Where a video is in its life; app/jobs.py owns every change."""
+    """Where a video is in its life; domain/jobs.py owns every change."""
 
     UPLOADING = "uploading"  # a direct upload: the client is sending its parts to S3
-    COMPLETING = "completing"  # its complete is joining the parts: an abort now loses (409)
+    COMPLETING = "completing"  # its complete is joining the parts: an abort now loses (Conflict)
     UPLOADED = "uploaded"  # in S3 and the database, not yet on the queue
     QUEUED = "queued"
     PROCESSING = "processing"
@@ -83,7 +83,7 @@ class Video(Model):
     """One upload and the state of its processing."""
 
     __tablename__ = "videos"
-    # The queue position counts the waiting videos uploaded earlier (app/estimates.py): from
+    # The queue position counts the waiting videos uploaded earlier (domain/estimates.py): from
     # this index alone, not the rows. Its leading column serves the lookups by status.
     __table_args__ = (Index("ix_videos_status_created_at", "status", "created_at"),)
 
@@ -124,7 +124,7 @@ class Video(Model):
 
 
 class Usage(Model):
-    """One upload's bytes against its owner's daily limits (app/quotas.py).
+    """One upload's bytes against its owner's daily limits (domain/quotas.py).
 
     Kept when the video is aborted, expires or is deleted: what was sent was sent. An aborted
     upload's entry is lowered to the bytes S3 had received.

@@ -1,4 +1,4 @@
-"""Prometheus metrics: ``GET /metrics`` on the web, a port of its own on the worker.
+"""Prometheus metrics: served by the web (``app/instrumentation.py``) and on a port of the worker's own.
 
 Both run several processes (gunicorn's workers, Celery's pool), so both use
 prometheus_client's multi-process mode: with ``PROMETHEUS_MULTIPROC_DIR`` set, every process
@@ -9,15 +9,11 @@ queue's depth are read at scrape time, from the database and SQS.
 
 from __future__ import annotations
 
-import hmac
 import os
-import time
 from collections.abc import Iterator
-from typing import Any
 
-from flask import Flask, Response, abort, g, request
+from flask import Flask
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -28,13 +24,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
-from app.extensions import db, get_settings
-from app.metrics import dead_letter_depth
-from app.models import Status, Video
+from domain.extensions import db, get_settings
+from domain.models import Status, Video
+from ops.metrics import dead_letter_depth
 
 UPLOADS = Counter("videoproc_uploads", "Uploads by outcome: accepted, or the error code answered", ["outcome"])
-# Every label comes from a fixed set: the app's rules, these methods, the app's own status codes.
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_SECONDS = Histogram("videoproc_request_seconds", "API request latency by route", ["route", "method", "status"])
 JOBS = Counter("videoproc_jobs", "Processing jobs that ended, by outcome", ["outcome"])
 PROCESSING_SECONDS = Histogram(
@@ -56,7 +50,6 @@ STEP_SECONDS = Histogram(
 )
 RETRIES = Counter("videoproc_retries", "Retries of a job, by reason", ["reason"])
 OWN = (UPLOADS, REQUEST_SECONDS, JOBS, PROCESSING_SECONDS, PROCESSING_SPEED, STEP_SECONDS, RETRIES)
-UPLOAD_ENDPOINT = "api.upload"  # app/api/videos.py: upload
 
 
 class StateCollector:
@@ -101,53 +94,3 @@ def serve_worker(app: Flask, port: int) -> None:
 def exposition(app: Flask) -> bytes:
     """Return the metrics in Prometheus's text format."""
     return generate_latest(registry(app))
-
-
-def _route() -> str:
-    """The matched rule (one of the app's own), or ``unmatched``: never the client's path."""
-    return request.url_rule.rule if request.url_rule else "unmatched"
-
-
-def _method() -> str:
-    """The request's method when HTTP defines it, else ``other``: a client's made-up method is no new series."""
-    return request.method if request.method in METHODS else "other"
-
-
-def _upload_outcome(response: Response) -> str:
-    if response.status_code == 202:
-        return "accepted"
-    body: Any = response.get_json(silent=True) or {}
-    error = body.get("error") if isinstance(body, dict) else None
-    return str(error.get("code")) if isinstance(error, dict) and error.get("code") else str(response.status_code)
-
-
-def init_app(app: Flask) -> None:
-    """Time every request, count uploads by outcome, and serve ``GET /metrics``.
-
-    ``METRICS_TOKEN``, when set, must come as a bearer token (Prometheus's
-    ``authorization`` scrape option); production serves no metrics without one.
-    """
-
-    @app.before_request
-    def _start() -> None:
-        g.metrics_started = time.perf_counter()
-
-    @app.after_request
-    def _observe(response: Response) -> Response:
-        if "metrics_started" in g:
-            seconds = time.perf_counter() - g.pop("metrics_started")
-            REQUEST_SECONDS.labels(_route(), _method(), str(response.status_code)).observe(seconds)
-        if request.endpoint == UPLOAD_ENDPOINT:
-            UPLOADS.labels(_upload_outcome(response)).inc()
-        return response
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        token = get_settings(app).METRICS_TOKEN
-        if token:
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                abort(401)
-        elif get_settings(app).APP_ENV == "production":
-            abort(404)
-        return Response(exposition(app), mimetype=CONTENT_TYPE_LATEST)

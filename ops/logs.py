@@ -15,9 +15,9 @@ from typing import Any
 import watchtower
 from flask import Flask, Response, g, request
 
-from app.extensions import get_settings
-from app.storage import aws_client
 from config import Settings
+from domain.extensions import get_settings
+from domain.storage import aws_client
 
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("log_context", default={})  # noqa: B039 (never mutated)
 CONTEXT_KEYS = ("video_id", "task_id", "user_id", "request_id")

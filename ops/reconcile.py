@@ -1,7 +1,7 @@
 """Reconcile the database with SQS and S3: rows whose message is gone, objects and uploads with no row.
 
 Each pass reads the other side, then changes only what its own guard still finds true: a
-row moves with one conditional UPDATE (``app/jobs.py``), and an object or a multipart upload
+row moves with one conditional UPDATE (``domain/jobs.py``), and an object or a multipart upload
 is removed only when it is older than ``ORPHAN_AFTER_SECONDS`` (a form upload writes its
 object before its row, a direct upload starts S3's upload before its row) and its row is
 still missing when looked up right before. The caller (the sweeper) commits.
@@ -16,13 +16,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app import dlq, jobs
-from app.aws import queue_url
-from app.extensions import db
-from app.metrics import COUNTS
-from app.models import Status, Video, utcnow
-from app.storage import ORIGINALS, Storage, aws_client, processed_video_key
 from config import Settings
+from domain import jobs
+from domain.extensions import db
+from domain.models import Status, Video, utcnow
+from domain.storage import ORIGINALS, Storage, aws_client, processed_video_key
+from ops import dlq
+from ops.aws import queue_url
+from ops.metrics import COUNTS
 
 logger = logging.getLogger(__name__)
 # Top-level prefixes whose next path segment is a video id.

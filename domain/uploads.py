@@ -9,16 +9,15 @@ from typing import Any
 from sqlalchemy import inspect, select
 from werkzeug.datastructures import FileStorage
 
-from app import jobs, quotas
-from app.errors import NotAVideo, TooLarge, Unavailable, refused
-from app.extensions import db, get_settings
-from app.models import Status, User, Video, new_id
-from app.queue import EnqueueError, enqueue_video
-from app.storage import get_storage, original_key
+from domain import jobs, media, quotas
+from domain.errors import NotAVideo, TooLarge, Unavailable, refused
+from domain.extensions import db, get_settings
+from domain.models import Status, User, Video, new_id
+from domain.queue import EnqueueError, enqueue_video
+from domain.storage import get_storage, original_key
 from media import runner
 from media.probe import ProbeError, probe_twice
-from media.sandbox import Sandbox
-from media.validate import Limits, MediaRejected, check, rejection
+from media.validate import MediaRejected, check, rejection
 
 logger = logging.getLogger(__name__)
 MAX_FILENAME = 255
@@ -54,9 +53,9 @@ def accept_upload(user: User, file: FileStorage, title: str) -> Video:
         raise TooLarge("file_too_large", f"The upload exceeds the limit of {config.MAX_UPLOAD_BYTES} bytes.")
     if size == 0:
         raise NotAVideo("not_a_video", "The file is empty.")
-    limits = Limits.from_settings(config)
+    limits = media.limits(config)
     try:
-        info = probe_twice(path, Sandbox.from_settings(config))
+        info = probe_twice(path, media.confinement(config))
         check(info, limits)
     except ProbeError as exc:
         if exc.blame != runner.FILE:  # killed, or crashed or slow once: a busy host's, not the file's verdict

@@ -14,12 +14,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from app import readiness
-from app.aws import dlq_url, queue_name, queue_url
-from app.extensions import db
-from app.models import Status, Video, utcnow
-from app.storage import aws_client
 from config import Settings
+from domain.extensions import db
+from domain.models import Status, Video, utcnow
+from domain.storage import aws_client
+from ops import readiness
+from ops.aws import dlq_url, queue_name, queue_url
 
 logger = logging.getLogger(__name__)
 COUNTS = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]

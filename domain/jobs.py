@@ -49,8 +49,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, CursorResult, and_, case, delete, or_, select, update
 
-from app.extensions import db
-from app.models import Status, Video, new_id, utcnow
+from domain.extensions import db
+from domain.models import Status, Video, new_id, utcnow
 
 S = Status
 # name: (the statuses it moves from, the status it moves to)

@@ -24,13 +24,13 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import select
 
-from app import jobs, quotas
-from app.errors import Conflict, DomainError, Invalid, NotAVideo, OverLimit, TooLarge, Unavailable
-from app.extensions import db, get_settings
-from app.models import Status, User, Video, new_id, utcnow
-from app.storage import get_storage, original_key
-from app.uploads import CONTENT_TYPES, clean_filename, record
 from config import Settings
+from domain import jobs, quotas
+from domain.errors import Conflict, DomainError, Invalid, NotAVideo, OverLimit, TooLarge, Unavailable
+from domain.extensions import db, get_settings
+from domain.models import Status, User, Video, new_id, utcnow
+from domain.storage import get_storage, original_key
+from domain.uploads import CONTENT_TYPES, clean_filename, record
 from media.sniff import HEAD_BYTES, may_be
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def claim(video: Video, parts: list[dict[str, Any]]) -> None:
     """Check the parts' list and take the row for its complete (``completing``); the caller commits.
 
     From that commit on, an abort or an expiry racing this complete finds nothing to remove
-    (409), and a second complete nothing to complete. ``video`` is detached, as read.
+    (``Conflict``), and a second complete nothing to complete. ``video`` is detached, as read.
     """
     assert video.s3_upload_id and video.part_size and video.size_bytes
     count = part_count(video.size_bytes, video.part_size)

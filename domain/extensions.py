@@ -1,4 +1,4 @@
-"""Extensions, created unbound and bound to the app in ``create_app``."""
+"""Extensions, created unbound and bound to the app in ``domain.runtime.create_runtime``."""
 
 from __future__ import annotations
 

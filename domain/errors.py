@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from media.validate import MediaRejected
+from media.validate import FORMAT, MediaRejected
 
 
 class DomainError(Exception):
@@ -51,5 +51,5 @@ class Unavailable(DomainError):
 
 def refused(exc: MediaRejected) -> DomainError:
     """Return the domain error for a video ``media.validate`` refuses."""
-    kind = NotAVideo if exc.status == 415 else OutOfBounds
+    kind = NotAVideo if exc.kind == FORMAT else OutOfBounds
     return kind(exc.code, exc.message)

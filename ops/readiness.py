@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from app.aws import ping_queue
-from app.extensions import db, get_settings
-from app.storage import get_storage
+from domain.extensions import db, get_settings
+from domain.storage import get_storage
 from media import jail
+from ops.aws import ping_queue
 
 
 def check() -> dict[str, str]:
