@@ -10,12 +10,12 @@ CHECKOV := $(VENV)-checkov/bin/checkov
 run: install ## Start moto (local AWS), the API, a worker and Flower; Ctrl-C stops all
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 
-test-unit: install ## The unit tier: every test that needs no server, database server, FFmpeg or worker (about 20 s)
-	$(BIN)/python -m pytest -m unit
+test-unit: install ## The unit tier: every test that needs no server, database server, FFmpeg or worker
+	$(BIN)/python -m pytest -m unit -n 2
 
-test: install ## Run the whole test suite (unit and end-to-end)
+test: install ## Both tiers in two processes (pytest-xdist), with branch coverage (its floor: pyproject.toml)
 	@deploy/install_system.sh --browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --cov --cov-report=term:skip-covered --durations=20
 
 install: $(STAMP) system
 
@@ -42,6 +42,7 @@ lint: install $(CHECKOV) ## Lint, check formatting, types and the import layers,
 	$(BIN)/cfn-lint deploy/cloudformation.yaml build/cloudformation.yaml
 	$(CHECKOV) --file build/cloudformation.yaml --framework cloudformation --compact --quiet --skip-download
 	$(BIN)/python -m deploy.docs --check
+	$(BIN)/python -m config.table --check
 
 audit: install $(VENV)-audit/bin/pip-audit ## pip-audit on the release's pinned requirements; report in docs/security.md (says so when the advisory database can't be reached)
 	$(BIN)/python -m deploy.audit --pip-audit $(VENV)-audit/bin/pip-audit

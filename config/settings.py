@@ -12,7 +12,7 @@ import os
 import secrets
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from urllib.parse import quote, urlsplit
 
 from zxcvbn import zxcvbn
 
-from config.env import ConfigError, env_bool, env_float, env_int, env_list, env_str
+from config.env import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_DIR = ROOT / "instance"
@@ -34,18 +34,28 @@ MIN_SECRET_BYTES = 32
 # zxcvbn's estimate of the guesses needed to find the key: 10^30 is about 100 bits.
 MIN_SECRET_GUESSES_LOG10 = 30
 
-# Variables read elsewhere that check_names must not take for misspellings.
-OTHER_VARIABLES = frozenset(
-    {
-        "AWS_DEFAULT_REGION",
-        "DATABASE_URL",
-        "LOG_GROUP_PREFIX",
-        "SECRET_KEY_ARN",
-        "DATABASE_SECRET_ARN",
-        "DATABASE_ADMIN_SECRET_ARN",
-        "WORKER_CONCURRENCY",
-    }
-)
+# Variables read elsewhere (not settings): known to check_names, listed in the README's table.
+ELSEWHERE: dict[str, tuple[str, str]] = {
+    "PROMETHEUS_MULTIPROC_DIR": (
+        "unset (one process); the web unit and `make run` set it",
+        "prometheus_client's multi-process directory: gunicorn's workers write there and `/metrics` adds them up"
+        " (`deploy/gunicorn_conf.py` empties it at start); a worker makes a fresh one itself",
+    ),
+    "FLOWER_ADDRESS": ("`127.0.0.1`", "where Flower listens (`config/flower.py`)"),
+    "FLOWER_PORT": ("`5555`", ""),
+    "FLOWER_BASIC_AUTH": ("unset; production needs it or `FLOWER_AUTH`", "`user:password` pairs, comma-separated"),
+    "WORKER_CONCURRENCY": (
+        "`1` (Procfile), the instance's cores + 1 (EC2)",
+        "worker pool processes: one FFmpeg each; one more than cores drains a backlog fastest (docs/benchmarks.md)",
+    ),
+    "SECRET_KEY_ARN": (
+        "unset",
+        "on an instance: the Secrets Manager secret of the web's `SECRET_KEY` (`deploy/envfile.py`)",
+    ),
+    "DATABASE_SECRET_ARN": ("unset", "on an instance: RDS's master secret, for the migration unit only"),
+    "DATABASE_ADMIN_SECRET_ARN": ("unset", ""),
+    "LOG_GROUP_PREFIX": ("unset", "on an instance: `/<stack>`, made the role's own `LOG_GROUP`"),
+}
 
 __all__ = ["ConfigError", "Settings", "broker_url", "load_settings"]
 
@@ -77,28 +87,78 @@ def secret_problem(key: str) -> str | None:
     return None
 
 
-def _required(env: Mapping[str, str], name: str) -> str:
-    value = env_str(env, name)
-    if value is None:
-        raise ConfigError(f"{name} must be set when APP_ENV=production")
-    return value
-
-
-def _database_url(env: Mapping[str, str], production: bool) -> str:
-    url = _required(env, "DATABASE_URL") if production else env_str(env, "DATABASE_URL")
-    if url is None:
-        INSTANCE_DIR.mkdir(exist_ok=True)
-        url = f"sqlite:///{INSTANCE_DIR / 'videoproc.db'}"
-    if url.startswith("postgres://"):  # Heroku-style URLs
-        url = "postgresql://" + url[len("postgres://") :]
-    return url
-
-
 def broker_url(key: str | None, secret: str | None, endpoint: str | None) -> str:
     """Return the kombu SQS URL: credentials and endpoint only when they are set."""
     auth = f"{quote(key, safe='')}:{quote(secret, safe='')}@" if key and secret else ""
     host = urlsplit(endpoint).netloc if endpoint else ""
     return f"sqs://{auth}{host}"
+
+
+class _Required:
+    """Production's rule for a setting that has no default there."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+SAME: Any = object()  # production takes the development default
+Values = Mapping[str, Any]  # the settings read so far, for a default computed from them
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One setting's declaration: what the reader, the checks and the README's table are made from.
+
+    ``default`` and ``production`` are values, or functions of the settings declared before
+    (``production`` may also be ``REQUIRED``, or ``SAME`` for the default). An empty ``help``
+    puts the setting on the row of the one above it in the README's table.
+    """
+
+    default: Any
+    help: str
+    production: Any = SAME
+    shown: str | None = None  # the table's default when the value alone doesn't say it
+    shown_production: str | None = None
+    variable: str | None = None  # the environment variable, when not the setting's name
+    fallback: str | None = None  # a variable read when ``variable`` is unset
+    choices: tuple[str, ...] = ()
+    lower: bool = True  # a list's items lowercased
+    clean: Callable[[Any], Any] | None = None
+
+    def value(self, production: bool, values: Values) -> Any:
+        """Return the value when the variable is unset."""
+        rule = self.production if production and self.production is not SAME else self.default
+        if rule is REQUIRED:
+            raise ConfigError(f"{self.variable} must be set when APP_ENV=production")
+        return rule(values) if callable(rule) else rule
+
+
+def setting(default: Any, help: str, *, secret: bool = False, **rules: Any) -> Any:
+    """Declare a setting: its default, what it does (the README's table) and its rules (``Declared``)."""
+    return field(repr=not secret, metadata={"declared": Declared(default, help, **rules)})
+
+
+def _required_on_the_web(values: Values) -> str:
+    """``SECRET_KEY`` in production: the web's; a worker or ops host holds none."""
+    if values["VIDEOPROC_ROLE"] in ("", "web"):
+        raise ConfigError("SECRET_KEY must be set when APP_ENV=production")
+    return ""
+
+
+def _local_database() -> str:
+    INSTANCE_DIR.mkdir(exist_ok=True)
+    return f"sqlite:///{INSTANCE_DIR / 'videoproc.db'}"
+
+
+def _postgresql(url: str) -> str:
+    """Heroku-style ``postgres://`` URLs name the dialect SQLAlchemy calls ``postgresql``."""
+    return "postgresql://" + url[len("postgres://") :] if url.startswith("postgres://") else url
+
+
+def _fake_credential(values: Values) -> str | None:
+    """moto accepts any credentials; real AWS takes them from the instance role."""
+    return "testing" if values["AWS_ENDPOINT_URL"] else None
 
 
 # Flask's extensions' own keys, the same everywhere.
@@ -115,150 +175,305 @@ FIXED_CONFIG: dict[str, Any] = {
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Every setting, typed and read-only; the README's configuration table says what each means.
+    """Every setting, declared once: type, default, production's rule and what it does.
 
+    ``load_settings`` reads them from the environment, ``python -m config.table`` writes the
+    README's table from them, and the stack's queue attributes come from their defaults.
     Reading a name that is not here is an AttributeError (and a type error in ``make lint``),
     ``replace`` with one is a TypeError, and a variable in the environment that is one letter
     off a setting's name stops the process at start (``check_names``).
     """
 
-    APP_ENV: str
+    APP_ENV: str = setting("development", "`development`, `testing` or `production`", choices=ENVIRONMENTS)
     # web | worker | ops on an instance (the bootstrap's VIDEOPROC_ROLE); empty: every role (local)
-    VIDEOPROC_ROLE: str
-    SECRET_KEY: str = field(repr=False)
-    JWT_EXPIRES_SECONDS: int
-    SQLALCHEMY_DATABASE_URI: str = field(repr=False)
+    VIDEOPROC_ROLE: str = setting(
+        "",
+        "`web`, `worker` or `ops`: the instance's role, written by the bootstrap; only `web` (or empty) needs "
+        "`SECRET_KEY`",
+        shown="empty (every role, as `make run`)",
+        choices=ROLES,
+    )
+    SECRET_KEY: str = setting(
+        lambda _: _dev_secret_key(),
+        "signs the JWTs; strength-checked in production on the web (a worker or ops instance never holds it)",
+        shown="random, kept in `instance/dev-secret-key`",
+        production=_required_on_the_web,
+        shown_production="required on the web",
+        secret=True,
+    )
+    JWT_EXPIRES_SECONDS: int = setting(3600, "access token lifetime")
+    SQLALCHEMY_DATABASE_URI: str = setting(
+        lambda _: _local_database(),
+        "SQLAlchemy URL; PostgreSQL in production (`postgresql://user:pass@host/db`, psycopg 3); on the stack each"
+        " role's own user, `videoproc_<role>`, with no password",
+        shown="`sqlite:///instance/videoproc.db`",
+        production=REQUIRED,
+        variable="DATABASE_URL",
+        clean=_postgresql,
+        secret=True,
+    )
     # Connect with a fresh RDS IAM token as the URL's user (no password to rotate or leak)
-    DATABASE_IAM_AUTH: bool
-    LOG_LEVEL: str
-    LOG_GROUP: str
-    METRICS_TOKEN: str = field(repr=False)
-    WORKER_METRICS_PORT: int
+    DATABASE_IAM_AUTH: bool = setting(
+        False,
+        "log every new connection in with a fresh RDS IAM token for the URL's user (`domain/database.py`); the "
+        "stack sets it",
+    )
+    LOG_LEVEL: str = setting("INFO", "log level")
+    LOG_GROUP: str = setting(
+        "",
+        "a CloudWatch Logs group that also receives every record (watchtower, batched every 10 s, one stream "
+        "per process); the stack sets `/<stack>/<role>`",
+        shown="empty (stderr only)",
+    )
+    METRICS_TOKEN: str = setting(
+        "", "the bearer token `GET /metrics` requires; production serves no metrics without one", secret=True
+    )
+    WORKER_METRICS_PORT: int = setting(
+        0,
+        "the port where a worker serves its own Prometheus metrics (main process and pool)",
+        shown="`0` (none; `make run` and the unit: `9808`)",
+    )
     # Accounts and abuse
-    CORS_ORIGINS: tuple[str, ...]
-    RATELIMIT_STORAGE_URI: str = field(repr=False)
-    RATELIMIT_ENABLED: bool
-    RATELIMIT_KEY_PREFIX: str
-    LOGIN_LIMIT_PER_ADDRESS: str
-    LOGIN_LIMIT_PER_ACCOUNT_ADDRESS: str
-    LOGIN_DELAY_FREE_FAILURES: int
-    LOGIN_DELAY_MAX_SECONDS: int
-    PASSWORD_HASH: str
-    SIGNUP_LIMIT_PER_ADDRESS: str
-    SIGNUP_LIMIT_PER_ACCOUNT: str
+    CORS_ORIGINS: tuple[str, ...] = setting(
+        tuple(LOCAL_SITE.split(",")),
+        "origins allowed to call `/api/*` from a browser and to PUT parts to the bucket (its CORS rule, set by"
+        " `flask aws init`; the stack's `CorsOrigins` parameter), comma-separated",
+        production=(),
+        lower=False,
+    )
+    RATELIMIT_STORAGE_URI: str = setting(
+        "memory://",
+        "where rate-limit counters live: `redis://host:6379/0` so every web process shares them",
+        production=REQUIRED,
+        secret=True,
+    )
+    RATELIMIT_ENABLED: bool = setting(True, "turn the rate limits off (a load test against a private stack)")
+    RATELIMIT_KEY_PREFIX: str = setting(
+        "videoproc", "the prefix of the counters' keys in Redis (several stacks, one Redis)"
+    )
+    LOGIN_LIMIT_PER_ADDRESS: str = setting(
+        "30 per minute",
+        "login attempts per client address; refused logins per account from one address (another address is "
+        "never held back)",
+    )
+    LOGIN_LIMIT_PER_ACCOUNT_ADDRESS: str = setting("10 per 15 minutes", "")
+    LOGIN_DELAY_FREE_FAILURES: int = setting(
+        5,
+        "an address that failed on an account waits, after the account's last failure, 1 s, 2 s, 4 s… (at most "
+        "the maximum) once the account has more failures than the free ones in 15 minutes (`app/sessions.py`)",
+    )
+    LOGIN_DELAY_MAX_SECONDS: int = setting(300, "")
+    PASSWORD_HASH: str = setting(
+        "scrypt:32768:8:3",
+        "werkzeug's method for new password hashes (OWASP's scrypt: N=2^15, r=8, p=3); a hash made otherwise is"
+        " redone at the owner's next login",
+    )
+    SIGNUP_LIMIT_PER_ADDRESS: str = setting("10 per hour", "sign-ups per client address and per email")
+    SIGNUP_LIMIT_PER_ACCOUNT: str = setting("5 per hour", "")
     # Every upload attempt counts, refused or not: each costs a probe.
-    UPLOAD_LIMIT_PER_USER: str
-    UPLOAD_RESUME_LIMIT_PER_USER: str
-    UPLOAD_COMPLETE_LIMIT_PER_USER: str
+    UPLOAD_LIMIT_PER_USER: str = setting(
+        "10 per minute;100 per hour", "upload attempts per user, refused ones included"
+    )
+    UPLOAD_RESUME_LIMIT_PER_USER: str = setting(
+        "60 per minute;600 per hour",
+        "`GET /api/uploads/{id}` (resume: an S3 ListParts and a presigned URL per part) per user",
+    )
+    UPLOAD_COMPLETE_LIMIT_PER_USER: str = setting(
+        "30 per minute;300 per hour", "`POST /api/uploads/{id}/complete` per user, refused ones included"
+    )
     # Uploads one client address may have in flight through nginx (deploy/nginx.conf.template).
-    UPLOADS_PER_ADDRESS: int
+    UPLOADS_PER_ADDRESS: int = setting(4, "uploads in flight per client address, enforced by nginx")
     # AWS
-    AWS_REGION: str
-    AWS_ENDPOINT_URL: str | None
-    S3_ENDPOINT_URL: str | None
-    SQS_ENDPOINT_URL: str | None
-    AWS_ACCESS_KEY_ID: str | None
-    AWS_SECRET_ACCESS_KEY: str | None = field(repr=False)
-    S3_BUCKET: str
-    PRESIGNED_URL_EXPIRES: int
-    SQS_QUEUE_NAME: str
-    SQS_QUEUE_PREFIX: str
-    SQS_QUEUE_URL: str | None
+    AWS_REGION: str = setting("us-east-1", "region of the bucket and queue", fallback="AWS_DEFAULT_REGION")
+    AWS_ENDPOINT_URL: str | None = setting(LOCAL_AWS, "one endpoint for S3 and SQS (moto's locally)", production=None)
+    S3_ENDPOINT_URL: str | None = setting(
+        lambda v: v["AWS_ENDPOINT_URL"],
+        "per-service endpoints (VPC endpoints; the tests use them to cut one service off)",
+        shown="`AWS_ENDPOINT_URL`",
+    )
+    SQS_ENDPOINT_URL: str | None = setting(lambda v: v["AWS_ENDPOINT_URL"], "", shown="`AWS_ENDPOINT_URL`")
+    AWS_ACCESS_KEY_ID: str | None = setting(
+        _fake_credential,
+        "unset on EC2: the instance role's credentials are used",
+        shown="`testing` when an endpoint is set; else unset",
+    )
+    AWS_SECRET_ACCESS_KEY: str | None = setting(
+        _fake_credential, "", shown="`testing` when an endpoint is set; else unset", secret=True
+    )
+    S3_BUCKET: str = setting("videoproc-local", "bucket for originals and outputs", production=REQUIRED)
+    PRESIGNED_URL_EXPIRES: int = setting(3600, "lifetime of the URLs in API answers")
+    SQS_QUEUE_NAME: str = setting("videoproc-videos", "the work queue")
+    SQS_QUEUE_PREFIX: str = setting("", "prepended to the queue name (one account, several stacks)")
+    SQS_QUEUE_URL: str | None = setting(
+        None, "the work queue's URL (the stack sets it): the API and the sweeper use it without looking the queue up"
+    )
     # Short: the worker keeps extending the messages it holds, so a dead worker's job
     # comes back within this many seconds while a live job of any length never does.
-    SQS_VISIBILITY_TIMEOUT: int
-    SQS_DLQ_NAME: str
-    SQS_MAX_RECEIVE_COUNT: int
-    SQS_WAIT_TIME_SECONDS: int
-    SQS_POLLING_INTERVAL: float
+    SQS_VISIBILITY_TIMEOUT: int = setting(
+        120,
+        "seconds a received message stays hidden; the worker extends it while the job runs, so this is how soon"
+        " a dead worker's job comes back",
+    )
+    SQS_DLQ_NAME: str = setting(
+        lambda v: f"{v['SQS_QUEUE_NAME']}-dlq", "the dead-letter queue", shown="`<SQS_QUEUE_NAME>-dlq`"
+    )
+    SQS_MAX_RECEIVE_COUNT: int = setting(5, "receives before SQS moves a message to the dead-letter queue")
+    SQS_WAIT_TIME_SECONDS: int = setting(20, "long polling")
+    SQS_POLLING_INTERVAL: float = setting(0.0, "extra wait after an empty poll")
     # The stack's SNS topics for remote control and events; unset: kombu creates its own.
-    SNS_CONTROL_TOPIC_ARN: str | None
-    SNS_EVENTS_TOPIC_ARN: str | None
+    SNS_CONTROL_TOPIC_ARN: str | None = setting(
+        None,
+        "the SNS topics of remote control and of Celery's events; set both (the stack does) and no process "
+        "calls `CreateTopic`",
+        shown="unset (kombu creates `<prefix>celery-pidbox` and `<prefix>celeryev`)",
+    )
+    SNS_EVENTS_TOPIC_ARN: str | None = setting(None, "")
     # Upload validation
-    MAX_UPLOAD_BYTES: int
+    MAX_UPLOAD_BYTES: int = setting(1024**3, "larger uploads get 413", shown="`1073741824` (1 GiB)")
     # Direct uploads (domain/direct.py)
-    UPLOAD_PART_BYTES: int
-    UPLOAD_EXPIRES_SECONDS: int
-    IDEMPOTENCY_KEY_SECONDS: int
-    IDEMPOTENCY_KEYS_PER_USER: int
+    UPLOAD_PART_BYTES: int = setting(
+        8 * 1024**2,
+        "a direct upload's part size (at least 5 MiB; larger for files over 1 000 parts)",
+        shown="`8388608` (8 MiB)",
+    )
+    UPLOAD_EXPIRES_SECONDS: int = setting(
+        12 * 3600, "an unfinished direct upload is aborted after this", shown="`43200` (12 h)"
+    )
+    IDEMPOTENCY_KEY_SECONDS: int = setting(24 * 3600, "how long an `Idempotency-Key`'s answer is kept")
+    IDEMPOTENCY_KEYS_PER_USER: int = setting(
+        1000,
+        "keys a user may hold at once (kept `IDEMPOTENCY_KEY_SECONDS`); past it, 429 "
+        "`too_many_idempotency_keys`. A key is stored only for a request on the user's own upload",
+    )
     # Refused originals are kept under quarantine/ this long (the bucket's lifecycle rule), never deleted in line.
-    QUARANTINE_DAYS: int
+    QUARANTINE_DAYS: int = setting(
+        7,
+        "how long an original the checks refused stays under `quarantine/` before the bucket's lifecycle rule "
+        "deletes it (`flask aws init`; the stack's `QuarantineDays`)",
+    )
     # An S3 original with no row, or a multipart upload with none, older than this is removed by the sweeper.
-    ORPHAN_AFTER_SECONDS: int
+    ORPHAN_AFTER_SECONDS: int = setting(
+        3600, "the sweeper deletes an original with no row, and aborts a multipart upload with no row, older than this"
+    )
     # Every body but an upload's is small: JSON routes read at most this many bytes.
-    MAX_JSON_BYTES: int
-    MAX_FORM_PARTS: int
+    MAX_JSON_BYTES: int = setting(16 * 1024, "the body limit of every route but the upload")
+    MAX_FORM_PARTS: int = setting(4, "multipart parts per request; bytes of text fields held in memory")
     # Text fields are parsed in memory; werkzeug reads in 64 KiB chunks, so this must be larger.
-    MAX_FORM_MEMORY_SIZE: int
+    MAX_FORM_MEMORY_SIZE: int = setting(256 * 1024, "")
     # Proxies in front of gunicorn whose X-Forwarded-For is trusted (nginx: 1; ALB and nginx: 2).
     # Required in production: guessing it wrong either lets clients forge their address or gives all one address.
-    TRUSTED_PROXIES: int
-    UPLOAD_TMP_DIR: str | None
-    VIDEO_ALLOWED_FORMATS: tuple[str, ...]
-    VIDEO_MIN_DURATION: float
-    VIDEO_MAX_DURATION: float
-    VIDEO_MIN_WIDTH: int
-    VIDEO_MIN_HEIGHT: int
-    VIDEO_MAX_WIDTH: int
-    VIDEO_MAX_HEIGHT: int
-    VIDEO_MAX_FPS: float
-    VIDEO_MAX_FRAMES: int
-    VIDEO_MAX_PIXEL_RATE: float
-    VIDEO_MAX_STREAMS: int
+    TRUSTED_PROXIES: int = setting(
+        0,
+        "proxies whose `X-Forwarded-For`/`-Proto` are believed: nginx alone 1, a load balancer and nginx 2",
+        shown="`0` (`1` in the Procfile)",
+        production=REQUIRED,
+    )
+    UPLOAD_TMP_DIR: str | None = setting(
+        None,
+        "where uploads are spooled while they are probed; one per host (stale files are recognised by process id)",
+        shown="system temp",
+    )
+    VIDEO_ALLOWED_FORMATS: tuple[str, ...] = setting(
+        ("mp4", "mov"), "accepted containers (by content: `mp4`, `mov`, `mkv`, `avi`, …)"
+    )
+    VIDEO_MIN_DURATION: float = setting(1.0, "accepted duration, seconds")
+    VIDEO_MAX_DURATION: float = setting(1800.0, "")
+    VIDEO_MIN_WIDTH: int = setting(320, "smallest accepted size")
+    VIDEO_MIN_HEIGHT: int = setting(240, "")
+    VIDEO_MAX_WIDTH: int = setting(7680, "largest accepted size; their product bounds every decoded picture")
+    VIDEO_MAX_HEIGHT: int = setting(4320, "")
+    VIDEO_MAX_FPS: float = setting(240.0, "frame rate and frame count an upload may declare")
+    VIDEO_MAX_FRAMES: int = setting(216_000, "")
+    VIDEO_MAX_PIXEL_RATE: float = setting(995328000.0, "width × height × fps", shown="`995328000` (8K at 30 fps)")
+    VIDEO_MAX_STREAMS: int = setting(16, "streams in one file")
     # Fair use, per user (domain/quotas.py)
-    USER_MAX_ACTIVE_VIDEOS: int
-    USER_MAX_UPLOADS_PER_DAY: int
-    USER_MAX_BYTES_PER_DAY: int
-    VIDEO_MAX_RETRIES: int
+    USER_MAX_ACTIVE_VIDEOS: int = setting(5, "a user's videos waiting or processing")
+    USER_MAX_UPLOADS_PER_DAY: int = setting(50, "a user's uploads and bytes in the last 24 hours")
+    USER_MAX_BYTES_PER_DAY: int = setting(10 * 1024**3, "")
+    VIDEO_MAX_RETRIES: int = setting(3, "owner retries of one failed video")
     # The FFmpeg sandbox (media/sandbox.py)
-    FFPROBE_TIMEOUT: float
-    FFPROBE_MEMORY_MB: int
-    FFMPEG_MEMORY_MB: int
-    FFMPEG_THREADS: int  # 0: the host's cores shared among its running jobs (media.sandbox.share)
-    FFMPEG_TIMEOUT_BASE: float
-    FFMPEG_TIMEOUT_PER_SECOND: float
-    FFMPEG_CPU_PER_SECOND: float
-    MEDIA_JAIL: bool  # every ffprobe and FFmpeg in a bubblewrap jail (media/jail.py)
+    FFPROBE_TIMEOUT: float = setting(30.0, "ffprobe's wall and CPU seconds, and address space")
+    FFPROBE_MEMORY_MB: int = setting(512, "")
+    FFMPEG_MEMORY_MB: int = setting(1536, "each ffmpeg child's address space")
+    FFMPEG_THREADS: int = setting(
+        0,
+        "filter threads per FFmpeg; the decoder gets one more (when above 1) and x264 1.5 × that (their own "
+        "default ratios). Unset, a lone job gets every core and a backlog one thread per FFmpeg "
+        "(docs/benchmarks.md)",
+        shown="unset: the host's cores ÷ the jobs running when an encode starts (at least 1, at most 16)",
+    )  # 0: the host's cores shared among its running jobs (media.sandbox.share)
+    FFMPEG_TIMEOUT_BASE: float = setting(60.0, "an encode's wall limit: base + per second of content")
+    FFMPEG_TIMEOUT_PER_SECOND: float = setting(10.0, "")
+    FFMPEG_CPU_PER_SECOND: float = setting(20.0, "an encode's CPU-time limit: base + this per second of content")
+    MEDIA_JAIL: bool = setting(
+        True,
+        "run every ffprobe and FFmpeg in a bubblewrap jail: no network, no secrets, only its scratch directory "
+        "writable (`media/jail.py`, docs/security.md). `false` only where the host allows no user namespaces",
+        shown_production="`true` only",
+    )  # every ffprobe and FFmpeg in a bubblewrap jail (media/jail.py)
     # Output profile
-    OUTPUT_WIDTH: int
-    OUTPUT_HEIGHT: int
-    OUTPUT_FPS: int
-    OUTPUT_MAX_DURATION: float
-    OUTPUT_CRF: int
-    OUTPUT_PRESET: str
-    INTRO_SECONDS: float
-    OUTRO_SECONDS: float
-    INTRO_IMAGE: str
-    OUTRO_IMAGE: str
-    WATERMARK_IMAGE: str
+    OUTPUT_WIDTH: int = setting(1280, "output frame (even sizes) and rate")
+    OUTPUT_HEIGHT: int = setting(720, "")
+    OUTPUT_FPS: int = setting(30, "")
+    OUTPUT_MAX_DURATION: float = setting(30.0, "seconds of the clip kept")
+    OUTPUT_CRF: int = setting(22, "x264 quality and speed (chosen by measurement: docs/benchmarks.md)")
+    OUTPUT_PRESET: str = setting("veryfast", "")
+    INTRO_SECONDS: float = setting(2.0, "bumper lengths (together ≤ 5; 0 drops one)")
+    OUTRO_SECONDS: float = setting(2.0, "")
+    INTRO_IMAGE: str = setting(
+        str(ASSETS_DIR / "intro.png"),
+        "branding; empty `WATERMARK_IMAGE` drops the watermark",
+        shown="`assets/intro.png`, `assets/outro.png`, `assets/logo.png`",
+    )
+    OUTRO_IMAGE: str = setting(str(ASSETS_DIR / "outro.png"), "")
+    WATERMARK_IMAGE: str = setting(str(ASSETS_DIR / "logo.png"), "")
     # Worker
-    WORKER_TMP_DIR: str | None
-    TASK_MAX_RETRIES: int
-    TASK_RETRY_BACKOFF_MAX: int
-    TASK_SOFT_TIME_LIMIT: int
-    TASK_TIME_LIMIT: int
-    HEARTBEAT_SECONDS: float
-    STALE_AFTER_SECONDS: int
-    MAX_ATTEMPTS: int
-    SHUTDOWN_GRACE_SECONDS: float
-    SWEEP_AFTER_SECONDS: int
+    WORKER_TMP_DIR: str | None = setting(None, "per-job scratch directories and the bumper cache", shown="system temp")
+    TASK_MAX_RETRIES: int = setting(5, "transient-error retries and the longest backoff")
+    TASK_RETRY_BACKOFF_MAX: int = setting(300, "")
+    TASK_SOFT_TIME_LIMIT: int = setting(
+        1500, "a job over the soft limit is `failed` `timed_out`; the hard limit kills the process"
+    )
+    TASK_TIME_LIMIT: int = setting(1620, "")
+    HEARTBEAT_SECONDS: float = setting(10.0, "how often a running job marks its row alive")
+    STALE_AFTER_SECONDS: int = setting(
+        60,
+        "a `processing` row without a heartbeat for this long is claimed again (needs `3 × HEARTBEAT_SECONDS ≤ "
+        "STALE_AFTER_SECONDS < SQS_VISIBILITY_TIMEOUT`)",
+    )
+    MAX_ATTEMPTS: int = setting(
+        3, "deliveries (not retries) before a job that keeps killing its worker is `failed` `worker_lost`"
+    )
+    SHUTDOWN_GRACE_SECONDS: float = setting(
+        60.0, "on SIGTERM, how long running jobs may go on before they are handed to another worker"
+    )
+    SWEEP_AFTER_SECONDS: int = setting(60, "`flask videos sweep` re-enqueues `uploaded` rows older than this")
     # The backlog metric the worker group scales on (ops/metrics.py)
-    METRICS_NAMESPACE: str
-    WORKER_ASG_NAME: str | None
+    METRICS_NAMESPACE: str = setting(
+        "videoproc",
+        "where `flask aws metrics` puts `BacklogPerInstance` and friends; the worker group it divides by "
+        "(unset: one local worker)",
+    )
+    WORKER_ASG_NAME: str | None = setting(None, "")
     # Leaving the group without losing a job (tasks/instance.py)
-    WORKER_LIFECYCLE_HOOK: str
-    EC2_METADATA_URL: str
-    INSTANCE_CHECK_SECONDS: float
+    WORKER_LIFECYCLE_HOOK: str = setting(
+        "drain-worker", "scale-in protection and Spot notices on EC2 (docs/deploy-aws.md)"
+    )
+    EC2_METADATA_URL: str = setting("http://169.254.169.254", "")
+    INSTANCE_CHECK_SECONDS: float = setting(5.0, "")
     # Derived from the credentials and endpoint unless set.
-    CELERY_BROKER_URL: str | None = field(default=None, repr=False)
+    CELERY_BROKER_URL: str | None = setting(
+        None, "override the broker URL", shown="built from the above (`sqs://…`)", secret=True
+    )
 
     def __post_init__(self) -> None:
         """Check each value's type, and what no single variable can: how settings relate."""
         for name, hint in typing.get_type_hints(Settings).items():
             if not _conforms(getattr(self, name), hint):
                 raise ConfigError(f"{name} must be {hint}, got {getattr(self, name)!r}")
-        if self.VIDEOPROC_ROLE not in ROLES:
-            raise ConfigError(f"VIDEOPROC_ROLE must be one of {', '.join(ROLES[1:])} or empty")
+        for f in dataclasses.fields(self):
+            if (choices := declared(f.name).choices) and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(repr(c) for c in choices)}")
         if self.APP_ENV == "production" and self.signs_tokens and (problem := secret_problem(self.SECRET_KEY)):
             raise ConfigError(f"SECRET_KEY is too weak: {problem}")
         if not self.HEARTBEAT_SECONDS * 3 <= self.STALE_AFTER_SECONDS < self.SQS_VISIBILITY_TIMEOUT:
@@ -320,7 +535,7 @@ def check_names(env: Mapping[str, str]) -> None:
 
     A misspelt variable would otherwise be ignored and its setting left at the default.
     """
-    known = {f.name for f in dataclasses.fields(Settings)} | OTHER_VARIABLES
+    known = set(variables()) | set(ELSEWHERE)
     # AWS_* is the AWS SDK's namespace (AWS_ENDPOINT_URL_S3, AWS_MAX_ATTEMPTS…): not ours to police.
     families = {name.split("_", 1)[0] for name in known} - {"AWS"}
     for name in env:
@@ -330,135 +545,56 @@ def check_names(env: Mapping[str, str]) -> None:
             raise ConfigError(f"{name} is not a setting; did you mean {close[0]}?")
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Return the settings for ``APP_ENV`` (development by default)."""
-    env = os.environ if env is None else env
-    app_env = env_str(env, "APP_ENV", "development")
-    if app_env not in ENVIRONMENTS:
-        raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, got {app_env!r}")
-    check_names(env)
-    production = app_env == "production"
-    local_default = None if production else LOCAL_AWS
-    endpoint = env_str(env, "AWS_ENDPOINT_URL", local_default)
-    # moto accepts any credentials; real AWS takes them from the instance role.
-    fake_credential = "testing" if endpoint else None
+def declared(name: str) -> Declared:
+    """Return the declaration of setting ``name``."""
+    return _DECLARED[name]
 
-    if production:
-        _required(env, "TRUSTED_PROXIES")  # see Settings.TRUSTED_PROXIES
-    queue_name = env_str(env, "SQS_QUEUE_NAME", "videoproc-videos")
-    role = env_str(env, "VIDEOPROC_ROLE", "")
-    if production and role in ("", "web"):
-        secret_key = _required(env, "SECRET_KEY")
-    else:  # a worker or ops host holds no SECRET_KEY in production
-        secret_key = env_str(env, "SECRET_KEY") or ("" if production else _dev_secret_key())
-    s = Settings(
-        APP_ENV=app_env,
-        VIDEOPROC_ROLE=role,
-        SECRET_KEY=secret_key,
-        JWT_EXPIRES_SECONDS=env_int(env, "JWT_EXPIRES_SECONDS", 3600),
-        SQLALCHEMY_DATABASE_URI=_database_url(env, production),
-        DATABASE_IAM_AUTH=env_bool(env, "DATABASE_IAM_AUTH", False),
-        LOG_LEVEL=env_str(env, "LOG_LEVEL", "INFO"),
-        LOG_GROUP=env_str(env, "LOG_GROUP", ""),
-        METRICS_TOKEN=env_str(env, "METRICS_TOKEN", ""),
-        WORKER_METRICS_PORT=env_int(env, "WORKER_METRICS_PORT", 0),
-        CORS_ORIGINS=env_list(env, "CORS_ORIGINS", "" if production else LOCAL_SITE, lower=False),
-        RATELIMIT_STORAGE_URI=_required(env, "RATELIMIT_STORAGE_URI")
-        if production
-        else env_str(env, "RATELIMIT_STORAGE_URI", "memory://"),
-        RATELIMIT_ENABLED=env_bool(env, "RATELIMIT_ENABLED", True),
-        RATELIMIT_KEY_PREFIX=env_str(env, "RATELIMIT_KEY_PREFIX", "videoproc"),
-        LOGIN_LIMIT_PER_ADDRESS=env_str(env, "LOGIN_LIMIT_PER_ADDRESS", "30 per minute"),
-        LOGIN_LIMIT_PER_ACCOUNT_ADDRESS=env_str(env, "LOGIN_LIMIT_PER_ACCOUNT_ADDRESS", "10 per 15 minutes"),
-        LOGIN_DELAY_FREE_FAILURES=env_int(env, "LOGIN_DELAY_FREE_FAILURES", 5),
-        LOGIN_DELAY_MAX_SECONDS=env_int(env, "LOGIN_DELAY_MAX_SECONDS", 300),
-        # OWASP's scrypt (N=2^15, r=8, p=3: 32 MiB, as strong as its N=2^17, p=1 at a quarter of the memory)
-        PASSWORD_HASH=env_str(env, "PASSWORD_HASH", "scrypt:32768:8:3"),
-        SIGNUP_LIMIT_PER_ADDRESS=env_str(env, "SIGNUP_LIMIT_PER_ADDRESS", "10 per hour"),
-        SIGNUP_LIMIT_PER_ACCOUNT=env_str(env, "SIGNUP_LIMIT_PER_ACCOUNT", "5 per hour"),
-        UPLOAD_LIMIT_PER_USER=env_str(env, "UPLOAD_LIMIT_PER_USER", "10 per minute;100 per hour"),
-        UPLOAD_RESUME_LIMIT_PER_USER=env_str(env, "UPLOAD_RESUME_LIMIT_PER_USER", "60 per minute;600 per hour"),
-        UPLOAD_COMPLETE_LIMIT_PER_USER=env_str(env, "UPLOAD_COMPLETE_LIMIT_PER_USER", "30 per minute;300 per hour"),
-        UPLOADS_PER_ADDRESS=env_int(env, "UPLOADS_PER_ADDRESS", 4),
-        AWS_REGION=env_str(env, "AWS_REGION", env_str(env, "AWS_DEFAULT_REGION", "us-east-1")),
-        AWS_ENDPOINT_URL=endpoint,
-        S3_ENDPOINT_URL=env_str(env, "S3_ENDPOINT_URL", endpoint),
-        SQS_ENDPOINT_URL=env_str(env, "SQS_ENDPOINT_URL", endpoint),
-        AWS_ACCESS_KEY_ID=env_str(env, "AWS_ACCESS_KEY_ID", fake_credential),
-        AWS_SECRET_ACCESS_KEY=env_str(env, "AWS_SECRET_ACCESS_KEY", fake_credential),
-        S3_BUCKET=_required(env, "S3_BUCKET") if production else env_str(env, "S3_BUCKET", "videoproc-local"),
-        PRESIGNED_URL_EXPIRES=env_int(env, "PRESIGNED_URL_EXPIRES", 3600),
-        SQS_QUEUE_NAME=queue_name,
-        SQS_QUEUE_PREFIX=env_str(env, "SQS_QUEUE_PREFIX", ""),
-        SQS_QUEUE_URL=env_str(env, "SQS_QUEUE_URL"),
-        SQS_VISIBILITY_TIMEOUT=env_int(env, "SQS_VISIBILITY_TIMEOUT", 120),
-        SQS_DLQ_NAME=env_str(env, "SQS_DLQ_NAME", f"{queue_name}-dlq"),
-        SQS_MAX_RECEIVE_COUNT=env_int(env, "SQS_MAX_RECEIVE_COUNT", 5),
-        SQS_WAIT_TIME_SECONDS=env_int(env, "SQS_WAIT_TIME_SECONDS", 20),
-        SQS_POLLING_INTERVAL=env_float(env, "SQS_POLLING_INTERVAL", 0),
-        SNS_CONTROL_TOPIC_ARN=env_str(env, "SNS_CONTROL_TOPIC_ARN"),
-        SNS_EVENTS_TOPIC_ARN=env_str(env, "SNS_EVENTS_TOPIC_ARN"),
-        MAX_UPLOAD_BYTES=env_int(env, "MAX_UPLOAD_BYTES", 1024**3),
-        UPLOAD_PART_BYTES=env_int(env, "UPLOAD_PART_BYTES", 8 * 1024**2),
-        UPLOAD_EXPIRES_SECONDS=env_int(env, "UPLOAD_EXPIRES_SECONDS", 12 * 3600),
-        IDEMPOTENCY_KEY_SECONDS=env_int(env, "IDEMPOTENCY_KEY_SECONDS", 24 * 3600),
-        IDEMPOTENCY_KEYS_PER_USER=env_int(env, "IDEMPOTENCY_KEYS_PER_USER", 1000),
-        QUARANTINE_DAYS=env_int(env, "QUARANTINE_DAYS", 7),
-        ORPHAN_AFTER_SECONDS=env_int(env, "ORPHAN_AFTER_SECONDS", 3600),
-        MAX_JSON_BYTES=env_int(env, "MAX_JSON_BYTES", 16 * 1024),
-        MAX_FORM_PARTS=env_int(env, "MAX_FORM_PARTS", 4),
-        MAX_FORM_MEMORY_SIZE=env_int(env, "MAX_FORM_MEMORY_SIZE", 256 * 1024),
-        TRUSTED_PROXIES=env_int(env, "TRUSTED_PROXIES", 0),
-        UPLOAD_TMP_DIR=env_str(env, "UPLOAD_TMP_DIR"),
-        VIDEO_ALLOWED_FORMATS=env_list(env, "VIDEO_ALLOWED_FORMATS", "mp4,mov"),
-        VIDEO_MIN_DURATION=env_float(env, "VIDEO_MIN_DURATION", 1),
-        VIDEO_MAX_DURATION=env_float(env, "VIDEO_MAX_DURATION", 1800),
-        VIDEO_MIN_WIDTH=env_int(env, "VIDEO_MIN_WIDTH", 320),
-        VIDEO_MIN_HEIGHT=env_int(env, "VIDEO_MIN_HEIGHT", 240),
-        VIDEO_MAX_WIDTH=env_int(env, "VIDEO_MAX_WIDTH", 7680),
-        VIDEO_MAX_HEIGHT=env_int(env, "VIDEO_MAX_HEIGHT", 4320),
-        VIDEO_MAX_FPS=env_float(env, "VIDEO_MAX_FPS", 240),
-        VIDEO_MAX_FRAMES=env_int(env, "VIDEO_MAX_FRAMES", 216_000),
-        VIDEO_MAX_PIXEL_RATE=env_float(env, "VIDEO_MAX_PIXEL_RATE", 7680 * 4320 * 30),
-        VIDEO_MAX_STREAMS=env_int(env, "VIDEO_MAX_STREAMS", 16),
-        USER_MAX_ACTIVE_VIDEOS=env_int(env, "USER_MAX_ACTIVE_VIDEOS", 5),
-        USER_MAX_UPLOADS_PER_DAY=env_int(env, "USER_MAX_UPLOADS_PER_DAY", 50),
-        USER_MAX_BYTES_PER_DAY=env_int(env, "USER_MAX_BYTES_PER_DAY", 10 * 1024**3),
-        VIDEO_MAX_RETRIES=env_int(env, "VIDEO_MAX_RETRIES", 3),
-        FFPROBE_TIMEOUT=env_float(env, "FFPROBE_TIMEOUT", 30),
-        FFPROBE_MEMORY_MB=env_int(env, "FFPROBE_MEMORY_MB", 512),
-        FFMPEG_MEMORY_MB=env_int(env, "FFMPEG_MEMORY_MB", 1536),
-        FFMPEG_THREADS=env_int(env, "FFMPEG_THREADS", 0),
-        FFMPEG_TIMEOUT_BASE=env_float(env, "FFMPEG_TIMEOUT_BASE", 60),
-        FFMPEG_TIMEOUT_PER_SECOND=env_float(env, "FFMPEG_TIMEOUT_PER_SECOND", 10),
-        FFMPEG_CPU_PER_SECOND=env_float(env, "FFMPEG_CPU_PER_SECOND", 20),
-        MEDIA_JAIL=env_bool(env, "MEDIA_JAIL", True),
-        OUTPUT_WIDTH=env_int(env, "OUTPUT_WIDTH", 1280),
-        OUTPUT_HEIGHT=env_int(env, "OUTPUT_HEIGHT", 720),
-        OUTPUT_FPS=env_int(env, "OUTPUT_FPS", 30),
-        OUTPUT_MAX_DURATION=env_float(env, "OUTPUT_MAX_DURATION", 30),
-        OUTPUT_CRF=env_int(env, "OUTPUT_CRF", 22),
-        OUTPUT_PRESET=env_str(env, "OUTPUT_PRESET", "veryfast"),
-        INTRO_SECONDS=env_float(env, "INTRO_SECONDS", 2),
-        OUTRO_SECONDS=env_float(env, "OUTRO_SECONDS", 2),
-        INTRO_IMAGE=env_str(env, "INTRO_IMAGE", str(ASSETS_DIR / "intro.png")),
-        OUTRO_IMAGE=env_str(env, "OUTRO_IMAGE", str(ASSETS_DIR / "outro.png")),
-        WATERMARK_IMAGE=env_str(env, "WATERMARK_IMAGE", str(ASSETS_DIR / "logo.png")),
-        WORKER_TMP_DIR=env_str(env, "WORKER_TMP_DIR"),
-        TASK_MAX_RETRIES=env_int(env, "TASK_MAX_RETRIES", 5),
-        TASK_RETRY_BACKOFF_MAX=env_int(env, "TASK_RETRY_BACKOFF_MAX", 300),
-        TASK_SOFT_TIME_LIMIT=env_int(env, "TASK_SOFT_TIME_LIMIT", 1500),
-        TASK_TIME_LIMIT=env_int(env, "TASK_TIME_LIMIT", 1620),
-        HEARTBEAT_SECONDS=env_float(env, "HEARTBEAT_SECONDS", 10),
-        STALE_AFTER_SECONDS=env_int(env, "STALE_AFTER_SECONDS", 60),
-        MAX_ATTEMPTS=env_int(env, "MAX_ATTEMPTS", 3),
-        SHUTDOWN_GRACE_SECONDS=env_float(env, "SHUTDOWN_GRACE_SECONDS", 60),
-        SWEEP_AFTER_SECONDS=env_int(env, "SWEEP_AFTER_SECONDS", 60),
-        METRICS_NAMESPACE=env_str(env, "METRICS_NAMESPACE", "videoproc"),
-        WORKER_ASG_NAME=env_str(env, "WORKER_ASG_NAME"),
-        WORKER_LIFECYCLE_HOOK=env_str(env, "WORKER_LIFECYCLE_HOOK", "drain-worker"),
-        EC2_METADATA_URL=env_str(env, "EC2_METADATA_URL", "http://169.254.169.254"),
-        INSTANCE_CHECK_SECONDS=env_float(env, "INSTANCE_CHECK_SECONDS", 5),
-        CELERY_BROKER_URL=env_str(env, "CELERY_BROKER_URL"),
-    )
-    return s
+
+def variables() -> dict[str, str]:
+    """Return every environment variable a setting reads, with the setting it sets."""
+    found = {}
+    for name, d in _DECLARED.items():
+        found[d.variable or name] = name
+        if d.fallback:
+            found[d.fallback] = name
+    return found
+
+
+def _parse(raw: str, hint: Any, variable: str, d: Declared) -> Any:
+    if isinstance(hint, types.UnionType):  # ``str | None``: the type that is not None
+        hint = next(t for t in typing.get_args(hint) if t is not type(None))
+    kind = typing.get_origin(hint) or hint
+    if kind is bool:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if kind is tuple:
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+        return tuple(item.lower() for item in items) if d.lower else tuple(items)
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{variable} must be {'an integer' if kind is int else 'a number'}, got {raw!r}"
+            ) from None
+    return raw
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Return the settings the environment ``env`` (``os.environ`` by default) gives."""
+    env = os.environ if env is None else env
+    check_names(env)
+    hints = typing.get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    for name, d in _DECLARED.items():
+        variable = d.variable or name
+        raw = env.get(variable) or (env.get(d.fallback) if d.fallback else None)
+        value = _parse(raw, hints[name], variable, d) if raw else d.value(values.get("APP_ENV") == "production", values)
+        if d.choices and value not in d.choices:
+            raise ConfigError(f"{variable} must be one of {', '.join(repr(c) for c in d.choices)}, got {value!r}")
+        values[name] = d.clean(value) if d.clean and value is not None else value
+    return Settings(**values)
+
+
+_DECLARED: dict[str, Declared] = {f.name: f.metadata["declared"] for f in dataclasses.fields(Settings)}
+for _name, _d in _DECLARED.items():  # the variable each reads, named in its messages
+    object.__setattr__(_d, "variable", _d.variable or _name)

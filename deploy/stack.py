@@ -33,6 +33,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from config.settings import declared
 from deploy import release, rollout
 
 DEPLOY = Path(__file__).resolve().parent
@@ -40,6 +41,10 @@ TEMPLATE = DEPLOY / "cloudformation.yaml"
 BOOTSTRAP = DEPLOY / "bootstrap.sh"
 PLACEHOLDER = re.compile(r'^(?P<indent> *)- Bootstrap: "@BOOTSTRAP@"$', re.MULTILINE)
 USER_DATA_LIMIT = 16 * 1024  # EC2's limit, before base64
+# `Key: value  # setting: NAME`: render writes the setting's declared default there (config/settings.py).
+FROM_SETTINGS = re.compile(
+    r"^(?P<head> *\w+: )(?P<value>\S+)(?P<tail>  # setting: (?P<name>[A-Z0-9_]+))$", re.MULTILINE
+)
 # The image component's document, and the version its component and recipe carry (Image Builder
 # refuses a changed document under a version it has: the patch becomes the document's digest).
 IMAGE_COMPONENT = re.compile(r"^  ImageComponent:\n.*?(?=^  ImageRecipe:)", re.MULTILINE | re.DOTALL)
@@ -59,7 +64,11 @@ GROUP_OUTPUTS = ("WebGroupName", "WorkerGroupName", "OpsGroupName")
 
 
 def render(template: str | None = None, bootstrap: str | None = None) -> str:
-    """Return the template with ``deploy/bootstrap.sh`` as every launch template's bootstrap."""
+    """Return the template with ``deploy/bootstrap.sh`` as every launch template's bootstrap.
+
+    The values marked ``# setting: NAME`` (the queue's attributes) become the settings' declared
+    defaults: the queue has the visibility timeout and receive count the app checks itself against.
+    """
     template = TEMPLATE.read_text() if template is None else template
     bootstrap = BOOTSTRAP.read_text() if bootstrap is None else bootstrap
     if len(bootstrap.encode()) > USER_DATA_LIMIT - 1024:
@@ -73,6 +82,7 @@ def render(template: str | None = None, bootstrap: str | None = None) -> str:
     rendered, count = PLACEHOLDER.subn(block, template)
     if not count:
         raise ValueError("no bootstrap placeholder in the template")
+    rendered = FROM_SETTINGS.sub(lambda m: f"{m['head']}{declared(m['name']).default}{m['tail']}", rendered)
     component = IMAGE_COMPONENT.search(rendered)
     if component:
         patch = int(hashlib.sha256(component[0].encode()).hexdigest()[:7], 16)

@@ -1,4 +1,4 @@
-"""The one seam from the web side to the broker: enqueue a video by task name."""
+"""The one seam to the broker: a video's message sent by task name, and its row moved to queued."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 from flask import current_app
 
 from celeryconfig import PROCESS_TASK
-from domain import timing
+from domain import jobs, timing
 
 logger = logging.getLogger(__name__)
 
@@ -26,3 +26,15 @@ def enqueue_video(video_id: str, task_id: str) -> None:
         logger.warning("enqueue failed", extra={"video_id": video_id, "task_id": task_id, "error": repr(exc)})
         raise EnqueueError(str(exc)) from exc
     logger.info("enqueued", extra={"video_id": video_id, "task_id": task_id})
+
+
+def publish(video_id: str, task_id: str) -> bool:
+    """Send a committed ``uploaded`` row's message, then move the row to ``queued``; return whether it moved.
+
+    Every enqueue goes through here: the upload routes', the owner's retry, the sweeper's. The
+    row must be committed first (a worker must find it) and the caller commits the move; it is
+    conditional, as a fast worker may have moved the row on already. Raises ``EnqueueError``
+    when SQS did not take the message: the row stays ``uploaded`` for the sweeper.
+    """
+    enqueue_video(video_id, task_id)
+    return jobs.enqueued(video_id)

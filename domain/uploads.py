@@ -9,11 +9,11 @@ from typing import Any
 from sqlalchemy import inspect, select
 from werkzeug.datastructures import FileStorage
 
-from domain import jobs, media, quotas
+from domain import media, quotas
 from domain.errors import NotAVideo, TooLarge, Unavailable, refused
 from domain.extensions import db, get_settings
 from domain.models import Status, User, Video, new_id
-from domain.queue import EnqueueError, enqueue_video
+from domain.queue import EnqueueError, publish
 from domain.storage import get_storage, original_key
 from media import runner
 from media.probe import ProbeError, probe_twice
@@ -120,11 +120,10 @@ def queue_stored(video: Video) -> bool:
     """
     assert inspect(video).detached
     try:
-        enqueue_video(video.id, video.task_id)
+        moved = publish(video.id, video.task_id)
     except EnqueueError:
         return False
-    # Conditional: a fast worker may already have moved the row on to processing.
-    if jobs.enqueued(video.id):
+    if moved:
         video.status = Status.QUEUED.value
     else:
         video.status = db.session.scalar(select(Video.status).where(Video.id == video.id)) or video.status

@@ -139,19 +139,10 @@ def check() -> None:
         raise JailUnavailable(f"bubblewrap can't make the jail here: {probe.stderr.strip()[-300:]}")
 
 
-def available() -> bool:
-    """Return whether a jail can be made here (bubblewrap installed and namespaces allowed)."""
-    try:
-        check()
-    except JailUnavailable:
-        return False
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run one command in the jail under the product's default probe limits; exit as it exited."""
     from media import runner
-    from media.sandbox import Limits
+    from media.sandbox import Resources
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scratch", help="the only writable directory (and the working directory)")
@@ -169,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         relay = (socket_path, int(port))
     jail = Jail(scratch=args.scratch, read=tuple(args.read), relay=relay)
     try:
-        out = runner.run(command, limits=Limits(wall_seconds=args.wall_seconds), capture=True, jail=jail)
+        out = runner.run(command, limits=Resources(wall_seconds=args.wall_seconds), capture=True, jail=jail)
     except runner.FFmpegError as exc:
         sys.stderr.write(exc.stderr + "\n")
         return exc.returncode if exc.returncode and exc.returncode > 0 else 1

@@ -13,7 +13,7 @@ from media import commands, runner
 from media.jail import Jail
 from media.probe import MediaInfo
 from media.profile import Profile
-from media.sandbox import Limits, Sandbox, is_relay
+from media.sandbox import Resources, Sandbox, is_relay
 
 # Shares of the pipeline's progress taken by each step.
 ENCODE_SHARE, JOIN_SHARE = 0.85, 0.10
@@ -53,7 +53,7 @@ def _write_new(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _own(argv: list[str], limits: Limits, jail: Jail | None) -> None:
+def _own(argv: list[str], limits: Resources, jail: Jail | None) -> None:
     try:
         runner.run(argv, limits=limits, jail=jail)
     except runner.FFmpegError as exc:

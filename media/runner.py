@@ -17,7 +17,7 @@ from typing import IO
 
 from media.jail import Jail
 from media.progress import out_time_seconds
-from media.sandbox import Limits, child_env
+from media.sandbox import Resources, child_env
 
 ProgressCallback = Callable[[float], None]
 PR_SET_PDEATHSIG = 1
@@ -83,7 +83,7 @@ class FFmpegError(Exception):
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
-def _preexec(limits: Limits) -> Callable[[], None]:
+def _preexec(limits: Resources) -> Callable[[], None]:
     def setup() -> None:  # pragma: no cover - runs in the child between fork and exec
         # The kernel kills the child if the process that started it dies (even by kill -9).
         if _prctl is not None:
@@ -176,7 +176,7 @@ def _status(returncode: int, jailed: bool) -> int:
 def run(
     argv: list[str],
     on_progress: ProgressCallback | None = None,
-    limits: Limits | None = None,
+    limits: Resources | None = None,
     capture: bool = False,
     jail: Jail | None = None,
 ) -> str:
@@ -187,7 +187,7 @@ def run(
     limit passes, when a decoded picture is over ``max_pixels``, or when the caller is
     interrupted (a Celery soft time limit, a signal): no FFmpeg outlives its job.
     """
-    limits = limits or Limits()
+    limits = limits or Resources()
     timed_out = threading.Event()
     with subprocess.Popen(
         jail.command(argv) if jail else argv,

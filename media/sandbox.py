@@ -65,7 +65,7 @@ def demuxers(formats: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class Limits:
+class Resources:
     """Resources one child process may use; ``None`` means no limit."""
 
     memory_bytes: int | None = None
@@ -156,13 +156,13 @@ class Sandbox:
         """Return global FFmpeg arguments: filter graphs get ``threads`` threads, not one per host core."""
         return ["-filter_threads", str(self.threads), "-filter_complex_threads", str(self.threads)]
 
-    def probe_limits(self) -> Limits:
+    def probe_limits(self) -> Resources:
         """Return the limits of an ffprobe child."""
         seconds = self.probe_seconds
-        return Limits(memory_bytes=self.probe_memory, cpu_seconds=max(int(seconds), 1), wall_seconds=seconds)
+        return Resources(memory_bytes=self.probe_memory, cpu_seconds=max(int(seconds), 1), wall_seconds=seconds)
 
-    def encode_limits(self, content_seconds: float) -> Limits:
+    def encode_limits(self, content_seconds: float) -> Resources:
         """Return the limits of an ffmpeg child working on ``content_seconds`` of video."""
         wall = self.timeout_base + self.timeout_per_second * max(content_seconds, 0)
         cpu = self.timeout_base + self.cpu_per_second * max(content_seconds, 0)
-        return Limits(memory_bytes=self.encode_memory, cpu_seconds=int(cpu), wall_seconds=wall)
+        return Resources(memory_bytes=self.encode_memory, cpu_seconds=int(cpu), wall_seconds=wall)

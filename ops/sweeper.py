@@ -22,7 +22,7 @@ from config import Settings
 from domain import direct, jobs, quotas
 from domain.extensions import db
 from domain.models import IdempotencyKey, Status, Video, utcnow
-from domain.queue import EnqueueError, enqueue_video
+from domain.queue import EnqueueError, publish
 from domain.storage import get_storage
 from ops import reconcile
 
@@ -58,8 +58,7 @@ def requeue(
     db.session.commit()
     if task_id is None:
         return False
-    enqueue_video(video_id, task_id)  # raises EnqueueError: the row stays uploaded
-    jobs.enqueued(video_id)
+    publish(video_id, task_id)  # raises EnqueueError: the row stays uploaded
     db.session.commit()
     return True
 

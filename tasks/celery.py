@@ -14,7 +14,7 @@ from prometheus_client import values
 # The pool's processes write their samples to files that the main process's metrics port adds
 # up (ops/prometheus.py): a fresh directory per start. prometheus_client picks its storage when
 # it is imported, and Celery's command line may have imported it already (Flower's plugin), so
-# the multi-process storage is set here, before any metric exists (pinned in test_upstream.py).
+# the multi-process storage is set here, before any metric exists (docs/upstream.md, patch 8).
 # The process that made the directory removes it when it exits (every `celery` command made one).
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _samples = tempfile.mkdtemp(prefix="videoproc-metrics-")
@@ -44,13 +44,13 @@ from domain.extensions import db, get_settings
 from domain.runtime import create_runtime
 from domain.storage import get_storage
 from ops import logs, prometheus
-from tasks import heartbeat, instance, monitoring, sqs
+from tasks import instance, monitoring, sqs, visibility
 from tasks.scratch import remove_orphans
 
 flask_app = create_runtime(__name__)
 app = celery_app = flask_app.extensions["celery"]
 settings = get_settings(flask_app)
-celery_app.steps["consumer"].add(heartbeat.make_step(settings))
+celery_app.steps["consumer"].add(visibility.make_step(settings))
 celery_app.steps["consumer"].add(instance.make_step(settings))
 monitoring.install()
 

@@ -10,7 +10,7 @@ AWS's pattern for queue workers, in the worker's main process (a consumer bootst
   ahead, and a termination lifecycle hook (``autoscaling/target-lifecycle-state`` =
   ``Terminated``) when the group removes the instance anyway. Either way the worker sends
   itself SIGTERM: Celery's warm shutdown stops taking messages, the visibility bootstep
-  (``tasks/heartbeat.py``) releases unstarted messages at once and gives running jobs
+  (``tasks/visibility.py``) releases unstarted messages at once and gives running jobs
   ``SHUTDOWN_GRACE_SECONDS`` before handing them back to the queue.
 - **The lifecycle action is completed** when the worker has shut down, so the instance
   leaves without waiting for the hook's timeout.
@@ -35,7 +35,7 @@ from celery.signals import worker_shutdown
 
 from config import Settings
 from domain.storage import aws_client
-from tasks.heartbeat import held_requests
+from tasks.visibility import held_requests
 
 logger = logging.getLogger(__name__)
 TOKEN_TTL = 300

@@ -1,7 +1,7 @@
 """kombu's SQS transport, made to carry Celery's monitoring and remote control.
 
-Everything this project changes in kombu and Celery is listed here (seven changes), and pinned by
-``tests/test_upstream.py``, which fails when an upgrade moves what these rely on:
+What this changes in kombu and Celery (docs/upstream.md lists every change with its upstream
+reference; ``tests/test_upstream.py`` shows each by behaviour, stock and patched):
 
 1. **Remote control (fanout).** ``Transport.implements`` adds ``fanout`` to ``direct``:
    kombu's SQS transport does fan out, through SNS (``supports_fanout``), but doesn't say

@@ -21,6 +21,7 @@ import flask_migrate
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from flask_sqlalchemy.session import Session as FlaskSession
 from moto.server import ThreadedMotoServer
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, event, text
@@ -42,6 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The tiers (make test-unit, make test): a test is ``unit`` unless it uses one of these fixtures
 # (a server, a database server, FFmpeg, a worker) or is marked ``system`` or ``e2e``.
 SERVER_FIXTURES = frozenset({"database_url", "redis_url", "aws_endpoint", "clip", "worker", "start_worker"})
+# Tests with these commit for real (other processes read their rows); the others are rolled back.
+COMMITTING_FIXTURES = frozenset({"worker", "start_worker", "web_tier", "e2e_app", "stack"})
 TOOLS = frozenset({"ffmpeg", "ffprobe", "bwrap", "celery", "gunicorn", "nginx", "moto_server", "systemd-nspawn"})
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -155,7 +158,7 @@ def base_env(
         "RATELIMIT_KEY_PREFIX": f"videoproc-test-{uuid.uuid4().hex[:8]}",
         **dict.fromkeys(limits, GENEROUS),
         "LOGIN_DELAY_FREE_FAILURES": "1000000",  # tests that fail logins on purpose set their own
-        "PASSWORD_HASH": "scrypt:32768:8:1",  # the suite's many sign-ups at a third of production's cost
+        "PASSWORD_HASH": "scrypt:1024:8:1",  # the suite's many sign-ups: a cheap hash (production: 32768:8:3)
         "APP_ENV": "testing",
         "SECRET_KEY": "test-secret-key-of-at-least-32-bytes",
         "DATABASE_URL": database_url,
@@ -198,21 +201,58 @@ def app(make_app: Callable[..., Flask]) -> Flask:
     return flask_app
 
 
-@pytest.fixture(autouse=True)
-def _clean(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Start every test that uses the app with empty tables and an empty bucket."""
-    if "app" not in request.fixturenames:
-        yield
-        return
-    flask_app: Flask = request.getfixturevalue("app")
+class _JoinedSession(FlaskSession):
+    """Flask-SQLAlchemy's session on the test's connection (its own ``get_bind`` picks the engine)."""
+
+    def get_bind(self, *args: Any, **kwargs: Any) -> Any:
+        return self.bind
+
+    def connection(self, bind_arguments: Any = None, execution_options: Any = None) -> Any:
+        """The test's transaction keeps its isolation (the read views ask for autocommit)."""
+        return super().connection(bind_arguments)
+
+
+def _empty(flask_app: Flask) -> None:
     with flask_app.app_context():
         db.session.query(Video).delete()
         db.session.query(Usage).delete()
         db.session.query(User).delete()
         db.session.commit()
+
+
+@pytest.fixture(autouse=True)
+def _clean(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Give every test that uses the app empty tables and an empty bucket.
+
+    A test whose rows only its own process reads runs in one transaction, rolled back after
+    it (the app's commits are savepoints inside it). A test with other processes or
+    connections (a worker, gunicorn, threads: its fixtures say so, or ``e2e``, or ``commits``)
+    commits for real, and the tables are emptied before and after it.
+    """
+    if "app" not in request.fixturenames:
+        yield
+        return
+    flask_app: Flask = request.getfixturevalue("app")
+    with flask_app.app_context():
         for prefix in ("originals/", "processed/", "quarantine/"):
             get_storage().delete_prefix(prefix)
-    yield
+    node = request.node
+    if COMMITTING_FIXTURES.intersection(request.fixturenames) or any(map(node.get_closest_marker, ("commits", "e2e"))):
+        _empty(flask_app)
+        yield
+        _empty(flask_app)
+        return
+    with flask_app.app_context():
+        connection = db.engine.connect()
+    outer, shared = connection.begin(), db.session
+    options = {"bind": connection, "join_transaction_mode": "create_savepoint", "class_": _JoinedSession}
+    db.session = db._make_scoped_session(options)
+    try:
+        yield
+    finally:
+        db.session = shared
+        outer.rollback()
+        connection.close()
 
 
 @pytest.fixture

@@ -275,6 +275,7 @@ class TestFairUse:
         refused = post_upload(client, headers, clip("small.mp4"))
         assert refused.status_code == 429 and refused.json["error"]["code"] == "daily_bytes_limit"
 
+    @pytest.mark.commits  # other connections read its rows, or it counts real transactions
     def test_the_upload_check_holds_the_users_row_until_the_commit(self, make_app: Callable, app: Flask) -> None:
         flask_app, _client, _headers, user_id = self.fair(make_app)
         with flask_app.app_context():

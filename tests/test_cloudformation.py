@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import subprocess
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from config import load_settings
 from deploy import agents, docs
 from deploy import stack as stack_tool
 from deploy.stack import UNMODELLED_TYPES, check_parameters, for_moto
@@ -242,3 +244,19 @@ def test_the_reference_in_the_docs_follows_the_template() -> None:
     logs = "`logs:CreateLogStream`, `logs:PutLogEvents`, `logs:DescribeLogStreams`"
     assert f"| Logs | {logs} | `WorkerLogs.Arn` |" in changed
     assert docs.updated(page, changed) != page
+
+
+def test_the_queue_has_the_attributes_the_app_checks_itself_against(monkeypatch: pytest.MonkeyPatch) -> None:
+    declared = stack_tool.declared
+    changed = {"SQS_VISIBILITY_TIMEOUT": 300, "SQS_MAX_RECEIVE_COUNT": 9}
+
+    def with_changes(name: str) -> Any:
+        return dataclasses.replace(declared(name), default=changed.get(name, declared(name).default))
+
+    monkeypatch.setattr(stack_tool, "declared", with_changes)
+    queue = template()["Resources"]["WorkQueue"]["Properties"]
+    assert (queue["VisibilityTimeout"], queue["RedrivePolicy"]["maxReceiveCount"]) == (300, 9), "made from the settings"
+    assert queue["ReceiveMessageWaitTimeSeconds"] == load_settings({}).SQS_WAIT_TIME_SECONDS
+    marked = stack_tool.FROM_SETTINGS.findall(TEMPLATE.read_text())
+    assert {m[3] for m in marked} >= {"SQS_VISIBILITY_TIMEOUT", "SQS_MAX_RECEIVE_COUNT", "QUARANTINE_DAYS"}
+    assert all(value == str(declared(name).default) for _, value, _, name in marked), "the source reads true too"

@@ -202,6 +202,7 @@ def test_answers_say_how_long_they_waited_on_s3_and_sqs(
     assert set(timing.parse(client.get("/healthz").headers["Server-Timing"])) == {"s3", "sqs", "app"}
 
 
+@pytest.mark.commits  # other connections read its rows, or it counts real transactions
 def test_the_upload_routes_read_nothing_back(client: FlaskClient, auth: dict[str, str], clip: Callable) -> None:
     # Each statement a round trip to the database. Start: the token's user, the quotas, then (after S3's
     # start, so no lock is held across it) the quotas with the user's row locked, the new row and its
@@ -222,6 +223,7 @@ def test_the_upload_routes_read_nothing_back(client: FlaskClient, auth: dict[str
     assert sent == ["SELECT", "INSERT", "SELECT", "SELECT", "SELECT", "INSERT", "INSERT", "UPDATE"]
 
 
+@pytest.mark.commits  # other connections read its rows, or it counts real transactions
 def test_the_same_idempotency_key_twice_gives_one_video(
     client: FlaskClient, auth: dict[str, str], clip: Callable
 ) -> None:

@@ -108,12 +108,10 @@ def test_index_bomb_is_refused_at_upload_within_the_probe_limit(
     result = measured(bomb)
     assert result["peak"] < PROBE_LIMIT, "under its address-space limit, ffprobe gives up on the index"
     client, headers = uploader
-    started = time.monotonic()
     response = post_upload(client, headers, bomb)
     # What is left of the file declares 85 million frames over 33 days, and no decodable picture.
     assert response.status_code in (415, 422)
     assert response.json["error"]["code"] in ("not_a_video", "duration_out_of_bounds", "too_many_frames")
-    assert time.monotonic() - started < 60
 
 
 def test_frame_bomb_is_refused_at_upload(crafted: Callable[[str], Path], uploader: tuple[FlaskClient, dict]) -> None:

@@ -11,7 +11,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -160,16 +159,11 @@ def test_kill_9_mid_job_restarts_elsewhere(
     video_id = s.upload(clip("portrait.mp4")).json["video_id"]
     wait_working(s, video_id)
     os.killpg(a.proc.pid, signal.SIGKILL)  # the instance is gone: worker, pool and FFmpeg
-    killed_at = time.time()
     a.proc.wait()
     b = start_worker("b", s.env)
-    done = s.wait_status(video_id, "processed")
+    done = s.wait_status(video_id, "processed")  # the message came back after its visibility timeout
     claim = b.lines("claimed", video_id)
     assert len(claim) == 1
-    recovery = log_time(claim[0]) - killed_at
-    bound = int(s.env["SQS_VISIBILITY_TIMEOUT"]) + int(s.env["STALE_AFTER_SECONDS"]) + 10  # + polling, start-up
-    print(f"\nkill -9: restarted {recovery:.1f}s after the kill (bound {bound}s), attempts={done.attempts}")
-    assert recovery <= bound
     assert done.attempts == 2 and done.progress == 100
     assert s.keys(video_id) == [
         f"originals/{video_id}/portrait.mp4",
@@ -315,11 +309,13 @@ def test_truncated_upload_fails_once_with_a_reason(
 def test_sigterm_mid_job_hands_the_job_over(
     stack: Callable, start_worker: Callable[..., Worker], clip: Callable, base_env: dict, slow_s3: Callable
 ) -> None:
+    # The row goes stale after 300 s and the message comes back after 600: processed within the
+    # 120 s this waits, the job was handed over at once, by neither.
     s = stack(
         {
-            "SQS_VISIBILITY_TIMEOUT": "30",
+            "SQS_VISIBILITY_TIMEOUT": "600",
             "HEARTBEAT_SECONDS": "1",
-            "STALE_AFTER_SECONDS": "5",
+            "STALE_AFTER_SECONDS": "300",
             "SHUTDOWN_GRACE_SECONDS": "1",
         }
     )
@@ -329,13 +325,9 @@ def test_sigterm_mid_job_hands_the_job_over(
     wait_working(s, video_id)
     b = start_worker("b", s.env)
     a.proc.send_signal(signal.SIGTERM)  # an autoscaling group scaling in
-    stopped_at = time.time()
     a.proc.wait(timeout=60)
-    done = s.wait_status(video_id, "processed")
+    done = s.wait_status(video_id, "processed", timeout=120)
     claim = b.lines("claimed", video_id)
-    handover = log_time(claim[0]) - stopped_at
-    print(f"\nSIGTERM: job handed over {handover:.1f}s after the signal (grace 1s, visibility 30s)")
-    assert handover < int(s.env["SQS_VISIBILITY_TIMEOUT"]), "released at once, not after the visibility timeout"
     assert a.lines("interrupted; row handed back", video_id) and a.lines(" retry: ", "WorkerLostError")
     assert done.attempts == 2 and len(claim) == 1
     assert not ffmpeg_running(video_id) and scratch_left(base_env, video_id) == []
@@ -398,26 +390,22 @@ def test_a_probe_stalled_past_its_timeout_is_retried_and_the_original_kept(
 def test_a_pool_process_killed_alone_is_taken_over_before_the_row_goes_stale(
     stack: Callable, start_worker: Callable[..., Worker], clip: Callable, base_env: dict, slow_s3: Callable
 ) -> None:
-    # Production's proportions (a 10 s heartbeat, stale after 60 s, 120 s visibility), halved;
-    # no sweeper runs. Done before the row could go stale proves the main process's takeover.
+    # No sweeper runs, the row goes stale after 300 s and the message comes back after 600:
+    # processed within the 60 s this waits proves the main process's takeover.
     port = free_port()
-    s = stack({"SQS_VISIBILITY_TIMEOUT": "60", "HEARTBEAT_SECONDS": "5", "STALE_AFTER_SECONDS": "30"})
+    s = stack({"SQS_VISIBILITY_TIMEOUT": "600", "HEARTBEAT_SECONDS": "5", "STALE_AFTER_SECONDS": "300"})
     slow = slow_s3(clip("portrait.mp4"), seconds=6)
     a = start_worker("a", {**s.env, "S3_ENDPOINT_URL": slow.url, "WORKER_METRICS_PORT": str(port)})
     video_id = s.upload(clip("portrait.mp4")).json["video_id"]
     wait_working(s, video_id)
     [pool] = pool_processes(a)
     os.kill(pool, signal.SIGKILL)  # the OOM killer's choice: the pool process, not the worker
-    killed_at = time.time()
     done = s.wait_status(video_id, "processed", timeout=60)
     finished = wait_for(lambda: a.lines("msg=processed", video_id), timeout=10)  # logged just after the commit
-    recovery = log_time(finished[0]) - killed_at
-    print(f"\npool process killed: processed {recovery:.1f}s after the kill (stale after 30 s, visibility 60 s)")
     assert a.proc.poll() is None, "the worker itself lives"
     assert a.lines("WorkerLostError") and len(finished) == 1
     claims = a.lines("claimed", video_id)
     assert len(claims) == 2 and "retries=1" in claims[1], claims
-    assert recovery < int(s.env["STALE_AFTER_SECONDS"]), "taken over at once, not after the row went stale"
     assert done.attempts == 2 and done.progress == 100
     assert not ffmpeg_running(video_id) and scratch_left(base_env, video_id) == []
     metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text

@@ -11,9 +11,8 @@ from domain import media as media_settings
 from media import probe as media_probe
 from media import runner
 from media.probe import MediaInfo, ProbeError, frame_rate, parse_probe
-from media.sandbox import Limits, MiB, Sandbox, UnknownContainer, child_env, demuxers, share
-from media.validate import Limits as MediaLimits
-from media.validate import MediaRejected, check, rejection
+from media.sandbox import MiB, Resources, Sandbox, UnknownContainer, child_env, demuxers, share
+from media.validate import Limits, MediaRejected, check, rejection
 from tests.conftest import wait_for
 
 
@@ -45,8 +44,8 @@ class TestOptions:
 
     def test_limits_scale_with_the_content(self) -> None:
         box = Sandbox(encode_memory=1000 * MiB, timeout_base=60, timeout_per_second=10, cpu_per_second=20)
-        assert box.encode_limits(30) == Limits(memory_bytes=1000 * MiB, cpu_seconds=660, wall_seconds=360)
-        assert Sandbox(probe_memory=5, probe_seconds=7.5).probe_limits() == Limits(5, 7, 7.5)
+        assert box.encode_limits(30) == Resources(memory_bytes=1000 * MiB, cpu_seconds=660, wall_seconds=360)
+        assert Sandbox(probe_memory=5, probe_seconds=7.5).probe_limits() == Resources(5, 7, 7.5)
 
     def test_settings(self) -> None:
         from config import load_settings
@@ -83,25 +82,25 @@ class TestRealLimits:
     def test_memory_limit_stops_a_greedy_child(self) -> None:
         greedy = "b = bytearray(600 * 1024 * 1024); print(len(b))"
         with pytest.raises(runner.FFmpegError) as caught:
-            runner.run([sys.executable, "-c", greedy], limits=Limits(memory_bytes=300 * MiB), capture=True)
+            runner.run([sys.executable, "-c", greedy], limits=Resources(memory_bytes=300 * MiB), capture=True)
         assert caught.value.returncode != 0 and "MemoryError" in caught.value.stderr
-        assert runner.run([sys.executable, "-c", greedy], limits=Limits(memory_bytes=900 * MiB), capture=True)
+        assert runner.run([sys.executable, "-c", greedy], limits=Resources(memory_bytes=900 * MiB), capture=True)
 
     def test_cpu_limit_kills(self) -> None:
         with pytest.raises(runner.FFmpegError) as caught:
-            runner.run([sys.executable, "-c", "while True: pass"], limits=Limits(cpu_seconds=1, wall_seconds=30))
+            runner.run([sys.executable, "-c", "while True: pass"], limits=Resources(cpu_seconds=1, wall_seconds=30))
         assert caught.value.reason == "cpu"
 
     def test_wall_limit_kills(self) -> None:
         with pytest.raises(runner.FFmpegError) as caught:
-            runner.run([sys.executable, "-c", "import time; time.sleep(30)"], limits=Limits(wall_seconds=0.5))
+            runner.run([sys.executable, "-c", "import time; time.sleep(30)"], limits=Resources(wall_seconds=0.5))
         assert caught.value.reason == "timeout"
 
     def test_a_kill_from_outside_is_the_hosts_fault_not_the_cpu_limit(self) -> None:
         # The OOM killer, an operator, a container limit: SIGKILL, as the kernel's RLIMIT_CPU sends, long before it.
         script = "import os, signal, time; time.sleep(0.2); os.kill(os.getpid(), signal.SIGKILL)"
         with pytest.raises(runner.FFmpegError) as caught:
-            runner.run([sys.executable, "-c", script], limits=Limits(cpu_seconds=30, wall_seconds=30))
+            runner.run([sys.executable, "-c", script], limits=Resources(cpu_seconds=30, wall_seconds=30))
         assert (caught.value.reason, caught.value.blame) == ("killed", runner.HOST)
 
     def test_a_crash_is_not_yet_the_files_fault(self) -> None:
@@ -163,7 +162,7 @@ class TestRealLimits:
         def silent(owner: str) -> None:
             try:
                 with runner.owned(owner):
-                    runner.run([sys.executable, "-c", "import time; time.sleep(30)"], limits=Limits(wall_seconds=20))
+                    runner.run([sys.executable, "-c", "import time; time.sleep(30)"], limits=Resources(wall_seconds=20))
             except runner.FFmpegError as exc:
                 failures[owner] = exc
 
@@ -191,7 +190,7 @@ class TestRealLimits:
             "import sys, time; print('Picture size 8192x8192 is invalid', file=sys.stderr, flush=True); time.sleep(30)"
         )
         with pytest.raises(runner.FFmpegError) as caught:
-            runner.run([sys.executable, "-c", script], limits=Limits(wall_seconds=20))
+            runner.run([sys.executable, "-c", script], limits=Resources(wall_seconds=20))
         assert caught.value.reason == "resolution"
 
 
@@ -212,19 +211,19 @@ class TestWhatNoRealClipHas:
     )
     def test_refused(self, changes: dict, code: str) -> None:
         with pytest.raises(MediaRejected) as caught:
-            check(info(**changes), MediaLimits())
+            check(info(**changes), Limits())
         assert (caught.value.code, caught.value.kind) == (code, "bounds")
 
     def test_a_stream_no_picture_was_decoded_from_is_not_a_video(self) -> None:
         # An index bomb under the memory limit: ffprobe drops the index and can't decode a frame.
         with pytest.raises(MediaRejected) as caught:
-            check(info(pixel_format=None), MediaLimits())
+            check(info(pixel_format=None), Limits())
         assert (caught.value.code, caught.value.kind) == ("not_a_video", "format")
 
     def test_real_clips_pass(self) -> None:
-        check(info(), MediaLimits())
-        check(info(width=3840, height=2160, fps=60.0, frames=1800), MediaLimits())
-        check(info(width=1280, height=720, fps=240.0, frames=2400), MediaLimits())
+        check(info(), Limits())
+        check(info(width=3840, height=2160, fps=60.0, frames=1800), Limits())
+        check(info(width=1280, height=720, fps=240.0, frames=2400), Limits())
 
     def test_rates_and_counts_from_ffprobe(self) -> None:
         assert frame_rate("30000/1001") == pytest.approx(29.97, abs=0.01)
@@ -253,6 +252,6 @@ class TestRejections:
     )
     def test_messages_never_carry_ffmpeg_output(self, reason: str | None, kind: str, code: str) -> None:
         error = ProbeError("/tmp/upload-abc: Invalid data found", reason, "/tmp/upload-abc: Invalid data found")
-        refused = rejection(error, MediaLimits())
+        refused = rejection(error, Limits())
         assert (refused.kind, refused.code) == (kind, code)
         assert "/tmp" not in refused.message and "Invalid data" not in refused.message

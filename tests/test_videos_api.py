@@ -223,12 +223,12 @@ def test_the_answer_tells_a_worker_faster_than_the_upload(
     client: FlaskClient, auth: dict, clip: Callable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A worker that claims the video between its message and the route's own move to queued.
-    from domain import uploads
+    from domain import queue
 
     def send_then_claim(video_id: str, task_id: str) -> None:
         assert jobs.claim(video_id, f"{task_id}:0", None, stale_after=60)
 
-    monkeypatch.setattr(uploads, "enqueue_video", send_then_claim)
+    monkeypatch.setattr(queue, "enqueue_video", send_then_claim)
     response = upload(client, auth, clip("small.mp4"))
     assert response.status_code == 202 and response.json["status"] == "processing", response.json
     with client.application.app_context():
@@ -281,6 +281,7 @@ def test_someone_elses_video_is_404(app: Flask, client: FlaskClient, auth: dict)
     assert client.get(f"/api/videos/{video_id}", headers=auth).status_code == 200
 
 
+@pytest.mark.commits  # other connections read its rows, or it counts real transactions
 def test_a_status_read_is_one_statement(app: Flask, client: FlaskClient, auth: dict) -> None:
     with app.app_context():
         owner = db.session.query(User).one()
@@ -415,6 +416,7 @@ def test_retries_wait_in_sqs_not_in_a_worker(app: Flask) -> None:
     assert task_id in wait_for(lambda: queued_task_ids(app), timeout=10)
 
 
+@pytest.mark.commits  # other connections read its rows, or it counts real transactions
 def test_concurrent_sweepers_send_one_message_per_video(app: Flask, base_env: dict[str, str]) -> None:
     queued_task_ids(app)  # start from an empty queue
     with app.app_context():
@@ -436,6 +438,7 @@ def test_concurrent_sweepers_send_one_message_per_video(app: Flask, base_env: di
     assert sorted(sent) == sorted(r.task_id for r in rows) and {r.status for r in rows} == {"queued"}
 
 
+@pytest.mark.commits  # other connections read its rows, or it counts real transactions
 def test_queue_position_and_time_left(app: Flask, client: FlaskClient, auth: dict) -> None:
     with app.app_context():
         owner = db.session.query(User).one()

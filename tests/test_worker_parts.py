@@ -18,11 +18,11 @@ from flask import Flask
 from config import load_settings
 from media import runner
 from media.probe import ProbeError
-from media.sandbox import Limits
+from media.sandbox import Resources
 from tasks import process
 from tasks.errors import is_transient
-from tasks.heartbeat import MessageKeeper
 from tasks.scratch import PREFIX, alive, job_dir, remove_orphans, running_jobs
+from tasks.visibility import MessageKeeper
 from tests.conftest import wait_for
 
 SETTINGS = load_settings({"SECRET_KEY": "x", "SQS_QUEUE_URL": "https://sqs.example/1/work"})
@@ -64,7 +64,7 @@ def test_released_messages_are_no_longer_extended() -> None:
 
 def test_a_failed_extension_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     keeper = MessageKeeper(SETTINGS, FakeSQS(fail=True))
-    with caplog.at_level(logging.WARNING, logger="tasks.heartbeat"):
+    with caplog.at_level(logging.WARNING, logger="tasks.visibility"):
         assert keeper.extend([request("t1", "h1")]) == 0
     assert [r.getMessage() for r in caplog.records] == ["visibility change failed"]
     assert caplog.records[0].task_id == "t1"
@@ -105,7 +105,7 @@ def test_a_slow_heartbeat_never_stops_the_next_jobs_ffmpeg(app: Flask, monkeypat
     def next_job() -> None:
         with runner.owned("job-2"):
             try:
-                runner.run([sys.executable, "-c", "import time; time.sleep(30)"], limits=Limits(wall_seconds=20))
+                runner.run([sys.executable, "-c", "import time; time.sleep(30)"], limits=Resources(wall_seconds=20))
             except runner.FFmpegError as exc:
                 failures.append(exc)
 
