@@ -350,6 +350,8 @@ class Worker:
 
     def __init__(self, env: dict[str, str], log: Path, name: str, concurrency: int = 2) -> None:
         self.log = log
+        self.metrics_port = int(env.get("WORKER_METRICS_PORT") or free_port())  # its events, as Prometheus counts
+        env = {**env, "WORKER_METRICS_PORT": str(self.metrics_port)}
         argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel", "INFO"]
         argv += ["--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip"]
         with log.open("wb") as out:  # the child keeps its own descriptor
@@ -359,6 +361,11 @@ class Worker:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Return one of the worker's Prometheus samples (0 when it has none): what happened, counted."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as answer:
+            return metric(answer.read().decode(), name, **labels)
 
     def lines(self, *needles: str) -> list[str]:
         """Return the log lines that contain every needle."""
