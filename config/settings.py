@@ -318,6 +318,11 @@ class Settings:
         lambda v: f"{v['SQS_QUEUE_NAME']}-dlq", "the dead-letter queue", shown="`<SQS_QUEUE_NAME>-dlq`"
     )
     SQS_MAX_RECEIVE_COUNT: int = setting(5, "receives before SQS moves a message to the dead-letter queue")
+    SQS_RETENTION_SECONDS: int = setting(
+        14 * 24 * 3600,
+        "how long both queues keep a message (SQS's maximum, 14 days: an outage of days loses nothing)",
+        shown="`1209600` (14 days)",
+    )
     SQS_WAIT_TIME_SECONDS: int = setting(20, "long polling")
     SQS_POLLING_INTERVAL: float = setting(0.0, "extra wait after an empty poll")
     # The stack's SNS topics for remote control and events; unset: kombu creates its own.

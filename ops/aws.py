@@ -12,7 +12,6 @@ from config import Settings
 from domain.storage import QUARANTINE, aws_client
 
 logger = logging.getLogger(__name__)
-RETENTION_SECONDS = 14 * 24 * 3600  # SQS's maximum: an outage of days loses nothing
 MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 
 
@@ -39,7 +38,7 @@ def queue_attributes(s: Settings, dlq_arn: str | None) -> dict[str, str]:
     attributes = {
         "VisibilityTimeout": str(s.SQS_VISIBILITY_TIMEOUT),
         "ReceiveMessageWaitTimeSeconds": str(s.SQS_WAIT_TIME_SECONDS),
-        "MessageRetentionPeriod": str(RETENTION_SECONDS),
+        "MessageRetentionPeriod": str(s.SQS_RETENTION_SECONDS),
     }
     if dlq_arn:
         policy = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": s.SQS_MAX_RECEIVE_COUNT}
@@ -111,7 +110,7 @@ def dlq_url(s: Settings, sqs: Any = None) -> str:
 def ensure_queues(s: Settings) -> tuple[str, str]:
     """Create the dead-letter queue and the work queue (redriving to it); return both URLs."""
     sqs = aws_client("sqs", s)
-    dead = _ensure(sqs, dlq_name(s), {"MessageRetentionPeriod": str(RETENTION_SECONDS)})
+    dead = _ensure(sqs, dlq_name(s), {"MessageRetentionPeriod": str(s.SQS_RETENTION_SECONDS)})
     arn = sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     return _ensure(sqs, queue_name(s), queue_attributes(s, arn), s.SQS_QUEUE_URL), dead
 

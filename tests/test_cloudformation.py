@@ -258,5 +258,5 @@ def test_the_queue_has_the_attributes_the_app_checks_itself_against(monkeypatch:
     assert (queue["VisibilityTimeout"], queue["RedrivePolicy"]["maxReceiveCount"]) == (300, 9), "made from the settings"
     assert queue["ReceiveMessageWaitTimeSeconds"] == load_settings({}).SQS_WAIT_TIME_SECONDS
     marked = stack_tool.FROM_SETTINGS.findall(TEMPLATE.read_text())
-    assert {m[3] for m in marked} >= {"SQS_VISIBILITY_TIMEOUT", "SQS_MAX_RECEIVE_COUNT", "QUARANTINE_DAYS"}
+    assert {m[3] for m in marked} >= {"SQS_VISIBILITY_TIMEOUT", "SQS_MAX_RECEIVE_COUNT", "SQS_RETENTION_SECONDS"}
     assert all(value == str(declared(name).default) for _, value, _, name in marked), "the source reads true too"
