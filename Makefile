@@ -11,11 +11,11 @@ run: install ## Start moto (local AWS), the API, a worker and Flower; Ctrl-C sto
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 
 test-unit: install ## The unit tier: every test that needs no server, database server, FFmpeg or worker
-	$(BIN)/python -m pytest -m unit -n 2
+	$(BIN)/python -m pytest -m unit -n 2 --dist worksteal
 
 test: install ## Both tiers in two processes (pytest-xdist), with branch coverage (its floor: pyproject.toml)
 	@deploy/install_system.sh --browser
-	$(BIN)/python -m pytest -n 2 --cov --cov-report=term:skip-covered --durations=20
+	$(BIN)/python -m pytest -n 2 --dist worksteal --cov --cov-report=term:skip-covered --durations=20
 
 install: $(STAMP) system
 
