@@ -42,6 +42,7 @@ task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_st
 broker_transport = "tasks.sqs:Transport"
 
 PROCESS_TASK = "tasks.process_video"
+DELIVER_TASK = "tasks.deliver_webhook"  # on its own queue, read by the webhook workers (tasks/webhooks.py)
 
 
 def transport_options(s: Settings) -> dict[str, Any]:
@@ -79,7 +80,7 @@ def environment_settings(s: Settings) -> dict[str, Any]:
         "broker_url": s.CELERY_BROKER_URL,
         "broker_transport_options": transport_options(s),
         "task_default_queue": queue,
-        "task_routes": {PROCESS_TASK: {"queue": queue}},
+        "task_routes": {PROCESS_TASK: {"queue": queue}, DELIVER_TASK: {"queue": s.WEBHOOK_QUEUE_NAME}},
         "task_soft_time_limit": s.TASK_SOFT_TIME_LIMIT,
         "task_time_limit": s.TASK_TIME_LIMIT,
     }

@@ -396,6 +396,27 @@ class Settings:
     USER_MAX_UPLOADS_PER_DAY: int = setting(50, "a user's uploads and bytes in the last 24 hours")
     USER_MAX_BYTES_PER_DAY: int = setting(10 * 1024**3, "")
     VIDEO_MAX_RETRIES: int = setting(3, "owner retries of one failed video")
+    # Webhooks (domain/webhooks.py, tasks/webhooks.py)
+    WEBHOOK_QUEUE_NAME: str = setting(
+        lambda v: f"{v['SQS_QUEUE_NAME']}-webhooks",
+        "the deliveries' queue, read by the webhook workers only (`celery -A tasks worker -Q <it> -P threads`)",
+        shown="`<SQS_QUEUE_NAME>-webhooks`",
+    )
+    WEBHOOK_MAX_ENDPOINTS: int = setting(10, "webhook endpoints per user")
+    WEBHOOK_TIMEOUT_SECONDS: float = setting(10.0, "a receiver must answer 2xx within this to acknowledge")
+    WEBHOOK_RETRY_SECONDS: float = setting(10.0, "the first retry's delay; each next one doubles, up to an hour")
+    WEBHOOK_RETRY_FOR_SECONDS: int = setting(
+        24 * 3600, "retries stop this long after the event: the delivery is `failed`", shown="`86400` (24 h)"
+    )
+    WEBHOOK_DISABLE_AFTER: int = setting(3, "deliveries failed in a row that disable an endpoint")
+    WEBHOOK_ALLOW_LOCAL: bool = setting(
+        True,
+        "also allow `http://` URLs and loopback addresses (try webhooks with a local receiver); never private, "
+        "link-local or metadata addresses",
+        production=False,
+        shown_production="`false` only",
+    )
+    WEBHOOK_KEEP_DAYS: int = setting(30, "the sweeper deletes events and their deliveries older than this")
     # The FFmpeg sandbox (media/sandbox.py)
     FFPROBE_TIMEOUT: float = setting(30.0, "ffprobe's wall and CPU seconds, and address space")
     FFPROBE_MEMORY_MB: int = setting(512, "")
@@ -486,6 +507,8 @@ class Settings:
             raise ConfigError("need HEARTBEAT_SECONDS * 3 <= STALE_AFTER_SECONDS < SQS_VISIBILITY_TIMEOUT")
         if self.APP_ENV == "production" and not self.MEDIA_JAIL:
             raise ConfigError("MEDIA_JAIL can't be off in production: FFmpeg parses hostile files (docs/security.md)")
+        if self.APP_ENV == "production" and self.WEBHOOK_ALLOW_LOCAL:
+            raise ConfigError("WEBHOOK_ALLOW_LOCAL can't be on in production: webhooks go to https:// hosts only")
         if (self.SNS_CONTROL_TOPIC_ARN is None) != (self.SNS_EVENTS_TOPIC_ARN is None):
             # kombu takes predefined topics for every fanout exchange or for none.
             raise ConfigError("set both SNS_CONTROL_TOPIC_ARN and SNS_EVENTS_TOPIC_ARN, or neither")

@@ -27,7 +27,11 @@ from sqlalchemy.engine import Connection, make_url
 # role -> (its database user, the tables it may change: None for every table of the app)
 USERS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "web": ("videoproc_web", None),  # accounts, uploads, quotas, idempotency keys, videos
-    "worker": ("videoproc_worker", ("videos",)),  # the job's row only: no account, no password hash
+    # the job's row and its webhook events (the outbox; deliveries, if the role runs them): no account, no password
+    "worker": (
+        "videoproc_worker",
+        ("videos", "webhook_endpoints", "webhook_events", "webhook_deliveries", "webhook_attempts"),
+    ),
     "ops": ("videoproc_ops", None),  # the sweeper: expiry, reconciliation, pruning
 }
 ROW_RIGHTS = "SELECT, INSERT, UPDATE, DELETE"

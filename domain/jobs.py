@@ -36,6 +36,9 @@ An ``uploading`` row that is aborted or expires is deleted (``discard_upload``),
 ``completing`` one can't be (the complete won the race), and one whose complete died with its
 process is reopened by the sweeper.
 
+A move to a final state (processed, failed, cancelled) writes its webhook event in the same
+statement batch (``webhooks.record``): the outbox commits or rolls back with the change.
+
 Tokens: a delivery holds the row as ``<task id>:<retries>``. A delivery may take over its
 ``previous`` token's row when that try is known to be over: it is ``retrying`` (the try
 asked for the retry), or it is ``processing`` and this delivery is the retry the worker's
@@ -49,6 +52,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, CursorResult, and_, case, delete, or_, select, update
 
+from domain import webhooks
 from domain.extensions import db
 from domain.models import Status, Video, new_id, utcnow
 
@@ -82,7 +86,10 @@ def _move(name: str, video_id: str, *guards: ColumnElement[bool], **values: Any)
     stmt = update(Video).where(Video.id == video_id, Video.status.in_([s.value for s in sources]), *guards)
     values = {"status": target.value, "updated_at": utcnow(), **values}
     result: CursorResult[Any] = db.session.execute(stmt.values(**values))  # type: ignore[assignment]
-    return result.rowcount == 1
+    moved = result.rowcount == 1
+    if moved and target in webhooks.EVENT_OF:  # the event commits, or rolls back, with the change
+        webhooks.record(video_id, target)
+    return moved
 
 
 def _stale(column: Any, stale_after: float) -> ColumnElement[bool]:

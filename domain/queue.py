@@ -6,7 +6,7 @@ import logging
 
 from flask import current_app
 
-from celeryconfig import PROCESS_TASK
+from celeryconfig import DELIVER_TASK, PROCESS_TASK
 from domain import jobs, timing
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,17 @@ def enqueue_video(video_id: str, task_id: str) -> None:
         logger.warning("enqueue failed", extra={"video_id": video_id, "task_id": task_id, "error": repr(exc)})
         raise EnqueueError(str(exc)) from exc
     logger.info("enqueued", extra={"video_id": video_id, "task_id": task_id})
+
+
+SQS_MAX_DELAY = 900  # DelaySeconds' maximum: a longer wait is made of several hops (tasks/webhooks.py)
+
+
+def send_delivery(delivery_id: str, delay: float = 0) -> None:
+    """Send a webhook delivery's message to the webhooks queue, held back ``delay`` seconds (at most 15 min)."""
+    celery = current_app.extensions["celery"]
+    seconds = max(0, min(SQS_MAX_DELAY, int(-(-delay // 1))))
+    options = {"delay_seconds": seconds} if seconds else {}
+    celery.send_task(DELIVER_TASK, args=[delivery_id], **options)
 
 
 def publish(video_id: str, task_id: str) -> bool:

@@ -49,7 +49,27 @@ STEP_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120, 300, 600, 1200),
 )
 RETRIES = Counter("videoproc_retries", "Retries of a job, by reason", ["reason"])
-OWN = (UPLOADS, REQUEST_SECONDS, JOBS, PROCESSING_SECONDS, PROCESSING_SPEED, STEP_SECONDS, RETRIES)
+WEBHOOK_ATTEMPTS = Counter(
+    "videoproc_webhook_attempts",
+    "Webhook POSTs by outcome: succeeded, retrying (an error or a non-2xx answer; tried again), failed (no more tries)",
+    ["outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "videoproc_webhook_seconds",
+    "From the event (the video's final state) to its receiver's 2xx",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400),
+)
+OWN = (
+    UPLOADS,
+    REQUEST_SECONDS,
+    JOBS,
+    PROCESSING_SECONDS,
+    PROCESSING_SPEED,
+    STEP_SECONDS,
+    RETRIES,
+    WEBHOOK_ATTEMPTS,
+    WEBHOOK_SECONDS,
+)
 
 
 class StateCollector:

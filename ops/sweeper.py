@@ -1,7 +1,8 @@
 """Re-enqueue what the queue lost: uploads never queued, jobs whose worker died, messages that vanished.
 
 Also the housekeeping of uploads: direct uploads left unfinished past their deadline are
-aborted, and idempotency keys older than ``IDEMPOTENCY_KEY_SECONDS`` removed.
+aborted, and idempotency keys older than ``IDEMPOTENCY_KEY_SECONDS`` removed; and of webhooks:
+deliveries whose message was lost are sent again, old events deleted.
 
 Safe on several machines at once: each row is taken with a conditional UPDATE (a lease
 on ``updated_at``) before it is enqueued, so only one sweeper sends its message; and a
@@ -19,7 +20,7 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from config import Settings
-from domain import direct, jobs, quotas
+from domain import direct, jobs, quotas, webhooks
 from domain.extensions import db
 from domain.models import IdempotencyKey, Status, Video, utcnow
 from domain.queue import EnqueueError, publish
@@ -39,6 +40,7 @@ class SweepReport:
     dead_lettered: list[str] = field(default_factory=list)  # queued rows whose message died: failed, retryable
     orphans: list[str] = field(default_factory=list)  # videos with objects and no row: objects deleted
     aborted: list[str] = field(default_factory=list)  # multipart uploads with no row
+    relayed: list[str] = field(default_factory=list)  # webhook deliveries whose message was lost: sent again
     unreachable: bool = False
 
 
@@ -96,7 +98,10 @@ def sweep(settings: Settings, storage: bool = True) -> SweepReport:
     db.session.commit()
     prune_keys(timedelta(seconds=settings.IDEMPOTENCY_KEY_SECONDS))
     quotas.prune()
+    webhooks.prune(settings)
     db.session.commit()
+    report.relayed = webhooks.relay(settings)
+    db.session.commit()  # sends them
     now = utcnow()
     stale_after = settings.STALE_AFTER_SECONDS
     grace = timedelta(seconds=settings.SWEEP_AFTER_SECONDS)
@@ -133,6 +138,7 @@ def sweep(settings: Settings, storage: bool = True) -> SweepReport:
             "dead_lettered": len(report.dead_lettered),
             "orphans": len(report.orphans),
             "aborted": len(report.aborted),
+            "relayed": len(report.relayed),
             "unreachable": report.unreachable,
         },
     )

@@ -30,6 +30,7 @@ values.ValueClass = values.MultiProcessValue()
 
 from billiard.exceptions import WorkerLostError
 from celery.signals import (
+    celeryd_init,
     setup_logging,
     task_retry,
     task_revoked,
@@ -67,10 +68,19 @@ def _clean_scratch(**_: Any) -> None:
     remove_orphans(settings.WORKER_TMP_DIR)
 
 
-@worker_init.connect
-def _render_bumpers(**_: Any) -> None:
-    """Render the intro and outro before the pool starts, so that no job waits for them (the cache is on disk)."""
+@celeryd_init.connect
+def _render_bumpers(options: dict[str, Any] | None = None, **_: Any) -> None:
+    """Render the intro and outro before the pool starts, so that no job waits for them (the cache is on disk).
+
+    Not on a worker that reads other queues only (the webhook workers'): it runs no FFmpeg.
+    """
     from tasks.process import pipeline
+
+    queues = (options or {}).get("queues") or []
+    if isinstance(queues, str):
+        queues = queues.split(",")
+    if queues and settings.SQS_QUEUE_NAME not in queues:
+        return
 
     with flask_app.app_context():
         try:
@@ -138,4 +148,5 @@ def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         logging.getLogger(__name__).info("revoked: cancelled", extra={"video_id": video_id, "task_id": request.id})
 
 
-import tasks.process  # noqa: F401  (registers the task)
+import tasks.process
+import tasks.webhooks  # noqa: F401

@@ -33,7 +33,7 @@ from werkzeug.test import encode_multipart
 from app import create_app
 from config import load_settings
 from domain.extensions import db, get_settings
-from domain.models import Usage, User, Video
+from domain.models import Usage, User, Video, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from domain.storage import aws_client, get_storage
 from ops.aws import ensure_bucket, ensure_queues, queue_url
 from ops.metrics import COUNTS
@@ -214,8 +214,8 @@ class _JoinedSession(FlaskSession):
 
 def _empty(flask_app: Flask) -> None:
     with flask_app.app_context():
-        db.session.query(Video).delete()
-        db.session.query(Usage).delete()
+        for model in (WebhookAttempt, WebhookDelivery, WebhookEvent, WebhookEndpoint, Video, Usage):
+            db.session.query(model).delete()
         db.session.query(User).delete()
         db.session.commit()
 
@@ -348,12 +348,15 @@ def e2e_app(make_app: Callable[..., Flask], app: Flask) -> Flask:
 class Worker:
     """A ``celery -A tasks worker`` subprocess (in its own process group) and its log."""
 
-    def __init__(self, env: dict[str, str], log: Path, name: str, concurrency: int = 2) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, name: str, concurrency: int = 2, args: tuple[str, ...] = ()
+    ) -> None:
         self.log = log
         self.metrics_port = int(env.get("WORKER_METRICS_PORT") or free_port())  # its events, as Prometheus counts
         env = {**env, "WORKER_METRICS_PORT": str(self.metrics_port)}
         argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel", "INFO"]
         argv += ["--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip"]
+        argv += args
         with log.open("wb") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -397,8 +400,8 @@ def start_worker(base_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[
     """Start workers with extra environment variables; stop them after the test."""
     started: list[Worker] = []
 
-    def start(name: str, env: dict[str, str], concurrency: int = 1) -> Worker:
-        w = Worker({**base_env, **env}, tmp_path / f"{name}.log", name, concurrency)
+    def start(name: str, env: dict[str, str], concurrency: int = 1, args: tuple[str, ...] = ()) -> Worker:
+        w = Worker({**base_env, **env}, tmp_path / f"{name}.log", name, concurrency, args)
         started.append(w)
         w.wait_ready()
         return w

@@ -154,7 +154,13 @@ def test_the_page_signs_up_uploads_with_progress_and_plays_the_result(
     sign_up(browser, site)
     # Every control is labelled, and the file input can be reached by keyboard.
     labels = {e.get_attribute("for") for e in browser.find_elements(By.CSS_SELECTOR, "label[for]")}
-    assert {"email", "password", "files"} <= labels
+    assert {"email", "password", "files", "webhook-url"} <= labels
+    # A webhook endpoint first: its secret is shown once, and the processed video's delivery is listed below.
+    browser.find_element(By.ID, "webhook-url").send_keys("http://127.0.0.1:9/hook")
+    browser.find_element(By.ID, "webhook-add").click()
+    secret = wait_for(lambda: browser.find_element(By.ID, "webhook-secret-value").text, timeout=20)
+    assert secret.startswith("whsec_") and browser.find_element(By.ID, "webhook-secret").is_displayed()
+    wait_for(lambda: "127.0.0.1:9/hook" in browser.find_element(By.ID, "endpoints").text, timeout=20)
     assert browser.find_element(By.ID, "files").get_attribute("tabindex") in (None, "0")
 
     # Every value the bar is given, not samples of it: on loopback all parts can finish between two
@@ -178,6 +184,12 @@ def test_the_page_signs_up_uploads_with_progress_and_plays_the_result(
     browser.execute_script("arguments[0].muted = true; arguments[0].play();", player)
     wait_for(lambda: browser.execute_script("return arguments[0].currentTime", player) > 0.5, timeout=30)
     assert browser.execute_script("return arguments[0].videoWidth", player) == 1280
+    browser.find_element(By.XPATH, "//button[text()='Recent deliveries']").click()
+    deliveries = browser.find_element(By.CSS_SELECTOR, "#endpoints .deliveries")
+    wait_for(lambda: "video.processed pending" in deliveries.text, timeout=20)
+    browser.refresh()
+    wait_for(lambda: "127.0.0.1:9/hook" in browser.find_element(By.ID, "endpoints").text, timeout=20)
+    assert secret not in browser.page_source, "the secret was shown once"
     if os.environ.get("VIDEOPROC_SCREENSHOTS"):  # docs/page.png: the whole page, phone-wide
         browser.execute_script("arguments[0].pause(); arguments[0].currentTime = 8;", player)
         browser.set_window_size(412, 1280)

@@ -80,7 +80,10 @@ def test_flower_worker_page_shows_pool_stats_over_remote_control(flower: str, wo
 
     workers = wait_for(inspected, timeout=60)
     [(name, info)] = workers.items()
-    assert info["stats"]["pool"]["max-concurrency"] == 2 and info["registered"] == ["tasks.process_video"]
+    assert info["stats"]["pool"]["max-concurrency"] == 2 and info["registered"] == [
+        "tasks.deliver_webhook",
+        "tasks.process_video",
+    ]
     assert info["active_queues"][0]["name"] == "e2e"
     page = get(f"{flower}/worker/{name}")
     assert "Max concurrency" in page and "tasks.process_video" in page, "the pool and registered tabs are filled"

@@ -79,7 +79,10 @@ def test_inspect_reaches_every_worker_and_their_mailboxes_go_with_them(
     assert len(active) == 1 and video_id in str(next(iter(active.values()))[0]["args"]), active
     assert {n.split("@")[0] for n in stats} == {"rc-a", "rc-b"}
     assert all(v["pool"]["max-concurrency"] == 1 for v in stats.values()), stats
-    assert {t for node in (inspect.registered() or {}).values() for t in node} == {"tasks.process_video"}
+    assert {t for node in (inspect.registered() or {}).values() for t in node} == {
+        "tasks.process_video",
+        "tasks.deliver_webhook",
+    }
     s.wait_status(video_id, "processed")
 
     prefix = s.env["SQS_QUEUE_PREFIX"]

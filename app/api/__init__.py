@@ -103,7 +103,10 @@ def init_app(app: Flask) -> None:
     api = Api(app)
     app.extensions["api"] = api
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
-    from app.api import auth, health, uploads, videos  # noqa: F401  (routes register on bp and health.bp)
+    from app.api import auth, health, uploads, videos, webhooks  # noqa: F401  (routes register on bp and health.bp)
+    from app.api.schemas import WebhookEventSchema
+
+    api.spec.components.schema("WebhookEvent", schema=WebhookEventSchema)  # the callbacks' body
 
     api.register_blueprint(bp)
     api.register_blueprint(health.bp)

@@ -10,6 +10,7 @@ from marshmallow import validate
 from werkzeug.datastructures import FileStorage
 
 from domain.models import Status
+from domain.webhooks import EVENTS
 
 MAX_EMAIL = 254  # RFC 5321's longest address
 MIN_PASSWORD, MAX_PASSWORD = 12, 128
@@ -103,7 +104,9 @@ class VideoErrorSchema(ma.Schema):
     message = ma.fields.String(required=True)
 
 
-class VideoSchema(ma.Schema):
+class VideoFieldsSchema(ma.Schema):
+    """What every view of a video shows (``domain.webhooks.video_fields``)."""
+
     id = ma.fields.String(required=True)
     title = ma.fields.String(required=True)
     status = ma.fields.String(required=True, validate=validate.OneOf([s.value for s in Status]))
@@ -111,10 +114,13 @@ class VideoSchema(ma.Schema):
     task_id = ma.fields.String(required=True)
     created_at = ma.fields.String(required=True, allow_none=True)
     processed_at = ma.fields.String(required=True, allow_none=True)
+    error = ma.fields.Nested(VideoErrorSchema, required=True, allow_none=True)
+
+
+class VideoSchema(VideoFieldsSchema):
     original_url = ma.fields.String(required=True, allow_none=True)
     processed_url = ma.fields.String(required=True, allow_none=True)
     poster_url = ma.fields.String(required=True, allow_none=True)
-    error = ma.fields.Nested(VideoErrorSchema, required=True, allow_none=True)
     queue_position = ma.fields.Integer(
         required=True,
         allow_none=True,
@@ -130,12 +136,15 @@ class VideoSchema(ma.Schema):
     )
 
 
-class VideoPageSchema(ma.Schema):
-    items = ma.fields.List(ma.fields.Nested(VideoSchema), required=True)
+class PageSchema(ma.Schema):
     page = ma.fields.Integer(required=True)
     per_page = ma.fields.Integer(required=True)
     total = ma.fields.Integer(required=True)
     pages = ma.fields.Integer(required=True)
+
+
+class VideoPageSchema(PageSchema):
+    items = ma.fields.List(ma.fields.Nested(VideoSchema), required=True)
 
 
 class UploadAcceptedSchema(ma.Schema):
@@ -196,3 +205,86 @@ class PartSchema(Strict):
 
 class PartsSchema(Strict):
     parts = ma.fields.List(ma.fields.Nested(PartSchema), required=True, validate=validate.Length(1, 10_000))
+
+
+class WebhookCreateSchema(Strict):
+    url = Text(
+        required=True,
+        validate=validate.Length(1, 2048),
+        metadata={"description": "https:// only in production; it must resolve to public addresses only"},
+    )
+    events = ma.fields.List(
+        ma.fields.String(validate=validate.OneOf(EVENTS)),
+        validate=validate.Length(1, len(EVENTS)),
+        metadata={"description": f"default: all ({', '.join(EVENTS)})"},
+    )
+
+
+class WebhookEndpointSchema(ma.Schema):
+    id = ma.fields.String(required=True)
+    url = ma.fields.String(required=True)
+    events = ma.fields.List(ma.fields.String(), required=True)
+    created_at = ma.fields.String(required=True)
+    disabled_at = ma.fields.String(required=True, allow_none=True)
+    disabled_reason = ma.fields.String(
+        required=True, allow_none=True, metadata={"description": "why deliveries stopped (failed in a row)"}
+    )
+    previous_secret_expires_at = ma.fields.String(
+        required=True, allow_none=True, metadata={"description": "after a rotation: the old secret signs until then"}
+    )
+
+
+class WebhookSecretSchema(WebhookEndpointSchema):
+    secret = ma.fields.String(
+        required=True, metadata={"description": "signs every delivery (Videoproc-Signature); shown only now"}
+    )
+
+
+class WebhookListSchema(ma.Schema):
+    items = ma.fields.List(ma.fields.Nested(WebhookEndpointSchema), required=True)
+
+
+class WebhookAttemptSchema(ma.Schema):
+    started_at = ma.fields.String(required=True)
+    status_code = ma.fields.Integer(required=True, allow_none=True, metadata={"description": "the receiver's answer"})
+    duration_ms = ma.fields.Integer(required=True, allow_none=True)
+    error = ma.fields.String(required=True, allow_none=True)
+
+
+class WebhookDeliverySchema(ma.Schema):
+    id = ma.fields.String(required=True)
+    event_id = ma.fields.String(
+        required=True, metadata={"description": "the same on every attempt: de-duplicate by it"}
+    )
+    event_type = ma.fields.String(required=True, validate=validate.OneOf(EVENTS))
+    video_id = ma.fields.String(required=True)
+    status = ma.fields.String(required=True, validate=validate.OneOf(["pending", "succeeded", "failed"]))
+    created_at = ma.fields.String(required=True)
+    finished_at = ma.fields.String(required=True, allow_none=True)
+    next_attempt_at = ma.fields.String(required=True, allow_none=True, metadata={"description": "while pending"})
+    attempts = ma.fields.List(ma.fields.Nested(WebhookAttemptSchema), required=True)
+
+
+class WebhookDeliveryPageSchema(PageSchema):
+    items = ma.fields.List(ma.fields.Nested(WebhookDeliverySchema), required=True)
+
+
+class EventVideoSchema(VideoFieldsSchema):
+    status = ma.fields.String(required=True, validate=validate.OneOf(["processed", "failed", "cancelled"]))
+
+
+class EventDataSchema(ma.Schema):
+    video = ma.fields.Nested(
+        EventVideoSchema,
+        required=True,
+        metadata={"description": "as GET /api/videos/{id} shows it when the event happened, without its URLs"},
+    )
+
+
+class WebhookEventSchema(ma.Schema):
+    """The body POSTed to an endpoint, signed in ``Videoproc-Signature``."""
+
+    id = ma.fields.String(required=True, metadata={"description": "the event's id, the same on every retry"})
+    type = ma.fields.String(required=True, validate=validate.OneOf(EVENTS))
+    created_at = ma.fields.String(required=True)
+    data = ma.fields.Nested(EventDataSchema, required=True)

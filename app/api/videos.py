@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import uuid
-from datetime import datetime
 from typing import Any
 
 from flask import current_app, g, request
@@ -30,31 +29,18 @@ from domain.models import Status, User, Video
 from domain.queue import EnqueueError
 from domain.storage import get_storage, video_prefixes
 from domain.uploads import accept_upload, queue_stored
+from domain.webhooks import video_fields
 from ops.sweeper import requeue
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat()
 
 
 def video_json(video: Video, position: int | None) -> dict[str, Any]:
     """Return the public representation of ``video`` at queue ``position``, with presigned URLs."""
     storage = get_storage()
-    error = {"code": video.error_code, "message": video.error_message} if video.error_code else None
     return {
-        "id": video.id,
-        "title": video.title,
-        "status": video.status,
-        "progress": video.progress,
-        "task_id": video.task_id,
-        "created_at": _iso(video.created_at),
-        "processed_at": _iso(video.processed_at),
+        **video_fields(video),
         "original_url": storage.url(video.original_key),
         "processed_url": storage.url(video.processed_key),
         "poster_url": storage.url(video.poster_key),
-        "error": error,
         "queue_position": position,
         "seconds_left": estimates.seconds_left(video),
         "upload_id": video.upload_id if video.status == Status.UPLOADING.value else None,

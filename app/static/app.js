@@ -63,11 +63,13 @@ function show() {
   $("account").hidden = signedIn;
   $("uploader").hidden = !signedIn;
   $("library").hidden = !signedIn;
+  $("webhooks").hidden = !signedIn;
   $("who").hidden = !signedIn;
   $("who-email").textContent = localStorage.getItem("videoproc.email") || "";
   if (signedIn) {
     refresh();
     resumeKept();
+    listEndpoints();
   }
 }
 
@@ -341,5 +343,78 @@ async function refresh() {
     }
   }
 }
+
+// Webhooks: add an endpoint (its secret is shown once, never stored here), see its recent deliveries.
+
+function button(text, onClick) {
+  const element = document.createElement("button");
+  element.type = "button";
+  element.textContent = text;
+  element.addEventListener("click", onClick);
+  return element;
+}
+
+function endpointItem(endpoint) {
+  const item = document.createElement("li");
+  item.dataset.endpointId = endpoint.id;
+  const url = document.createElement("p");
+  url.textContent = `${endpoint.url} (${endpoint.events.join(", ")})`;
+  if (endpoint.disabled_at) url.textContent += `, disabled: ${endpoint.disabled_reason}`;
+  url.classList.toggle("error", Boolean(endpoint.disabled_at));
+  const deliveries = document.createElement("ul");
+  deliveries.className = "deliveries";
+  deliveries.setAttribute("aria-label", `Recent deliveries to ${endpoint.url}`);
+  const buttons = document.createElement("div");
+  buttons.className = "buttons";
+  buttons.append(
+    button("Recent deliveries", () => listDeliveries(endpoint.id, deliveries)),
+    button("Remove", async () => {
+      await api("DELETE", `/api/webhooks/${endpoint.id}`).catch((error) => say(error.message, true));
+      listEndpoints();
+    }),
+  );
+  item.append(url, buttons, deliveries);
+  return item;
+}
+
+async function listEndpoints() {
+  try {
+    const answer = await api("GET", "/api/webhooks");
+    $("endpoints").replaceChildren(...answer.items.map(endpointItem));
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+async function listDeliveries(endpointId, list) {
+  try {
+    const page = await api("GET", `/api/webhooks/${endpointId}/deliveries?per_page=10`);
+    const rows = page.items.map((delivery) => {
+      const row = document.createElement("li");
+      const answers = delivery.attempts.map((a) => a.status_code ?? a.error).join(", ") || "not tried yet";
+      row.textContent = `${delivery.event_type} ${delivery.status}: ${answers}`;
+      if (delivery.next_attempt_at) row.textContent += `; next try ${new Date(delivery.next_attempt_at).toLocaleTimeString()}`;
+      row.classList.toggle("error", delivery.status === "failed");
+      return row;
+    });
+    if (!rows.length) rows.push(Object.assign(document.createElement("li"), { textContent: "No deliveries yet" }));
+    list.replaceChildren(...rows);
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+$("webhook-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  try {
+    const endpoint = await api("POST", "/api/webhooks", { url: $("webhook-url").value });
+    $("webhook-secret-value").textContent = endpoint.secret;
+    $("webhook-secret").hidden = false;
+    $("webhook-url").value = "";
+    listEndpoints();
+  } catch (error) {
+    say(error.message, true);
+  }
+});
 
 show();
