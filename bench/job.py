@@ -117,7 +117,8 @@ def environment(work: Path, aws: str) -> dict[str, str]:
         "USER_MAX_BYTES_PER_DAY": str(1 << 40),
         "LOG_LEVEL": "INFO",  # the worker's "ready." line
     }
-    env |= {f"{r}_LIMIT_PER_{k}": GENEROUS for r in ("LOGIN", "SIGNUP") for k in ("ADDRESS", "ACCOUNT")}
+    limits = ("LOGIN_LIMIT_PER_ADDRESS", "LOGIN_LIMIT_PER_ACCOUNT_ADDRESS", "SIGNUP_LIMIT_PER_ADDRESS")
+    env |= dict.fromkeys((*limits, "SIGNUP_LIMIT_PER_ACCOUNT"), GENEROUS)
     return env | {"UPLOAD_LIMIT_PER_USER": GENEROUS}
 
 

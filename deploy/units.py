@@ -26,7 +26,7 @@ from pathlib import Path
 
 UNIT_DIR = Path(__file__).resolve().parent / "systemd"
 ROLES = {
-    "web": ("videoproc-migrate.service", "videoproc-web.service", "videoproc-proxy.service"),
+    "web": ("videoproc-migrate.service", "videoproc-web.service", "videoproc-proxy.service", "videoproc-hooks.service"),
     "worker": ("videoproc-worker.service",),
     "ops": ("videoproc-flower.service", "videoproc-sweeper.timer"),
 }

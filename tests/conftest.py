@@ -349,7 +349,13 @@ class Worker:
     """A ``celery -A tasks worker`` subprocess (in its own process group) and its log."""
 
     def __init__(
-        self, env: dict[str, str], log: Path, name: str, concurrency: int = 2, args: tuple[str, ...] = ()
+        self,
+        env: dict[str, str],
+        log: Path,
+        name: str,
+        concurrency: int = 2,
+        args: tuple[str, ...] = (),
+        nice: int = 0,
     ) -> None:
         self.log = log
         self.metrics_port = int(env.get("WORKER_METRICS_PORT") or free_port())  # its events, as Prometheus counts
@@ -357,6 +363,8 @@ class Worker:
         argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel", "INFO"]
         argv += ["--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip"]
         argv += args
+        if nice:  # as the Procfile's and the unit's webhook workers run
+            argv = ["nice", "-n", str(nice), *argv]
         with log.open("wb") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

@@ -96,6 +96,7 @@ def instance_config(app: Flask, database_url: str, redis_url: str, ports: dict[s
         "S3_BUCKET": app.config["S3_BUCKET"],
         "SQS_QUEUE_PREFIX": PREFIX,
         "SQS_QUEUE_NAME": "videos",
+        "WEBHOOK_QUEUE_NAME": "videos-webhooks",
         "SQS_DLQ_NAME": "videos-dlq",
         "RATELIMIT_STORAGE_URI": redis_url,
         "TRUSTED_PROXIES": "2",
@@ -218,6 +219,9 @@ def test_bootstrapped_instances_process_a_real_upload(
     logs = scratch_root / "var/log/videoproc"
     worker_log = logs / "videoproc-worker.service.log"
     wait_for(lambda: "ready." in worker_log.read_text(errors="replace"), timeout=120)
+    hooks_log = logs / "videoproc-hooks.service.log"  # the web instance's webhook deliveries
+    wait_for(lambda: hooks_log.exists() and "ready." in hooks_log.read_text(errors="replace"), timeout=120)
+    assert "videos-webhooks" in hooks_log.read_text(errors="replace"), "it reads the webhooks queue"
 
     api = f"http://127.0.0.1:{ports['web']}"
     try:

@@ -172,7 +172,9 @@ def test_stack_in_moto(app: Flask, stack: dict[str, str]) -> None:
         [login] = grants["rds-db:connect"]  # its own database user, by IAM token
         assert login.endswith(f":dbuser:unmodelled/videoproc_{role.lower()}"), login
     assert "secretsmanager:GetSecretValue" not in role_actions(iam, physical["WorkerRole"], "videoproc-worker")
-    assert "sqs:ReceiveMessage" not in web_actions and "sqs:SendMessage" in web_actions
+    assert "sqs:SendMessage" in web_actions
+    received = role_grants(iam, physical["WebRole"], "videoproc-web")["sqs:ReceiveMessage"]
+    assert [r.rsplit(":", 1)[1] for r in received] == [f"{stack['StackName']}-videos-webhooks"], "webhooks only"
 
     autoscaling = aws_client("autoscaling", config)
     groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[stack["WorkerGroupName"]])

@@ -539,3 +539,14 @@ def test_the_sweeper_resends_a_lost_delivery_and_prunes_old_events(app: Flask, c
         assert webhooks.prune(settings) == 1
         db.session.commit()
         assert db.session.scalar(db.select(db.func.count()).select_from(WebhookDelivery)) == 0
+
+
+def test_production_refuses_local_receivers_and_defaults_to_refusing_them() -> None:
+    from config import ConfigError, load_settings
+    from tests.test_config import PRODUCTION
+
+    production = {**PRODUCTION, "S3_BUCKET": "videos"}
+    assert load_settings(production).WEBHOOK_ALLOW_LOCAL is False
+    with pytest.raises(ConfigError, match="WEBHOOK_ALLOW_LOCAL"):
+        load_settings({**production, "WEBHOOK_ALLOW_LOCAL": "true"})
+    assert load_settings({"SECRET_KEY": "x"}).WEBHOOK_ALLOW_LOCAL is True, "make run: a receiver on 127.0.0.1"
