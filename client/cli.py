@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,11 +107,16 @@ def video_line(video: dict[str, Any]) -> str:
     return f"{video['id']}  {video['status']:<10} {progress:>4}  {video['title']}{error}"
 
 
+def quote(identifier: str) -> str:
+    """An id as one path segment: ``../x`` can't reach another route."""
+    return urllib.parse.quote(identifier, safe="")
+
+
 def wait(api: Api, out: Out, video_id: str, name: str, poll: float) -> dict[str, Any]:
     """Poll the video until it ends, with a progress bar of its processing."""
     with out.bar(total=100, desc=f"processing {name}", unit="%", leave=True) as bar:
         while True:
-            video = api.call("GET", f"/api/videos/{video_id}")
+            video = api.call("GET", f"/api/videos/{quote(video_id)}")
             bar.update(video["progress"] - bar.n)
             if video["status"] in DONE:
                 return video
@@ -210,7 +216,7 @@ def cmd_list(api: Api, out: Out, args: argparse.Namespace, creds: Credentials) -
 
 
 def cmd_status(api: Api, out: Out, args: argparse.Namespace, creds: Credentials) -> int:
-    video = api.call("GET", f"/api/videos/{args.id}")
+    video = api.call("GET", f"/api/videos/{quote(args.id)}")
     if args.watch and video["status"] not in DONE:
         video = wait(api, out, args.id, video["title"], args.poll)
     out.result(video, video_line)
@@ -220,7 +226,7 @@ def cmd_status(api: Api, out: Out, args: argparse.Namespace, creds: Credentials)
 
 
 def cmd_download(api: Api, out: Out, args: argparse.Namespace, creds: Credentials) -> int:
-    video = api.call("GET", f"/api/videos/{args.id}")
+    video = api.call("GET", f"/api/videos/{quote(args.id)}")
     if video["status"] != "processed" or not video.get("processed_url"):
         out.error(
             ClientError(f"only a processed video can be downloaded; this one is {video['status']}", "not_processed")
@@ -236,7 +242,7 @@ def cmd_download(api: Api, out: Out, args: argparse.Namespace, creds: Credential
 
 def _video_action(method: str, suffix: str, done: str) -> Callable[..., int]:
     def run(api: Api, out: Out, args: argparse.Namespace, creds: Credentials) -> int:
-        video = api.call(method, f"/api/videos/{args.id}{suffix}")
+        video = api.call(method, f"/api/videos/{quote(args.id)}{suffix}")
         out.result(
             video or {"id": args.id, "deleted": True}, lambda v: video_line(v) if "status" in v else f"{args.id} {done}"
         )
@@ -266,21 +272,27 @@ def cmd_hooks_list(api: Api, out: Out, args: argparse.Namespace, creds: Credenti
 
 
 def cmd_hooks_remove(api: Api, out: Out, args: argparse.Namespace, creds: Credentials) -> int:
-    api.call("DELETE", f"/api/webhooks/{args.id}")
+    api.call("DELETE", f"/api/webhooks/{quote(args.id)}")
     out.result({"id": args.id, "deleted": True}, lambda d: f"{d['id']} removed")
     return OK
 
 
 def cmd_hooks_rotate(api: Api, out: Out, args: argparse.Namespace, creds: Credentials) -> int:
-    endpoint = api.call("POST", f"/api/webhooks/{args.id}/rotate-secret")
+    endpoint = api.call("POST", f"/api/webhooks/{quote(args.id)}/rotate-secret")
     out.result(
         endpoint, lambda e: f"secret: {e['secret']}  (the old one signs too until {e['previous_secret_expires_at']})"
     )
     return OK
 
 
+def cmd_hooks_enable(api: Api, out: Out, args: argparse.Namespace, creds: Credentials) -> int:
+    endpoint = api.call("POST", f"/api/webhooks/{quote(args.id)}/enable")
+    out.result(endpoint, endpoint_line)
+    return OK
+
+
 def cmd_hooks_deliveries(api: Api, out: Out, args: argparse.Namespace, creds: Credentials) -> int:
-    page = api.call("GET", f"/api/webhooks/{args.id}/deliveries", params={"per_page": args.per_page})
+    page = api.call("GET", f"/api/webhooks/{quote(args.id)}/deliveries", params={"per_page": args.per_page})
 
     def text(p: dict[str, Any]) -> str:
         lines = []
@@ -295,7 +307,7 @@ def cmd_hooks_deliveries(api: Api, out: Out, args: argparse.Namespace, creds: Cr
 
 
 def cmd_hooks_redeliver(api: Api, out: Out, args: argparse.Namespace, creds: Credentials) -> int:
-    delivery = api.call("POST", f"/api/webhooks/{args.id}/deliveries/{args.delivery_id}/redeliver")
+    delivery = api.call("POST", f"/api/webhooks/{quote(args.id)}/deliveries/{quote(args.delivery_id)}/redeliver")
     out.result(delivery, lambda d: f"{d['id']} sent again")
     return OK
 
@@ -346,6 +358,7 @@ def parser() -> argparse.ArgumentParser:
     )
     command("list", cmd_hooks_list, "list your endpoints", hsub)
     command("remove", cmd_hooks_remove, "remove an endpoint", hsub).add_argument("id", metavar="ID")
+    command("enable", cmd_hooks_enable, "turn a disabled endpoint back on", hsub).add_argument("id", metavar="ID")
     command("rotate", cmd_hooks_rotate, "new secret; the old one signs too for 24 h", hsub).add_argument(
         "id", metavar="ID"
     )

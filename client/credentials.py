@@ -32,10 +32,11 @@ class Credentials:
         """Keep the login, replacing any: written to a 0600 file first, then renamed over the old one."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".new")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        partial.unlink(missing_ok=True)  # a file left by a crash keeps its mode under O_CREAT: never reuse it
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)  # before a byte is written, whatever the umask
         with os.fdopen(fd, "w") as out:
             json.dump({"api": api, "token": token, "email": email}, out)
-        os.chmod(partial, 0o600)  # os.open's mode is masked by the umask; never wider than 0600
         partial.replace(self.path)
 
     def forget(self) -> None:

@@ -27,14 +27,23 @@ from sqlalchemy.engine import Connection, make_url
 # role -> (its database user, the tables it may change: None for every table of the app)
 USERS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "web": ("videoproc_web", None),  # accounts, uploads, quotas, idempotency keys, videos
-    # the job's row and its webhook events (the outbox; deliveries, if the role runs them): no account, no password
-    "worker": (
+    "worker": (  # the job's row only (and below, its webhook events): no account, no password hash, no secret
         "videoproc_worker",
-        ("videos", "webhook_endpoints", "webhook_events", "webhook_deliveries", "webhook_attempts"),
+        ("videos",),
     ),
     "ops": ("videoproc_ops", None),  # the sweeper: expiry, reconciliation, pruning
 }
 ROW_RIGHTS = "SELECT, INSERT, UPDATE, DELETE"
+# Narrower rights on tables a user may not change: the worker writes a final state's webhook event and
+# its deliveries (the outbox, domain/webhooks.record), reading of the endpoints only what picks them,
+# never their URLs or signing secrets (the web instances make the deliveries).
+NARROW: dict[str, dict[str, str]] = {
+    "videoproc_worker": {
+        "webhook_endpoints": "SELECT (id, user_id, events, disabled_at)",
+        "webhook_events": "INSERT",
+        "webhook_deliveries": "INSERT",
+    }
+}
 MIGRATION_LOCK = 727274  # migrations/env.py holds it while it migrates
 
 
@@ -66,6 +75,9 @@ def grant(connection: Connection, tables: list[str]) -> dict[str, list[str]]:
         mine = [t for t in tables if writable is None or t in writable]
         for table in mine:
             connection.execute(text(f'GRANT {ROW_RIGHTS} ON TABLE "{table}" TO "{user}"'))
+        for table, rights in NARROW.get(user, {}).items():
+            if table in tables:
+                connection.execute(text(f'GRANT {rights} ON TABLE "{table}" TO "{user}"'))
         connection.execute(text(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO "{user}"'))
         connection.execute(text(f'GRANT SELECT ON TABLE alembic_version TO "{user}"'))
         given[user] = mine

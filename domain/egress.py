@@ -26,11 +26,18 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT: not the internet either
+# Not the internet, whatever a Python release's ``is_global`` says of them (it has changed between
+# patch releases): IETF protocol assignments, local-use NAT64, documentation, benchmarking.
+NOT_PUBLIC = tuple(
+    ipaddress.ip_network(n)
+    for n in ("192.0.0.0/24", "192.0.2.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "64:ff9b:1::/48")
+)
 
 
 class Refused(Exception):
@@ -69,7 +76,7 @@ def address_problem(address: str, allow_local: bool) -> str | None:
         return "a multicast address"
     if ip.is_unspecified or ip.is_reserved:
         return "a reserved address"
-    if ip.is_private or ip in SHARED or not ip.is_global:
+    if ip.is_private or ip in SHARED or any(ip in net for net in NOT_PUBLIC) or not ip.is_global:
         return "a private address"
     return None
 
@@ -119,16 +126,46 @@ def resolve(host: str, port: int, allow_local: bool) -> list[str]:
 
 
 class _Pinned(http.client.HTTPSConnection):
-    """A connection to ``address`` for the URL's host: TLS (when ``tls``) checks the certificate against the host."""
+    """A connection to ``address`` for the URL's host: TLS (when ``tls``) checks the certificate against the host.
 
-    def __init__(self, host: str, port: int, address: str, timeout: float, tls: bool) -> None:
+    The socket is ``self.sock`` from the moment it connects, before the TLS handshake, so that the
+    deadline's shutdown reaches a handshake that stalls too.
+    """
+
+    def __init__(self, host: str, port: int, address: str, timeout: float, tls: bool, expired: threading.Event) -> None:
         self.tls_context = ssl.create_default_context()
         super().__init__(host, port, timeout=timeout, context=self.tls_context)
-        self.address, self.tls = address, tls
+        self.address, self.tls, self.expired = address, tls, expired
 
     def connect(self) -> None:
-        sock = socket.create_connection((self.address, self.port), self.timeout)
-        self.sock = self.tls_context.wrap_socket(sock, server_hostname=self.host) if self.tls else sock
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+        if self.expired.is_set():  # the deadline passed while connecting
+            raise TimeoutError("the deadline passed while connecting")
+        if self.tls:
+            self.sock = self.tls_context.wrap_socket(
+                self.sock, server_hostname=self.host, do_handshake_on_connect=False
+            )
+            self.sock.do_handshake()
+
+
+def _resolve_within(host: str, port: int, allow_local: bool, seconds: float) -> list[str]:
+    """``resolve``, given at most ``seconds``: a name server that never answers can't hold a worker."""
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(resolve(host, port, allow_local))
+        except BaseException as exc:  # handed to the caller
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True, name="resolve")
+    thread.start()
+    thread.join(seconds)
+    if not result:
+        raise TimeoutError(f"the host did not resolve within {seconds:g} s")
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return list(result[0])
 
 
 def post(
@@ -145,12 +182,13 @@ def post(
     tls = parts.scheme == "https"
     host, port = host_port(url)
     start = time.monotonic()
-    address = resolve(host, port, allow_local)[0]
+    address = _resolve_within(host, port, allow_local, timeout)[0]
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    conn = _Pinned(host, port, address, timeout, tls)
     # A receiver that trickles its answer a byte at a time can't hold the worker: at the deadline
-    # the socket is shut, which ends any read or write in progress.
+    # the socket is shut, which ends any read, write or handshake in progress.
     expired = threading.Event()
+    remaining = max(0.001, timeout - (time.monotonic() - start))
+    conn = _Pinned(host, port, address, remaining, tls, expired)
 
     def cut() -> None:
         expired.set()

@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import secrets
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -131,9 +132,18 @@ def create_endpoint(user_id: int, url: str, events: list[str] | None) -> Webhook
     return endpoint
 
 
+def _canonical(identifier: str) -> str | None:
+    """Return a UUID in its canonical form, or None when it is none (no such thing: 404, never a database error)."""
+    try:
+        return str(uuid.UUID(identifier))
+    except ValueError:
+        return None
+
+
 def own_endpoint(user_id: int, endpoint_id: str) -> WebhookEndpoint:
     """Return the user's endpoint, or raise ``NotFound``."""
-    endpoint = db.session.get(WebhookEndpoint, endpoint_id)
+    canonical = _canonical(endpoint_id)
+    endpoint = db.session.get(WebhookEndpoint, canonical) if canonical else None
     if endpoint is None or endpoint.user_id != user_id:
         raise NotFound("not_found", "No such webhook endpoint.")
     return endpoint
@@ -177,15 +187,11 @@ def record(video_id: str, status: Status) -> None:
     if video is None:
         return
     kind = EVENT_OF[status]
-    endpoints = [
-        e
-        for e in db.session.scalars(
-            select(WebhookEndpoint).where(
-                WebhookEndpoint.user_id == video.user_id, WebhookEndpoint.disabled_at.is_(None)
-            )
-        )
-        if kind in e.events.split(",")
-    ]
+    # Only the columns that pick the endpoints: the worker's database user may read no more (deploy/migrate.py).
+    mine = select(WebhookEndpoint.id, WebhookEndpoint.events).where(
+        WebhookEndpoint.user_id == video.user_id, WebhookEndpoint.disabled_at.is_(None)
+    )
+    endpoints = [endpoint_id for endpoint_id, events in db.session.execute(mine) if kind in events.split(",")]
     if not endpoints:
         return
     now, event_id = utcnow(), new_id()
@@ -202,7 +208,7 @@ def record(video_id: str, status: Status) -> None:
     )
     deliveries = [
         WebhookDelivery(
-            id=new_id(), endpoint_id=e.id, event_id=event_id, video_id=video_id, created_at=now, next_attempt_at=now
+            id=new_id(), endpoint_id=e, event_id=event_id, video_id=video_id, created_at=now, next_attempt_at=now
         )
         for e in endpoints
     ]
@@ -239,11 +245,12 @@ def _forget_after_rollback(session: Session) -> None:
 # Deliveries
 
 
-def claim(delivery_id: str, lease_seconds: float) -> WebhookAttempt | None:
-    """Take a due ``pending`` delivery for one attempt, leased for ``lease_seconds``; return the attempt, or None.
+def claim(delivery_id: str, lease_seconds: float) -> tuple[WebhookAttempt, int] | None:
+    """Take a due ``pending`` delivery for one attempt, leased for ``lease_seconds``; return it and its number, or None.
 
     The lease is ``next_attempt_at``: a worker that dies during the attempt leaves the delivery
-    to the next one to find it due (the message's redelivery, or the sweeper).
+    to the next one to find it due (the message's redelivery, or the sweeper). The number fences
+    the result: only the latest attempt may settle the delivery (``holds``).
     """
     now = utcnow()
     stmt = (
@@ -254,13 +261,26 @@ def claim(delivery_id: str, lease_seconds: float) -> WebhookAttempt | None:
             WebhookDelivery.next_attempt_at <= now,
         )
         .values(attempts=WebhookDelivery.attempts + 1, next_attempt_at=now + timedelta(seconds=lease_seconds))
+        .returning(WebhookDelivery.attempts)
     )
-    result: CursorResult[Any] = db.session.execute(stmt)  # type: ignore[assignment]
-    if result.rowcount != 1:
+    number = db.session.execute(stmt).scalar_one_or_none()
+    if number is None:
         return None
     attempt = WebhookAttempt(delivery_id=delivery_id, started_at=now, error=UNFINISHED)
     db.session.add(attempt)
-    return attempt
+    return attempt, number
+
+
+def holds(delivery_id: str, number: int) -> WebhookDelivery | None:
+    """Return the delivery, locked, while attempt ``number`` is still its latest and it is pending; else None.
+
+    A redelivery while an attempt runs, or a lease that ran out and was taken, makes a later
+    attempt: this one's result is then only written on its own attempt's line.
+    """
+    delivery = db.session.get(WebhookDelivery, delivery_id, with_for_update=True, populate_existing=True)
+    if delivery is None or delivery.status != PENDING or delivery.attempts != number:
+        return None
+    return delivery
 
 
 def behind(delivery: WebhookDelivery) -> bool:
@@ -282,6 +302,14 @@ def backoff(attempts: int, first: float) -> float:
     return float(min(BACKOFF_MAX, first * 2 ** max(0, attempts - 1)))
 
 
+def record_attempt(attempt: WebhookAttempt, status: int | None, error: str | None, seconds: float) -> bool:
+    """Write an attempt's result on its line; return whether it acknowledged (a 2xx)."""
+    ok = status is not None and 200 <= status < 300
+    attempt.status_code, attempt.duration_ms = status, int(seconds * 1000)
+    attempt.error = None if ok else (error or f"answered HTTP {status}")[:500]
+    return ok
+
+
 def settle(
     delivery: WebhookDelivery,
     attempt: WebhookAttempt,
@@ -297,9 +325,7 @@ def settle(
     disable the endpoint, with the reason for its owner.
     """
     now = utcnow()
-    ok = status is not None and 200 <= status < 300
-    attempt.status_code, attempt.duration_ms = status, int(seconds * 1000)
-    attempt.error = None if ok else (error or f"answered HTTP {status}")[:500]
+    ok = record_attempt(attempt, status, error, seconds)
     endpoint = delivery.endpoint
     if ok:
         delivery.status, delivery.finished_at, delivery.next_attempt_at = SUCCEEDED, now, None
@@ -328,7 +354,8 @@ def fail(delivery: WebhookDelivery, now: datetime) -> None:
 
 def own_delivery(endpoint: WebhookEndpoint, delivery_id: str) -> WebhookDelivery:
     """Return the endpoint's delivery, or raise ``NotFound``."""
-    delivery = db.session.get(WebhookDelivery, delivery_id)
+    canonical = _canonical(delivery_id)
+    delivery = db.session.get(WebhookDelivery, canonical) if canonical else None
     if delivery is None or delivery.endpoint_id != endpoint.id:
         raise NotFound("not_found", "No such delivery.")
     return delivery
@@ -346,6 +373,8 @@ def redeliver(delivery: WebhookDelivery) -> WebhookDelivery:
     """Send ``delivery`` again now, whatever it ended as (the same event id and body); sent once committed."""
     if delivery.endpoint.disabled_at is not None:
         raise Conflict("endpoint_disabled", "The endpoint is disabled; enable it first.")
+    if delivery.status == PENDING:  # it is being tried, or waits for its next attempt: one at a time
+        raise Conflict("delivery_pending", "The delivery is still being tried; see its next_attempt_at.")
     delivery.status, delivery.finished_at, delivery.next_attempt_at = PENDING, None, utcnow()
     _send_once_committed([delivery.id])
     return delivery

@@ -20,7 +20,7 @@ from celery.utils.log import get_task_logger
 from celeryconfig import DELIVER_TASK
 from domain import egress, webhooks
 from domain.extensions import db, get_settings
-from domain.models import WebhookDelivery, utcnow
+from domain.models import WebhookAttempt, WebhookDelivery, utcnow
 from domain.queue import send_delivery
 from ops.logs import log_context
 from ops.prometheus import WEBHOOK_ATTEMPTS, WEBHOOK_SECONDS
@@ -63,33 +63,46 @@ def deliver_webhook(self: Task, delivery_id: str) -> str:
             if webhooks.behind(delivery):  # an earlier event of this video goes first
                 db.session.commit()
                 return _later(delivery_id, config.WEBHOOK_RETRY_SECONDS, "behind")
-            attempt = webhooks.claim(delivery_id, config.WEBHOOK_TIMEOUT_SECONDS + LEASE_MARGIN)
-            if attempt is None:
+            # What the POST needs, read now: no transaction stays open while the receiver takes its time.
+            body, url, keys, event_id = (
+                event.body.encode(),
+                endpoint.url,
+                webhooks.signing_secrets(endpoint, now),
+                event.id,
+            )
+            claimed = webhooks.claim(delivery_id, config.WEBHOOK_TIMEOUT_SECONDS + LEASE_MARGIN)
+            if claimed is None:
                 db.session.rollback()
                 return "taken"
+            attempt, number = claimed
+            db.session.flush()
+            attempt_id = attempt.id
             db.session.commit()  # the attempt is on the log before the POST: a worker that dies leaves it there
-            body = event.body.encode()
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": "videoproc-webhooks/1",
-                "Videoproc-Event-Id": event.id,
-                "Videoproc-Signature": webhooks.signature_header(
-                    webhooks.signing_secrets(endpoint, now), int(time.time()), body
-                ),
+                "Videoproc-Event-Id": event_id,
+                "Videoproc-Signature": webhooks.signature_header(keys, int(time.time()), body),
             }
             start = time.monotonic()
             status, error = None, None
             try:
-                answer = egress.post(
-                    endpoint.url, body, headers, config.WEBHOOK_TIMEOUT_SECONDS, config.WEBHOOK_ALLOW_LOCAL
-                )
+                answer = egress.post(url, body, headers, config.WEBHOOK_TIMEOUT_SECONDS, config.WEBHOOK_ALLOW_LOCAL)
                 status = answer.status
             except egress.Refused as exc:
                 error = f"refused: {exc}"
             except OSError as exc:
                 error = str(exc) or type(exc).__name__
-            db.session.refresh(delivery)
-            delay = webhooks.settle(delivery, attempt, status, error, time.monotonic() - start, config)
+            seconds = time.monotonic() - start
+            mine = db.session.get(WebhookAttempt, attempt_id)
+            assert mine is not None
+            delivery = webhooks.holds(delivery_id, number)  # locked until the commit below
+            if delivery is None:  # a later attempt took over (a redelivery, or this one outlived its lease)
+                webhooks.record_attempt(mine, status, error, seconds)
+                db.session.commit()
+                logger.warning("superseded: a later attempt settles the delivery", extra={"status": status})
+                return "superseded"
+            delay = webhooks.settle(delivery, mine, status, error, seconds, config)
             outcome = delivery.status if delivery.status != webhooks.PENDING else "retrying"
             db.session.commit()
             WEBHOOK_ATTEMPTS.labels(outcome).inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -254,7 +255,13 @@ def test_the_event_is_written_with_the_change_and_never_without_it(app: Flask, c
         log = client.get(f"/api/webhooks/{endpoint_id}/deliveries", headers=headers).json
         assert [(d["id"], d["event_id"], d["status"]) for d in log["items"]] == [(delivery.id, event.id, "pending")]
         again = client.post(f"/api/webhooks/{endpoint_id}/deliveries/{delivery.id}/redeliver", headers=headers)
-        assert again.status_code == 202 and again.json["status"] == "pending"
+        assert again.status_code == 409 and again.json["error"]["code"] == "delivery_pending", "one try at a time"
+        for bad in ("%00", "not-a-uuid", "x" * 300):  # never a database error
+            assert client.get(f"/api/webhooks/{bad}", headers=headers).status_code == 404
+            assert (
+                client.post(f"/api/webhooks/{endpoint_id}/deliveries/{bad}/redeliver", headers=headers).status_code
+                == 404
+            )
 
 
 def test_the_openapi_document_describes_the_event_bodies(client: FlaskClient) -> None:
@@ -550,3 +557,69 @@ def test_production_refuses_local_receivers_and_defaults_to_refusing_them() -> N
     with pytest.raises(ConfigError, match="WEBHOOK_ALLOW_LOCAL"):
         load_settings({**production, "WEBHOOK_ALLOW_LOCAL": "true"})
     assert load_settings({"SECRET_KEY": "x"}).WEBHOOK_ALLOW_LOCAL is True, "make run: a receiver on 127.0.0.1"
+
+
+@pytest.mark.commits
+def test_an_attempt_that_a_later_one_overtook_records_its_answer_and_settles_nothing(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its lease ran out during the POST and another worker took the delivery: only the latest attempt settles it."""
+    from tasks import webhooks as task
+
+    with app.app_context():
+        _, _, delivery = _pending(client, "https://hooks.example.com/in")
+        delivery_id = delivery.id
+
+        def slow_post(*args: Any, **kwargs: Any) -> egress.Answer:
+            _due(delivery_id)  # meanwhile the lease ran out, and another worker claimed it
+            assert webhooks.claim(delivery_id, 60) is not None
+            db.session.commit()
+            return egress.Answer(500, b"", 0.1)
+
+        monkeypatch.setattr(task.egress, "post", slow_post)
+        assert task.deliver_webhook.run(delivery_id) == "superseded"
+        db.session.expire_all()
+        later = db.session.get(WebhookDelivery, delivery_id)
+        assert (later.status, later.attempts) == ("pending", 2), "left to the later attempt"
+        assert [(a.status_code, a.error) for a in later.tries] == [
+            (500, "answered HTTP 500"),
+            (None, webhooks.UNFINISHED),
+        ]
+
+
+class _Trickle:
+    """A TCP server that answers every connection one byte at a time (``silent``: never a byte)."""
+
+    def __init__(self, silent: bool = False) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.silent = silent
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.trickle, args=(conn,), daemon=True).start()
+
+    def trickle(self, conn: socket.socket) -> None:
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + b"X-Slow: " + b"." * 40 + b"\r\n\r\nok"
+        with contextlib.suppress(OSError), conn:
+            for byte in b"" if self.silent else answer:
+                conn.sendall(bytes([byte]))
+                time.sleep(0.1)  # the whole answer takes about 6 s
+            time.sleep(10)
+
+
+@pytest.mark.system
+@pytest.mark.parametrize(("scheme", "silent"), [("http", False), ("https", True)])
+def test_one_deadline_bounds_the_whole_exchange(scheme: str, silent: bool) -> None:
+    """A receiver that trickles its answer, or stalls the TLS handshake, gets a timeout, never a held worker."""
+    server = _Trickle(silent)
+    try:
+        with pytest.raises(TimeoutError, match="no answer within 1 s"):
+            egress.post(f"{scheme}://127.0.0.1:{server.port}/", b"{}", {}, timeout=1, allow_local=True)
+    finally:
+        server.sock.close()
