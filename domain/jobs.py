@@ -37,7 +37,7 @@ An ``uploading`` row that is aborted or expires is deleted (``discard_upload``),
 process is reopened by the sweeper.
 
 A move to a final state (processed, failed, cancelled) writes its webhook event in the same
-statement batch (``webhooks.record``): the outbox commits or rolls back with the change.
+transaction (``webhooks.record``): the outbox commits or rolls back with the change.
 
 Tokens: a delivery holds the row as ``<task id>:<retries>``. A delivery may take over its
 ``previous`` token's row when that try is known to be over: it is ``retrying`` (the try

@@ -228,13 +228,13 @@ def _send_after_commit(session: Session) -> None:
         return
     from domain.queue import send_delivery  # the broker's seam imports the domain
 
-    for delivery_id in ids:
+    for n, delivery_id in enumerate(ids):
         try:
             send_delivery(delivery_id)
-        except Exception as exc:  # the sweeper's relay sends it
-            logger.warning(
-                "delivery not sent; the sweeper will", extra={"delivery_id": delivery_id, "error": repr(exc)}
-            )
+        except Exception as exc:  # SQS is away: the rest too, and the sweeper's relay sends them all
+            extra = {"delivery_id": delivery_id, "unsent": len(ids) - n, "error": repr(exc)}
+            logger.warning("deliveries not sent; the sweeper will", extra=extra)
+            return
 
 
 @event.listens_for(Session, "after_rollback")

@@ -623,3 +623,21 @@ def test_one_deadline_bounds_the_whole_exchange(scheme: str, silent: bool) -> No
             egress.post(f"{scheme}://127.0.0.1:{server.port}/", b"{}", {}, timeout=1, allow_local=True)
     finally:
         server.sock.close()
+
+
+def test_with_sqs_away_a_commit_stops_at_its_first_unsent_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each send would wait out its retries: the first failure leaves the rest to the sweeper's relay at once."""
+    from types import SimpleNamespace
+
+    from domain import queue
+
+    tried: list[str] = []
+
+    def away(delivery_id: str, delay: float = 0) -> None:
+        tried.append(delivery_id)
+        raise ConnectionError("SQS does not answer")
+
+    monkeypatch.setattr(queue, "send_delivery", away)
+    session = SimpleNamespace(info={webhooks._TO_SEND: ["a", "b", "c"]})
+    webhooks._send_after_commit(session)  # type: ignore[arg-type]
+    assert tried == ["a"] and webhooks._TO_SEND not in session.info
