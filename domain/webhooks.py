@@ -19,10 +19,10 @@ import json
 import logging
 import secrets
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, and_, delete, event, exists, func, select, update
+from sqlalchemy import CursorResult, and_, delete, event, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from config import Settings
@@ -31,6 +31,7 @@ from domain.errors import Conflict, Invalid, NotFound
 from domain.extensions import db, get_settings
 from domain.models import (
     Status,
+    User,
     Video,
     WebhookAttempt,
     WebhookDelivery,
@@ -119,6 +120,7 @@ def create_endpoint(user_id: int, url: str, events: list[str] | None) -> Webhook
     """Add an endpoint for ``events`` (all by default) at ``url``; the caller shows its secret once."""
     settings = get_settings()
     check_url(url, settings)
+    db.session.get(User, user_id, with_for_update=True)  # one add at a time per user: the limit holds
     count = db.session.scalar(select(func.count()).where(WebhookEndpoint.user_id == user_id))
     if (count or 0) >= settings.WEBHOOK_MAX_ENDPOINTS:
         raise Conflict(
@@ -283,18 +285,19 @@ def holds(delivery_id: str, number: int) -> WebhookDelivery | None:
     return delivery
 
 
-def behind(delivery: WebhookDelivery) -> bool:
-    """Return whether an earlier event of the same video waits for the same endpoint (order per video)."""
+def behind(delivery: WebhookDelivery) -> datetime | None:
+    """Return when an earlier event of the same video is next tried for the same endpoint, if one waits (order)."""
     earlier = aliased(WebhookDelivery)
-    query = select(
-        exists().where(
-            earlier.endpoint_id == delivery.endpoint_id,
-            earlier.video_id == delivery.video_id,
-            earlier.status == PENDING,
-            earlier.created_at < delivery.created_at,
-        )
+    query = select(func.min(earlier.next_attempt_at)).where(
+        earlier.endpoint_id == delivery.endpoint_id,
+        earlier.video_id == delivery.video_id,
+        earlier.status == PENDING,
+        earlier.created_at < delivery.created_at,
     )
-    return bool(db.session.scalar(query))
+    found = db.session.scalar(query)
+    if found is None:
+        return None
+    return found if found.tzinfo else found.replace(tzinfo=UTC)  # SQLite's aggregate comes back naive
 
 
 def backoff(attempts: int, first: float) -> float:
@@ -336,7 +339,9 @@ def settle(
         delivery.next_attempt_at = now + timedelta(seconds=delay)
         return delay
     fail(delivery, now)
-    endpoint.failed_in_a_row += 1
+    endpoint.failed_in_a_row = WebhookEndpoint.failed_in_a_row + 1  # in the UPDATE: concurrent failures all count
+    db.session.flush()
+    db.session.refresh(endpoint, ["failed_in_a_row"])
     if endpoint.failed_in_a_row >= settings.WEBHOOK_DISABLE_AFTER and endpoint.disabled_at is None:
         endpoint.disabled_at = now
         endpoint.disabled_reason = (

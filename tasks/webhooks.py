@@ -60,9 +60,10 @@ def deliver_webhook(self: Task, delivery_id: str) -> str:
             if (wait := (due - now).total_seconds()) > 0:
                 db.session.commit()
                 return _later(delivery_id, wait, "waiting")
-            if webhooks.behind(delivery):  # an earlier event of this video goes first
+            if (earlier := webhooks.behind(delivery)) is not None:  # an earlier event of this video goes first
                 db.session.commit()
-                return _later(delivery_id, config.WEBHOOK_RETRY_SECONDS, "behind")
+                wait = max(config.WEBHOOK_RETRY_SECONDS, (earlier - now).total_seconds())
+                return _later(delivery_id, wait, "behind")
             # What the POST needs, read now: no transaction stays open while the receiver takes its time.
             body, url, keys, event_id = (
                 event.body.encode(),

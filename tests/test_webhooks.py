@@ -439,10 +439,13 @@ def _due(delivery_id: str, ago: float = 1) -> None:
 
 @pytest.mark.commits
 def test_the_task_retries_with_backoff_waits_its_turn_and_succeeds(
-    app: Flask, client: FlaskClient, receiver: Callable[..., Receiver]
+    app: Flask, client: FlaskClient, receiver: Callable[..., Receiver], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from tasks import webhooks as task
     from tasks.webhooks import deliver_webhook
 
+    sent: list[tuple[str, float]] = []  # the messages a turn sends on: (delivery, delay)
+    monkeypatch.setattr(task, "send_delivery", lambda delivery_id, delay=0: sent.append((delivery_id, delay)))
     target = receiver([500, 200])
     with app.app_context():
         _, _, delivery = _pending(client, target.url)
@@ -452,7 +455,9 @@ def test_the_task_retries_with_backoff_waits_its_turn_and_succeeds(
         delivery = db.session.get(WebhookDelivery, delivery_id)
         wait = (delivery.next_attempt_at - utcnow()).total_seconds()
         assert first - 2 < wait <= first and delivery.attempts == 1 and delivery.status == "pending"
+        assert sent[-1][0] == delivery_id and first - 2 < sent[-1][1] <= first, "the retry's message, held back"
         assert deliver_webhook.run(delivery_id) == "waiting", "a message that comes early sends itself on"
+        assert sent[-1][0] == delivery_id and 0 < sent[-1][1] <= first
         assert len(target.requests) == 1
 
         # A later event of the same video waits for this one (order per video).
@@ -466,6 +471,7 @@ def test_the_task_retries_with_backoff_waits_its_turn_and_succeeds(
         db.session.add(later)
         db.session.commit()
         assert deliver_webhook.run(later.id) == "behind"
+        assert sent[-1][0] == later.id and sent[-1][1] >= first - 2, "until the earlier one's next attempt"
 
         _due(delivery_id)
         assert deliver_webhook.run(delivery_id) == "succeeded"
