@@ -96,7 +96,10 @@ def deliver_webhook(self: Task, delivery_id: str) -> str:
                 error = str(exc) or type(exc).__name__
             seconds = time.monotonic() - start
             mine = db.session.get(WebhookAttempt, attempt_id)
-            assert mine is not None
+            if mine is None:  # the endpoint was removed during the POST, its deliveries with it
+                db.session.commit()
+                logger.info("the endpoint was removed during the attempt", extra={"status": status})
+                return "removed"
             delivery = webhooks.holds(delivery_id, number)  # locked until the commit below
             if delivery is None:  # a later attempt took over (a redelivery, or this one outlived its lease)
                 webhooks.record_attempt(mine, status, error, seconds)

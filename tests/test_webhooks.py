@@ -647,3 +647,21 @@ def test_with_sqs_away_a_commit_stops_at_its_first_unsent_delivery(monkeypatch: 
     session = SimpleNamespace(info={webhooks._TO_SEND: ["a", "b", "c"]})
     webhooks._send_after_commit(session)  # type: ignore[arg-type]
     assert tried == ["a"] and webhooks._TO_SEND not in session.info
+
+
+@pytest.mark.commits
+def test_an_endpoint_removed_during_a_post_ends_the_attempt_quietly(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks import webhooks as task
+
+    with app.app_context():
+        headers, endpoint_id, delivery = _pending(client, "https://hooks.example.com/in")
+
+        def removed_meanwhile(*args: Any, **kwargs: Any) -> egress.Answer:
+            assert client.delete(f"/api/webhooks/{endpoint_id}", headers=headers).status_code == 204
+            return egress.Answer(200, b"", 0.1)
+
+        monkeypatch.setattr(task.egress, "post", removed_meanwhile)
+        assert task.deliver_webhook.run(delivery.id) == "removed"
+        assert db.session.scalar(db.select(db.func.count()).select_from(WebhookDelivery)) == 0
