@@ -43,6 +43,7 @@ broker_transport = "tasks.sqs:Transport"
 
 PROCESS_TASK = "tasks.process_video"
 DELIVER_TASK = "tasks.deliver_webhook"  # on its own queue, read by the webhook workers (tasks/webhooks.py)
+OPTIMIZE_TASK = "tasks.optimize_video"  # on its own queue, read by the optimize workers (tasks/optimize.py)
 
 
 def transport_options(s: Settings) -> dict[str, Any]:
@@ -80,7 +81,11 @@ def environment_settings(s: Settings) -> dict[str, Any]:
         "broker_url": s.CELERY_BROKER_URL,
         "broker_transport_options": transport_options(s),
         "task_default_queue": queue,
-        "task_routes": {PROCESS_TASK: {"queue": queue}, DELIVER_TASK: {"queue": s.WEBHOOK_QUEUE_NAME}},
+        "task_routes": {
+            PROCESS_TASK: {"queue": queue},
+            DELIVER_TASK: {"queue": s.WEBHOOK_QUEUE_NAME},
+            OPTIMIZE_TASK: {"queue": s.OPTIMIZE_QUEUE_NAME},
+        },
         "task_soft_time_limit": s.TASK_SOFT_TIME_LIMIT,
         "task_time_limit": s.TASK_TIME_LIMIT,
     }

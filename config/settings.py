@@ -444,6 +444,24 @@ class Settings:
     OUTPUT_MAX_DURATION: float = setting(30.0, "seconds of the clip kept")
     OUTPUT_CRF: int = setting(22, "x264 quality and speed (chosen by measurement: docs/benchmarks.md)")
     OUTPUT_PRESET: str = setting("veryfast", "")
+    # The optimize stage (tasks/optimize.py): once published, smaller renditions at the same quality
+    OPTIMIZE: str = setting(
+        "h264+av1",
+        "after publishing, re-encode in the background: `off`, `h264` (a slower x264 preset) or `h264+av1` "
+        "(and an AV1 rendition), each at the CRF whose SSIM matches the published one's (docs/deploy-aws.md)",
+        choices=("off", "h264", "h264+av1"),
+    )
+    OPTIMIZE_QUEUE_NAME: str = setting(
+        lambda v: f"{v['SQS_QUEUE_NAME']}-optimize",
+        "the optimize stage's queue, read by the optimize workers only (`celery -A tasks worker -Q <it>`, at idle "
+        "CPU priority beside the video workers)",
+        shown="`<SQS_QUEUE_NAME>-optimize`",
+    )
+    OPTIMIZE_H264_PRESET: str = setting("slow", "x264's preset for the optimized H.264 rendition")
+    OPTIMIZE_AV1_PRESET: int = setting(8, "SVT-AV1's preset for the AV1 rendition (0 slowest … 13 fastest)")
+    OPTIMIZE_PROBE_SECONDS: float = setting(
+        3.0, "seconds of the clip (4 pieces) encoded to find each rendition's CRF: its SSIM ≥ the published one's"
+    )
     INTRO_SECONDS: float = setting(2.0, "bumper lengths (together ≤ 5; 0 drops one)")
     OUTRO_SECONDS: float = setting(2.0, "")
     INTRO_IMAGE: str = setting(

@@ -52,7 +52,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, CursorResult, and_, case, delete, or_, select, update
 
-from domain import webhooks
+from domain import optimize, webhooks
 from domain.extensions import db
 from domain.models import Status, Video, new_id, utcnow
 
@@ -179,8 +179,21 @@ def beat(video_id: str, token: str, progress: int | None = None) -> bool:
     return _move("beat", video_id, Video.claimed_by == token, **values)
 
 
-def finish(video_id: str, token: str, video_key: str, poster_key: str, probed: dict[str, Any] | None = None) -> bool:
-    """Record the holder's result, and what its probe found of the original (``duration``, ``width``, ``height``)."""
+def finish(
+    video_id: str,
+    token: str,
+    video_key: str,
+    poster_key: str,
+    probed: dict[str, Any] | None = None,
+    optimizing: bool = False,
+) -> bool:
+    """Record the holder's result, and what its probe found of the original (``duration``, ``width``, ``height``).
+
+    ``optimizing``: the video's optimize stage starts ``pending`` (domain/optimize.py); its message follows.
+    """
+    stage: dict[str, Any] = {"optimize_status": None}
+    if optimizing:
+        stage = {"optimize_status": optimize.PENDING, "optimize_heartbeat_at": utcnow(), "optimize_attempts": 0}
     return _move(
         "finish",
         video_id,
@@ -191,6 +204,13 @@ def finish(video_id: str, token: str, video_key: str, poster_key: str, probed: d
         poster_key=poster_key,
         processed_at=utcnow(),
         heartbeat_at=None,
+        av1_key=None,
+        optimized_at=None,
+        renditions=None,
+        optimize_claimed_by=None,
+        optimize_progress=0,
+        optimize_error=None,
+        **stage,
     )
 
 

@@ -119,6 +119,16 @@ class Video(Model):
     s3_upload_id: Mapped[str | None] = mapped_column(String(1024))
     part_size: Mapped[int | None] = mapped_column(db.BigInteger)
     upload_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The optimize stage, once processed (domain/optimize.py): its state, its holder, its renditions.
+    optimize_status: Mapped[str | None] = mapped_column(String(16), index=True)
+    optimize_claimed_by: Mapped[str | None] = mapped_column(String(64))
+    optimize_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    optimize_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    optimize_progress: Mapped[int] = mapped_column(default=0, server_default="0")
+    optimize_error: Mapped[str | None] = mapped_column(db.Text)
+    optimized_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    av1_key: Mapped[str | None] = mapped_column(String(512))
+    renditions: Mapped[str | None] = mapped_column(db.Text)  # JSON: each rendition's codec, preset, CRF, SSIM, bytes
 
     owner: Mapped[User] = relationship(back_populates="videos")
 

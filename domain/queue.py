@@ -6,8 +6,8 @@ import logging
 
 from flask import current_app
 
-from celeryconfig import DELIVER_TASK, PROCESS_TASK
-from domain import jobs, timing
+from celeryconfig import DELIVER_TASK, OPTIMIZE_TASK, PROCESS_TASK
+from domain import jobs, optimize, timing
 
 logger = logging.getLogger(__name__)
 
@@ -49,3 +49,17 @@ def publish(video_id: str, task_id: str) -> bool:
     """
     enqueue_video(video_id, task_id)
     return jobs.enqueued(video_id)
+
+
+def send_optimize(video_id: str) -> bool:
+    """Send a published video's optimize message, then move its stage to ``queued``; the caller commits.
+
+    Raises ``EnqueueError`` when SQS did not take it: the stage stays ``pending`` for the sweeper.
+    """
+    celery = current_app.extensions["celery"]
+    try:
+        celery.send_task(OPTIMIZE_TASK, args=[video_id])
+    except Exception as exc:
+        logger.warning("optimize not sent", extra={"video_id": video_id, "error": repr(exc)})
+        raise EnqueueError(str(exc)) from exc
+    return optimize.sent(video_id)

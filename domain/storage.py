@@ -42,6 +42,11 @@ def processed_video_key(video_id: str) -> str:
     return f"processed/{video_id}/video.mp4"
 
 
+def rendition_key(video_id: str, codec: str, attempt: str) -> str:
+    """Return the key of one optimize attempt's rendition: its own, so a losing attempt removes only its files."""
+    return f"processed/{video_id}/{codec}-{attempt.replace(':', '-')}.mp4"
+
+
 def poster_key(video_id: str) -> str:
     """Return the deterministic key of the poster image."""
     return f"processed/{video_id}/poster.jpg"
@@ -147,6 +152,10 @@ class Storage:
         data: bytes = got["Body"].read()
         whole = got.get("ContentRange", "").rpartition("/")[2]  # "bytes 0-65535/12345678"
         return data, int(whole) if whole.isdigit() else len(data)
+
+    def delete(self, key: str) -> None:
+        """Delete one object (S3 answers the same whether it was there or not)."""
+        self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; return how many."""

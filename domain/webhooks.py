@@ -26,7 +26,7 @@ from sqlalchemy import CursorResult, and_, delete, event, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from config import Settings
-from domain import egress
+from domain import egress, optimize
 from domain.errors import Conflict, Invalid, NotFound
 from domain.extensions import db, get_settings
 from domain.models import (
@@ -69,6 +69,20 @@ def video_fields(video: Video) -> dict[str, Any]:
         "created_at": iso(video.created_at),
         "processed_at": iso(video.processed_at),
         "error": error,
+        "optimization": _optimization(video),
+    }
+
+
+def _optimization(video: Video) -> dict[str, Any] | None:
+    """Return the optimize stage as the API shows it; None when the video has none (``OPTIMIZE=off``, not published)."""
+    if video.optimize_status is None:
+        return None
+    return {
+        "status": video.optimize_status,
+        "progress": video.optimize_progress,
+        "optimized_at": iso(video.optimized_at),
+        "error": video.optimize_error,
+        "renditions": optimize.renditions(video),
     }
 
 

@@ -14,10 +14,12 @@ FADE_SECONDS = 0.4
 
 def _encoder_args(p: Profile) -> dict[str, Any]:
     """Return output options shared by the clip and the bumpers (required for stream copy joins)."""
+    codec: dict[str, Any] = {"vcodec": p.codec}
+    if p.codec == "libx264":
+        codec["profile:v"] = "high"
     return {
-        "vcodec": "libx264",
+        **codec,
         "pix_fmt": "yuv420p",
-        "profile:v": "high",
         "crf": p.crf,
         "preset": p.preset,
         "r": p.fps,
@@ -44,6 +46,16 @@ def _compile(out: Any) -> list[str]:
     return out.global_args(*GLOBAL_ARGS).overwrite_output().compile()
 
 
+def _frames(video: Any, p: Profile) -> Any:
+    """Return the user's video fitted to the frame, watermarked, in yuv420p: what every rendition encodes."""
+    video = _fit(video, p)
+    if p.watermark_image:
+        logo = ffmpeg.input(p.watermark_image).filter("scale", -1, max(p.height // 10, 16))
+        margin = max(p.height // 40, 8)
+        video = ffmpeg.overlay(video, logo, x=f"W-w-{margin}", y=f"H-h-{margin}")
+    return video.filter("format", "yuv420p")
+
+
 def encode_command(
     src: str,
     dst: str,
@@ -59,12 +71,7 @@ def encode_command(
     and ``global_args`` bound the encoder's and the filters' threads. ``poster`` (a JPEG's path,
     seconds into the clip) takes the poster from the same decode: no second FFmpeg reading the video.
     """
-    video = _fit(ffmpeg.input(src, t=p.max_duration, **(input_options or {})).video, p)
-    if p.watermark_image:
-        logo = ffmpeg.input(p.watermark_image).filter("scale", -1, max(p.height // 10, 16))
-        margin = max(p.height // 40, 8)
-        video = ffmpeg.overlay(video, logo, x=f"W-w-{margin}", y=f"H-h-{margin}")
-    video = video.filter("format", "yuv420p")
+    video = _frames(ffmpeg.input(src, t=p.max_duration, **(input_options or {})).video, p)
     outputs = []
     if poster:
         branches = video.split()
@@ -75,6 +82,42 @@ def encode_command(
         outputs.append(ffmpeg.output(still, path, vframes=1, **{"q:v": 3}))
     out = ffmpeg.output(video, dst, movflags="+faststart", **_encoder_args(p), **(output_options or {}))
     return _compile(ffmpeg.merge_outputs(out, *outputs).global_args(*(global_args or [])))
+
+
+def reference_command(
+    src: str,
+    dst: str,
+    p: Profile,
+    windows: list[tuple[float, float]],
+    input_options: dict[str, Any] | None = None,
+    global_args: list[str] | None = None,
+) -> list[str]:
+    """Return argv that writes ``windows`` (start, end) of the clip, joined, as every rendition frames them, losslessly.
+
+    The quality probes (media/quality.py) encode this and compare their result with it.
+    """
+    end = max(stop for _, stop in windows)
+    source = ffmpeg.input(src, t=f"{end:.3f}", **(input_options or {})).video
+    branches = source.split() if len(windows) > 1 else None
+    pieces = [
+        (branches[n] if branches else source).trim(start=f"{start:.3f}", end=f"{stop:.3f}").setpts("PTS-STARTPTS")
+        for n, (start, stop) in enumerate(windows)
+    ]
+    joined = ffmpeg.concat(*pieces, v=1, a=0) if len(pieces) > 1 else pieces[0]
+    video = _frames(joined, p)
+    out = ffmpeg.output(video, dst, vcodec="libx264", qp=0, preset="ultrafast", an=None, sn=None, dn=None)
+    return _compile(out.global_args(*(global_args or [])))
+
+
+def sample_command(src: str, dst: str, p: Profile, output_options: dict[str, Any] | None = None) -> list[str]:
+    """Return argv that encodes ``src`` (a reference window) with the profile's encoder and settings."""
+    return _compile(ffmpeg.input(src).output(dst, **_encoder_args(p), **(output_options or {})))
+
+
+def ssim_command(encoded: str, reference: str, stats: str) -> list[str]:
+    """Return argv that writes the SSIM of each frame of ``encoded`` against ``reference`` to ``stats``."""
+    compared = ffmpeg.filter([ffmpeg.input(encoded).video, ffmpeg.input(reference).video], "ssim", stats_file=stats)
+    return _compile(ffmpeg.output(compared, "-", f="null"))
 
 
 def bumper_command(image: str, dst: str, seconds: float, p: Profile) -> list[str]:

@@ -65,7 +65,7 @@ class Outputs:
     """Files produced for one video."""
 
     video: Path
-    poster: Path
+    poster: Path | None
     duration: float
 
 
@@ -111,6 +111,7 @@ class Pipeline:
         on_progress: Callable[[float], None] | None = None,
         jobs: int = 1,
         relay: tuple[str, int] | None = None,
+        poster: bool = True,
     ) -> Outputs:
         """Encode ``src`` (a path, or the worker's relay URL) into ``workdir``; ``on_progress`` gets a fraction 0..1.
 
@@ -118,7 +119,8 @@ class Pipeline:
         ``runner.FFmpegError`` says which limit stopped FFmpeg, if one did. ``jobs``: how many
         encodes share this host's cores now, this one included (``Sandbox.for_jobs``). In the
         jail every FFmpeg writes ``workdir`` only; ``relay`` (the relay's socket and port) is
-        the encode's only way out when ``src`` is the relay's URL.
+        the encode's only way out when ``src`` is the relay's URL. Without ``poster`` (a second
+        rendition of a video that has one) ``Outputs.poster`` is None.
         """
         report = on_progress or (lambda _fraction: None)
         sandbox = self.sandbox.for_jobs(jobs)
@@ -127,7 +129,7 @@ class Pipeline:
         intro, outro = self.bumpers()
         final = workdir / "video.mp4"
         body = workdir / "body.mp4" if intro or outro else final
-        poster, poster_at = workdir / "poster.jpg", min(1.0, content / 2)
+        still, poster_at = workdir / "poster.jpg", min(1.0, content / 2)
         decoded = [0.0]  # seconds encoded, from FFmpeg's progress: no second look at the file
 
         def progress(done: float) -> None:
@@ -141,9 +143,9 @@ class Pipeline:
                 str(body),
                 self.profile,
                 sandbox.input_options(info.container, str(src)),
-                sandbox.output_options(),
+                sandbox.output_options(self.profile.codec),
                 sandbox.global_options(),
-                poster=(str(poster), poster_at),
+                poster=(str(still), poster_at) if poster else None,
             ),
             on_progress=progress,
             limits=limits,
@@ -157,9 +159,9 @@ class Pipeline:
             _write_new(listing, commands.concat_list(pieces))
             _own(commands.concat_command(str(listing), str(final)), limits, sandbox.confine(workdir, (self.cache_dir,)))
         report(ENCODE_SHARE + JOIN_SHARE)
-        if not os.path.lexists(poster):  # no frame reached the poster's branch: take it from the result instead
+        if poster and not os.path.lexists(still):  # no frame reached the poster's branch: take it from the result
             intro_length = self.profile.intro_seconds if intro else 0.0
-            argv = commands.poster_command(str(final), str(poster), intro_length + poster_at)
+            argv = commands.poster_command(str(final), str(still), intro_length + poster_at)
             _own(argv, limits, sandbox.confine(workdir))
         report(1.0)
-        return Outputs(video=plain_file(final), poster=plain_file(poster), duration=content)
+        return Outputs(video=plain_file(final), poster=plain_file(still) if poster else None, duration=content)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 MAX_BUMPERS_SECONDS = 5.0
+CODECS = ("libx264", "libsvtav1")  # H.264 for every player; AV1 where the device decodes it
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,8 @@ class Profile:
     fps: int = 30
     max_duration: float = 30.0
     crf: int = 22  # bench.pipeline: above x264's default pipeline's SSIM at veryfast's speed
-    preset: str = "veryfast"
+    preset: str = "veryfast"  # x264's name; SVT-AV1's is a number, 0 (slowest) to 13
+    codec: str = "libx264"
     intro_seconds: float = 2.0
     outro_seconds: float = 2.0
     intro_image: str | None = None
@@ -26,6 +28,8 @@ class Profile:
     watermark_image: str | None = None
 
     def __post_init__(self) -> None:
+        if self.codec not in CODECS:
+            raise ValueError(f"codec must be one of {', '.join(CODECS)}")
         if self.width % 2 or self.height % 2:
             raise ValueError("output width and height must be even for yuv420p")
         if self.intro_seconds < 0 or self.outro_seconds < 0:

@@ -148,8 +148,13 @@ class Sandbox:
         """Return the decoder's threads: libavcodec's own default (cores + 1 for frame threads), from ``threads``."""
         return self.threads + 1 if self.threads > 1 else 1
 
-    def output_options(self) -> dict[str, Any]:
-        """Return the encoder's thread bound: x264's own default (1.5 per core) taken from ``threads``, not the host."""
+    def output_options(self, codec: str = "libx264") -> dict[str, Any]:
+        """Return the encoder's thread bound: x264's own default (1.5 per core) taken from ``threads``, not the host.
+
+        SVT-AV1 ignores ``-threads``: its own ``lp`` (logical processors) bounds its threads and its memory.
+        """
+        if codec == "libsvtav1":
+            return {"svtav1-params": f"lp={self.threads}"}
         return {"threads": max(1, self.threads * 3 // 2)}
 
     def global_options(self) -> list[str]:

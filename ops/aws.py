@@ -108,15 +108,18 @@ def dlq_url(s: Settings, sqs: Any = None) -> str:
 
 
 def ensure_queues(s: Settings) -> tuple[str, str]:
-    """Create the dead-letter queue, the work queue (redriving to it) and the webhooks queue; return the first two.
+    """Create the dead-letter queue, the work queue (redriving to it), the webhooks and optimize queues.
 
-    The webhooks queue has no dead-letter queue: a delivery whose message is lost or dropped is
-    still ``pending`` in the database, and the sweeper sends it again (domain/webhooks.py).
+    Return the first two. The webhooks and optimize queues have no dead-letter queue: a delivery
+    or an optimize stage whose message is lost or dropped is still waiting in the database, and
+    the sweeper sends it again (domain/webhooks.py, domain/optimize.py); one that kills its
+    worker is given up after ``MAX_ATTEMPTS``.
     """
     sqs = aws_client("sqs", s)
     dead = _ensure(sqs, dlq_name(s), {"MessageRetentionPeriod": str(s.SQS_RETENTION_SECONDS)})
     arn = sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     _ensure(sqs, s.SQS_QUEUE_PREFIX + s.WEBHOOK_QUEUE_NAME, queue_attributes(s, None))
+    _ensure(sqs, s.SQS_QUEUE_PREFIX + s.OPTIMIZE_QUEUE_NAME, queue_attributes(s, None))
     return _ensure(sqs, queue_name(s), queue_attributes(s, arn), s.SQS_QUEUE_URL), dead
 
 

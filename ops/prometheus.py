@@ -59,6 +59,16 @@ WEBHOOK_SECONDS = Histogram(
     "From the event (the video's final state) to its receiver's 2xx",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 86400),
 )
+OPTIMIZE_JOBS = Counter(
+    "videoproc_optimize_jobs",
+    "Optimize stages that ended, by outcome: optimized, failed (the published rendition stays), stopped",
+    ["outcome"],
+)
+OPTIMIZE_SECONDS = Histogram(
+    "videoproc_optimize_seconds",
+    "Wall time of an optimized video's stage: the CRF probes and every rendition, at idle CPU priority",
+    buckets=(10, 30, 60, 120, 300, 600, 1200, 3600, 7200, 14400),
+)
 OWN = (
     UPLOADS,
     REQUEST_SECONDS,
@@ -68,6 +78,8 @@ OWN = (
     STEP_SECONDS,
     RETRIES,
     WEBHOOK_ATTEMPTS,
+    OPTIMIZE_JOBS,
+    OPTIMIZE_SECONDS,
     WEBHOOK_SECONDS,
 )
 

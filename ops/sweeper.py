@@ -2,7 +2,8 @@
 
 Also the housekeeping of uploads: direct uploads left unfinished past their deadline are
 aborted, and idempotency keys older than ``IDEMPOTENCY_KEY_SECONDS`` removed; and of webhooks:
-deliveries whose message was lost are sent again, old events deleted.
+deliveries whose message was lost are sent again, old events deleted; and of the optimize stage:
+one whose message was not sent, or was lost, is sent again.
 
 Safe on several machines at once: each row is taken with a conditional UPDATE (a lease
 on ``updated_at``) before it is enqueued, so only one sweeper sends its message; and a
@@ -20,10 +21,10 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from config import Settings
-from domain import direct, jobs, quotas, webhooks
+from domain import direct, jobs, optimize, quotas, webhooks
 from domain.extensions import db
 from domain.models import IdempotencyKey, Status, Video, utcnow
-from domain.queue import EnqueueError, publish
+from domain.queue import EnqueueError, publish, send_optimize
 from domain.storage import get_storage
 from ops import reconcile
 
@@ -41,6 +42,7 @@ class SweepReport:
     orphans: list[str] = field(default_factory=list)  # videos with objects and no row: objects deleted
     aborted: list[str] = field(default_factory=list)  # multipart uploads with no row
     relayed: list[str] = field(default_factory=list)  # webhook deliveries whose message was lost: sent again
+    optimize_sent: list[str] = field(default_factory=list)  # optimize stages whose message was not sent, or lost
     unreachable: bool = False
 
 
@@ -102,6 +104,7 @@ def sweep(settings: Settings, storage: bool = True) -> SweepReport:
     db.session.commit()
     report.relayed = webhooks.relay(settings)
     db.session.commit()  # sends them
+    report.optimize_sent = resend_optimize(settings)
     now = utcnow()
     stale_after = settings.STALE_AFTER_SECONDS
     grace = timedelta(seconds=settings.SWEEP_AFTER_SECONDS)
@@ -139,10 +142,39 @@ def sweep(settings: Settings, storage: bool = True) -> SweepReport:
             "orphans": len(report.orphans),
             "aborted": len(report.aborted),
             "relayed": len(report.relayed),
+            "optimize_sent": len(report.optimize_sent),
             "unreachable": report.unreachable,
         },
     )
     return report
+
+
+def resend_optimize(settings: Settings) -> list[str]:
+    """Send again the optimize messages that were not sent (``pending``) or were lost (silent far past any retry).
+
+    A stage is ``optimizing`` and silent while its retry waits in SQS (at most ``TASK_RETRY_BACKOFF_MAX``)
+    or its dead worker's message waits out the visibility timeout: only past both is its message lost.
+    """
+    stale_after = settings.STALE_AFTER_SECONDS
+    lost_after = stale_after + settings.TASK_RETRY_BACKOFF_MAX + 2 * settings.SQS_VISIBILITY_TIMEOUT
+    for video_id in optimize.candidates(optimize.OPTIMIZING, lost_after):
+        if not optimize.give_up(video_id, lost_after, settings.MAX_ATTEMPTS):
+            optimize.reset(video_id, lost_after)
+        db.session.commit()
+    grace = settings.SWEEP_AFTER_SECONDS
+    sent = []
+    for video_id in optimize.candidates(optimize.PENDING, grace):
+        if not optimize.resend(video_id, grace):
+            continue
+        db.session.commit()  # the lease first: of several sweepers, one sends
+        try:
+            send_optimize(video_id)
+        except EnqueueError:
+            db.session.rollback()
+            break  # SQS is down: the rest waits for the next sweep
+        db.session.commit()
+        sent.append(video_id)
+    return sent
 
 
 def prune_keys(older_than: timedelta) -> int:

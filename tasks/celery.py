@@ -39,8 +39,8 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from celeryconfig import PROCESS_TASK
-from domain import jobs
+from celeryconfig import OPTIMIZE_TASK, PROCESS_TASK
+from domain import jobs, optimize
 from domain.extensions import db, get_settings
 from domain.runtime import create_runtime
 from domain.storage import get_storage
@@ -138,15 +138,17 @@ def _cancel_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     Celery skips a revoked message itself, and terminates a running one on request; the
     row must end ``cancelled`` too, or it would wait as queued (or processing) for ever.
     """
-    if getattr(sender, "name", None) != PROCESS_TASK or request is None:
+    name = getattr(sender, "name", None)
+    if name not in (PROCESS_TASK, OPTIMIZE_TASK) or request is None:
         return
     video_id = (request.args or [None])[0] or (request.kwargs or {}).get("video_id")
     if video_id:
         with flask_app.app_context():
-            jobs.cancel(video_id)
+            (jobs.cancel if name == PROCESS_TASK else optimize.cancel)(video_id)
             db.session.commit()
         logging.getLogger(__name__).info("revoked: cancelled", extra={"video_id": video_id, "task_id": request.id})
 
 
+import tasks.optimize
 import tasks.process
 import tasks.webhooks  # noqa: F401

@@ -7,7 +7,7 @@ import functools
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from celeryconfig import PROCESS_TASK
 from domain import jobs, media
 from domain.extensions import db, get_settings
 from domain.models import Status, Video
+from domain.queue import EnqueueError, send_optimize
 from domain.storage import Storage, get_storage, poster_key, processed_video_key
 from media import runner
 from media.pipeline import Pipeline, TruncatedInput
@@ -96,13 +97,23 @@ class Heartbeat:
     not (cancelled, deleted), ``lost`` is set and this job's FFmpeg is killed at once, even
     one that reports no progress (a stalled decode): the job then stops with ``JobLost``.
     Only this job's children are stopped (``runner.stop``): a beat that outlives its job (stuck
-    in the database past ``JOIN_SECONDS``) can't touch the next job's FFmpeg.
+    in the database past ``JOIN_SECONDS``) can't touch the next job's FFmpeg. ``beat`` and
+    ``holds`` are the stage's own (``jobs``', or the optimize stage's).
     """
 
     JOIN_SECONDS = 5.0
 
-    def __init__(self, app: Flask, video_id: str, token: str, every: float) -> None:
+    def __init__(
+        self,
+        app: Flask,
+        video_id: str,
+        token: str,
+        every: float,
+        beat: Callable[[str, str], bool] = jobs.beat,
+        holds: Callable[[str, str], bool] = jobs.holds,
+    ) -> None:
         self.app, self.video_id, self.token, self.every = app, video_id, token, every
+        self.beat, self.holds = beat, holds
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{video_id}", daemon=True)
@@ -113,9 +124,9 @@ class Heartbeat:
             try:
                 with self.app.app_context():
                     if time.monotonic() - last_beat >= self.every:
-                        step(jobs.beat(self.video_id, self.token))
+                        step(self.beat(self.video_id, self.token))
                         last_beat = time.monotonic()
-                    if not step(jobs.holds(self.video_id, self.token)):
+                    if not step(self.holds(self.video_id, self.token)):
                         self.lost.set()
                         runner.stop(self.token)  # this job's children only: never the next job's
                         return
@@ -253,18 +264,30 @@ class VideoJob:
             self.progress(ENCODED)
             video_key, image_key = processed_video_key(self.video_id), poster_key(self.video_id)
             storage.upload_file(outputs.video, video_key, "video/mp4")
+            assert outputs.poster is not None  # the first rendition makes the poster
             storage.upload_file(outputs.poster, image_key, "image/jpeg")
             steps.lap("upload")
         # Not recorded when the row was deleted, cancelled or taken over while we worked: leave nothing
         # behind for a deleted or cancelled video.
         probed = {"duration": info.duration, "width": info.width, "height": info.height}
-        if not step(jobs.finish(self.video_id, self.token, video_key, image_key, probed)):
+        optimizing = config.OPTIMIZE != "off"
+        if not step(jobs.finish(self.video_id, self.token, video_key, image_key, probed, optimizing)):
             if (video := db.session.get(Video, self.video_id)) is None or video.status == Status.CANCELLED.value:
                 storage.delete_prefix(f"processed/{self.video_id}/")
             logger.warning("row changed during processing; result not recorded")
         else:
             steps.record(outputs.duration, sharing, relay.fetched)
+            if optimizing:
+                _send_optimize(self.video_id)
         return video_key
+
+
+def _send_optimize(video_id: str) -> None:
+    """Send the published video's optimize message; a failed send leaves the stage ``pending`` for the sweeper."""
+    try:
+        step(send_optimize(video_id))
+    except EnqueueError:
+        db.session.rollback()
 
 
 def _fail(video_id: str, token: str, code: str, message: str, original_key: str | None = None) -> None:

@@ -97,6 +97,8 @@ def test_the_command_covers_the_api(
     streams = ffprobe(tmp_path / f"{video_id}.mp4")["streams"]
     assert next((s["width"], s["height"]) for s in streams if s["codec_type"] == "video") == (1280, 720)
 
+    cancelled = data("cancel", video_id)  # no optimize worker here: its optimize stage waits, and is cancelled
+    assert cancelled["status"] == "processed" and cancelled["optimization"]["status"] == "cancelled"
     code, _, err = run("--json", "cancel", video_id)
     assert code == 5 and json.loads(err)["error"]["code"] == "not_cancellable"
     assert run("retry", video_id)[0] == 5

@@ -82,6 +82,7 @@ def test_flower_worker_page_shows_pool_stats_over_remote_control(flower: str, wo
     [(name, info)] = workers.items()
     assert info["stats"]["pool"]["max-concurrency"] == 2 and info["registered"] == [
         "tasks.deliver_webhook",
+        "tasks.optimize_video",
         "tasks.process_video",
     ]
     assert info["active_queues"][0]["name"] == "e2e"

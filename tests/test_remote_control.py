@@ -82,6 +82,7 @@ def test_inspect_reaches_every_worker_and_their_mailboxes_go_with_them(
     assert {t for node in (inspect.registered() or {}).values() for t in node} == {
         "tasks.process_video",
         "tasks.deliver_webhook",
+        "tasks.optimize_video",
     }
     s.wait_status(video_id, "processed")
 

@@ -81,10 +81,12 @@ def test_status_of_a_fresh_upload(client: FlaskClient, auth: dict, clip: Callabl
     body = client.get(f"/api/videos/{video_id}", headers=auth).json
     expected = {"id", "title", "status", "progress", "created_at", "processed_at", "original_url"}
     expected |= {"processed_url", "poster_url", "error", "task_id", "queue_position", "seconds_left", "upload_id"}
+    expected |= {"av1_url", "optimization"}
     assert expected == set(body)
     assert (body["title"], body["status"], body["progress"], body["error"]) == ("My clip", "queued", 0, None)
     assert (body["queue_position"], body["seconds_left"]) == (1, None)
     assert body["processed_url"] is None and body["processed_at"] is None
+    assert body["av1_url"] is None and body["optimization"] is None, "no optimize stage before it is published"
     with urllib.request.urlopen(body["original_url"]) as presigned:  # a real presigned GET against moto
         assert presigned.read() == source.read_bytes()
 

@@ -9,6 +9,7 @@ from flask_smorest.fields import Upload
 from marshmallow import validate
 from werkzeug.datastructures import FileStorage
 
+from domain import optimize
 from domain.models import Status
 from domain.webhooks import EVENTS
 
@@ -104,6 +105,32 @@ class VideoErrorSchema(ma.Schema):
     message = ma.fields.String(required=True)
 
 
+class RenditionSchema(ma.Schema):
+    codec = ma.fields.String(required=True, metadata={"description": "`libx264` or `libsvtav1`"})
+    preset = ma.fields.String(required=True)
+    crf = ma.fields.Integer(required=True, metadata={"description": "the highest whose SSIM ≥ target_ssim"})
+    ssim = ma.fields.Float(required=True, metadata={"description": "on the probe window of this clip"})
+    target_ssim = ma.fields.Float(required=True, metadata={"description": "the fast rendition's, on the same window"})
+    probes = ma.fields.Integer(required=True)
+    bytes = ma.fields.Integer(required=True)
+    cpu_seconds = ma.fields.Float(required=True)
+
+
+class OptimizationSchema(ma.Schema):
+    """The optimize stage: smaller renditions at the published one's quality, made after it is published."""
+
+    status = ma.fields.String(required=True, validate=validate.OneOf(optimize.STATUSES))
+    progress = ma.fields.Integer(required=True, validate=validate.Range(0, 100))
+    optimized_at = ma.fields.String(required=True, allow_none=True)
+    error = ma.fields.String(required=True, allow_none=True)
+    renditions = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.Nested(RenditionSchema),
+        required=True,
+        metadata={"description": "`h264` and, with OPTIMIZE=h264+av1, `av1`: once optimized"},
+    )
+
+
 class VideoFieldsSchema(ma.Schema):
     """What every view of a video shows (``domain.webhooks.video_fields``)."""
 
@@ -115,11 +142,30 @@ class VideoFieldsSchema(ma.Schema):
     created_at = ma.fields.String(required=True, allow_none=True)
     processed_at = ma.fields.String(required=True, allow_none=True)
     error = ma.fields.Nested(VideoErrorSchema, required=True, allow_none=True)
+    optimization = ma.fields.Nested(
+        OptimizationSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "null unless the video is published with OPTIMIZE on"},
+    )
 
 
 class VideoSchema(VideoFieldsSchema):
     original_url = ma.fields.String(required=True, allow_none=True)
-    processed_url = ma.fields.String(required=True, allow_none=True)
+    processed_url = ma.fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "H.264: the fast rendition, then the smaller one once optimized"},
+    )
+    av1_url = ma.fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "AV1, once optimized with OPTIMIZE=h264+av1: offer it first, "
+            '`<video><source src="{av1_url}" type="video/mp4; codecs=av01.0.08M.08">'
+            '<source src="{processed_url}" type="video/mp4"></video>`'
+        },
+    )
     poster_url = ma.fields.String(required=True, allow_none=True)
     queue_position = ma.fields.Integer(
         required=True,

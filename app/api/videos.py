@@ -23,7 +23,7 @@ from app.api.schemas import (
 from app.auth import known_user, login_required, token_required
 from app.idempotency import idempotent, route_fingerprint
 from app.ratelimit import per_user
-from domain import estimates, jobs, quotas
+from domain import estimates, jobs, optimize, quotas
 from domain.extensions import db, get_settings
 from domain.models import Status, User, Video
 from domain.queue import EnqueueError
@@ -40,6 +40,7 @@ def video_json(video: Video, position: int | None) -> dict[str, Any]:
         **video_fields(video),
         "original_url": storage.url(video.original_key),
         "processed_url": storage.url(video.processed_key),
+        "av1_url": storage.url(video.av1_key),
         "poster_url": storage.url(video.poster_key),
         "queue_position": position,
         "seconds_left": estimates.seconds_left(video),
@@ -232,12 +233,18 @@ def retry_video(video_id: str) -> dict[str, Any]:
 @error_answers(401, 404, 409)
 @login_required
 def cancel_video(video_id: str) -> dict[str, Any]:
-    """Cancel a video that has not ended: a waiting one is never started, a running one stops within seconds."""
+    """Cancel a video that has not ended: a waiting one is never started, a running one stops within seconds.
+
+    A published video's optimize stage that has not ended is cancelled instead: the published video stays.
+    """
     video = _own_video(video_id)
-    if not jobs.cancel(video.id):
+    if not (jobs.cancel(video.id) or optimize.cancel(video.id)):
         db.session.refresh(video)
         raise APIError(
-            409, "not_cancellable", f"Only waiting or processing videos can be cancelled; this one is {video.status}."
+            409,
+            "not_cancellable",
+            f"Only waiting or processing videos (or an optimization under way) can be cancelled; this one is "
+            f"{video.status}.",
         )
     db.session.refresh(video)
     return video_json(video, estimates.queue_position(video))

@@ -1,0 +1,212 @@
+"""The optimize stage: published fast, then smaller at the same quality in one move; the published file untouched."""
+
+from __future__ import annotations
+
+import os
+import signal
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from domain import optimize
+from domain.extensions import db, get_settings
+from domain.models import Video
+from domain.storage import get_storage
+from media.quality import MAX_PROBES, choose_crf, mean_ssim
+from ops.aws import ensure_queues
+from tests.clips import ffprobe
+from tests.conftest import Worker, post_upload, signup_and_login, unique_email, wait_for
+
+# A small frame keeps the AV1 encodes of the suite short; the stage is the same at any size.
+OPT_ENV = {"OUTPUT_WIDTH": "640", "OUTPUT_HEIGHT": "360", "OPTIMIZE_PROBE_SECONDS": "1"}
+
+
+def _falling(start: float, per_crf: float) -> Callable[[int], float]:
+    return lambda crf: start - per_crf * crf
+
+
+def test_the_crf_is_the_highest_that_reaches_the_target_within_a_few_probes() -> None:
+    measured: list[int] = []
+
+    def ssim(crf: int) -> float:
+        measured.append(crf)
+        return _falling(1.0, 0.002)(crf)
+
+    choice = choose_crf(ssim, target=1.0 - 0.002 * 27.4, low=22, high=34, guess=25, step=3)
+    assert choice.crf == 27 and choice.ssim >= choice.target
+    assert choice.probes == len(measured) <= MAX_PROBES
+    up = choose_crf(_falling(1.0, 0.001), target=0.9, low=20, high=60, guess=46, step=6)
+    assert up.crf <= 60 and up.ssim >= 0.9 and up.probes <= MAX_PROBES
+    # Not even the lowest CRF measured reaches it: the lowest is kept, and its SSIM says so.
+    missed = choose_crf(_falling(0.9, 0.001), target=0.99, low=22, high=34, guess=25, step=3)
+    assert missed.ssim < missed.target and missed.crf == 22
+
+
+def test_mean_ssim_reads_the_filters_per_frame_lines(tmp_path: Path) -> None:
+    stats = tmp_path / "s.log"
+    stats.write_text("n:1 Y:0.99 U:0.98 V:0.97 All:0.980000 (17.0)\nn:2 Y:0.95 U:0.94 V:0.93 All:0.940000 (12.2)\n")
+    assert mean_ssim(stats) == pytest.approx(0.96)
+
+
+@pytest.fixture
+def stage(
+    make_app: Callable[..., Flask], app: Flask, start_worker: Callable[..., Worker]
+) -> Callable[..., tuple[Flask, Worker]]:
+    """Return a function that starts an app, its video worker and its optimize worker on a queue of its own.
+
+    ``app`` migrates the database.
+    """
+
+    def start(queue: str, **env: str) -> tuple[Flask, Worker]:
+        full = {"SQS_QUEUE_NAME": queue, **OPT_ENV, **env}
+        flask_app = make_app(full)
+        with flask_app.app_context():
+            ensure_queues(get_settings(flask_app))
+        start_worker(f"{queue}-videos", full, concurrency=1)
+        optimizer = start_worker(f"{queue}-optimize", full, concurrency=1, args=("-Q", f"{queue}-optimize"))
+        return flask_app, optimizer
+
+    return start
+
+
+def _row(flask_app: Flask, video_id: str) -> Video | None:
+    with flask_app.app_context():
+        db.session.expire_all()
+        video = db.session.get(Video, video_id)
+        if video is not None:
+            db.session.expunge(video)
+        return video
+
+
+def _keys(flask_app: Flask, video_id: str) -> set[str]:
+    with flask_app.app_context():
+        return {key.rsplit("/", 1)[1] for key in get_storage().keys(f"processed/{video_id}/")}
+
+
+def _download(url: str, path: Path) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        path.write_bytes(answer.read())
+    return ffprobe(path)
+
+
+def _video_stream(probed: dict[str, Any]) -> dict[str, Any]:
+    return next(s for s in probed["streams"] if s["codec_type"] == "video")
+
+
+@pytest.mark.e2e
+def test_a_video_is_published_fast_then_optimized_at_its_quality_in_one_move(
+    stage: Callable[..., tuple[Flask, Worker]], clip: Callable[[str], Path], tmp_path: Path
+) -> None:
+    flask_app, optimizer = stage("opt")
+    client = flask_app.test_client()
+    headers = signup_and_login(client, unique_email())
+    video_id = post_upload(client, headers, clip("small.mp4")).json["video_id"]
+
+    def published() -> dict[str, Any] | None:
+        body = client.get(f"/api/videos/{video_id}", headers=headers).json
+        return body if body["status"] == "processed" else None
+
+    fast = wait_for(published, timeout=180, what="published")
+    assert fast["optimization"]["status"] in ("pending", "queued", "optimizing", "optimized")
+    fast_probe = _download(fast["processed_url"], tmp_path / "fast.mp4")
+    fast_bytes = (tmp_path / "fast.mp4").stat().st_size
+
+    def optimized() -> dict[str, Any] | None:
+        body = client.get(f"/api/videos/{video_id}", headers=headers).json
+        return body if body["optimization"]["status"] == "optimized" else None
+
+    done = wait_for(optimized, timeout=300, what="optimized")
+    opt = done["optimization"]
+    assert opt["optimized_at"] and opt["progress"] == 100 and opt["error"] is None
+    assert done["status"] == "processed" and done["processed_at"] == fast["processed_at"]
+    h264 = _download(done["processed_url"], tmp_path / "h264.mp4")
+    av1 = _download(done["av1_url"], tmp_path / "av1.mp4")
+    assert _video_stream(h264)["codec_name"] == "h264" and _video_stream(av1)["codec_name"] == "av1"
+    for probed in (h264, av1):
+        stream = _video_stream(probed)
+        assert (stream["width"], stream["height"]) == (640, 360)
+        assert float(probed["format"]["duration"]) == pytest.approx(float(fast_probe["format"]["duration"]), abs=0.1)
+        assert [s["codec_type"] for s in probed["streams"]] == [s["codec_type"] for s in fast_probe["streams"]]
+    renditions = opt["renditions"]
+    assert set(renditions) == {"h264", "av1"}
+    assert renditions["h264"]["preset"] == "slow" and renditions["av1"]["preset"] == "8"
+    for name, made in renditions.items():
+        assert made["bytes"] == (tmp_path / f"{name}.mp4").stat().st_size
+        assert made["ssim"] >= made["target_ssim"] or made["crf"] <= 22, "quality matched on the probe window"
+        assert 1 <= made["probes"] <= MAX_PROBES and made["cpu_seconds"] > 0
+    assert renditions["av1"]["bytes"] < fast_bytes, "AV1 at the same SSIM is smaller"
+    # One move: the fast file is gone, the renditions and the poster are what the row names.
+    with flask_app.app_context():
+        row = db.session.get(Video, video_id)
+        assert row is not None and row.optimize_status == optimize.OPTIMIZED
+        assert row.processed_key.endswith(".mp4") and row.processed_key != f"processed/{video_id}/video.mp4"
+        names = {row.processed_key.rsplit("/", 1)[1], row.av1_key.rsplit("/", 1)[1], "poster.jpg"}
+    assert _keys(flask_app, video_id) == names, "the fast file deleted, nothing else left"
+    assert optimizer.lines("optimized", video_id), "the optimize worker did it"
+
+
+def _optimizing(flask_app: Flask, video_id: str) -> Video | None:
+    video = _row(flask_app, video_id)
+    return video if video is not None and video.optimize_status == optimize.OPTIMIZING else None
+
+
+@pytest.mark.e2e
+def test_a_cancel_or_delete_during_optimization_leaves_the_published_video_or_nothing(
+    stage: Callable[..., tuple[Flask, Worker]], clip: Callable[[str], Path]
+) -> None:
+    flask_app, optimizer = stage("opt-stop")
+    client = flask_app.test_client()
+    headers = signup_and_login(client, unique_email())
+    kept, gone = (post_upload(client, headers, clip("small.mp4")).json["video_id"] for _ in range(2))
+
+    wait_for(lambda: _optimizing(flask_app, kept), timeout=180, what="the first optimizing")
+    answer = client.post(f"/api/videos/{kept}/cancel", headers=headers)
+    assert answer.status_code == 200 and answer.json["status"] == "processed"
+    assert answer.json["optimization"]["status"] == "cancelled" and answer.json["processed_url"]
+    assert client.post(f"/api/videos/{kept}/cancel", headers=headers).status_code == 409
+    wait_for(lambda: optimizer.lines("optimize stopped", kept), timeout=60, what="the first stopped")
+    assert _keys(flask_app, kept) == {"video.mp4", "poster.jpg"}, "only the published files"
+    row = _row(flask_app, kept)
+    assert row is not None and row.processed_key == f"processed/{kept}/video.mp4" and row.av1_key is None
+
+    wait_for(lambda: _optimizing(flask_app, gone), timeout=180, what="the second optimizing")
+    assert client.delete(f"/api/videos/{gone}", headers=headers).status_code == 204
+    wait_for(lambda: optimizer.lines("optimize stopped", gone), timeout=60, what="the second stopped")
+    assert _keys(flask_app, gone) == set(), "nothing of a deleted video"
+    assert not list(Path(get_settings(flask_app).WORKER_TMP_DIR).glob(f"*{gone}*")), "no scratch left"
+
+
+@pytest.mark.e2e
+def test_a_worker_killed_during_optimization_is_retried_without_touching_the_published_file(
+    stage: Callable[..., tuple[Flask, Worker]], start_worker: Callable[..., Worker], clip: Callable[[str], Path]
+) -> None:
+    env = {"SQS_VISIBILITY_TIMEOUT": "6", "STALE_AFTER_SECONDS": "3", "HEARTBEAT_SECONDS": "1"}
+    flask_app, optimizer = stage("opt-kill", **env)
+    client = flask_app.test_client()
+    headers = signup_and_login(client, unique_email())
+    video_id = post_upload(client, headers, clip("small.mp4")).json["video_id"]
+    held = wait_for(lambda: _optimizing(flask_app, video_id), timeout=180, what="optimizing")
+    published = held.processed_key
+    os.killpg(optimizer.proc.pid, signal.SIGKILL)
+    optimizer.proc.wait()
+    row = _row(flask_app, video_id)
+    assert row is not None and row.processed_key == published and row.status == "processed"
+    assert _keys(flask_app, video_id) >= {"video.mp4", "poster.jpg"}, "the published files stay"
+
+    again = start_worker(
+        "opt-kill-again", {"SQS_QUEUE_NAME": "opt-kill", **OPT_ENV, **env}, args=("-Q", "opt-kill-optimize")
+    )
+
+    def optimized() -> Video | None:
+        video = _row(flask_app, video_id)
+        return video if video is not None and video.optimize_status == optimize.OPTIMIZED else None
+
+    row = wait_for(optimized, timeout=300, what="optimized by the second worker")
+    assert row.optimize_attempts == 2 and row.optimize_claimed_by is None
+    assert again.lines("optimized", video_id)
+    names = {row.processed_key.rsplit("/", 1)[1], row.av1_key.rsplit("/", 1)[1], "poster.jpg"}
+    assert _keys(flask_app, video_id) == names, "killed while encoding: it had written nothing to S3"
