@@ -81,6 +81,7 @@ bench: install ## Measure against FFmpeg's floor, the job, a backlog, uploads an
 	$(BIN)/python -m bench.uploads $(if $(QUICK),--quick)
 	$(BIN)/python -m bench.load $(if $(QUICK),--quick)
 	$(BIN)/python -m bench.webhooks $(if $(QUICK),--quick)
+	$(BIN)/python -m bench.optimize $(if $(QUICK),--quick)
 
 assets: ## Re-render the logo and bumper cards
 	assets/make_assets.sh

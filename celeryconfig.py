@@ -44,6 +44,8 @@ broker_transport = "tasks.sqs:Transport"
 PROCESS_TASK = "tasks.process_video"
 DELIVER_TASK = "tasks.deliver_webhook"  # on its own queue, read by the webhook workers (tasks/webhooks.py)
 OPTIMIZE_TASK = "tasks.optimize_video"  # on its own queue, read by the optimize workers (tasks/optimize.py)
+# An idle-priority job waits for the CPU whenever publishing needs it: its wall limits are this many times a job's.
+IDLE_FACTOR = 10
 
 
 def transport_options(s: Settings) -> dict[str, Any]:
@@ -88,4 +90,11 @@ def environment_settings(s: Settings) -> dict[str, Any]:
         },
         "task_soft_time_limit": s.TASK_SOFT_TIME_LIMIT,
         "task_time_limit": s.TASK_TIME_LIMIT,
+        # The optimize stage runs at idle CPU priority: publishing may starve it for a while.
+        "task_annotations": {
+            OPTIMIZE_TASK: {
+                "soft_time_limit": s.TASK_SOFT_TIME_LIMIT * IDLE_FACTOR,
+                "time_limit": s.TASK_TIME_LIMIT * IDLE_FACTOR,
+            }
+        },
     }

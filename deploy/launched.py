@@ -59,9 +59,13 @@ def complete(autoscaling: Any, group: str, hook: str, instance_id: str, ready: b
 
 
 def role_environment(role: str, root: Path | None) -> dict[str, str]:
-    """Return the environment the role's main unit runs with: its ``Environment=``, then the env file."""
+    """Return the environment the role's main unit runs with: its ``Environment=``, then the env file.
+
+    The role's units in reverse, so that the first (its main unit: the worker's, not the optimize
+    worker's metrics port) has the last word.
+    """
     env: dict[str, str] = {}
-    for name in units.ROLES[role]:
+    for name in reversed(units.ROLES[role]):
         unit = units.parse(units.relocate((units.UNIT_DIR / name).read_text(), root), name)
         env |= unit.environment
         for path in unit.environment_files:

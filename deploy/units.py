@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pathlib import Path
 UNIT_DIR = Path(__file__).resolve().parent / "systemd"
 ROLES = {
     "web": ("videoproc-migrate.service", "videoproc-web.service", "videoproc-proxy.service", "videoproc-hooks.service"),
-    "worker": ("videoproc-worker.service",),
+    "worker": ("videoproc-worker.service", "videoproc-optimize.service"),
     "ops": ("videoproc-flower.service", "videoproc-sweeper.timer"),
 }
 PATHS = ("/opt/videoproc", "/etc/videoproc", "/run/videoproc", "/var/lib/videoproc", "/var/log/videoproc")
@@ -77,8 +78,8 @@ def parse(text: str, name: str) -> Unit:
 
 
 def expand(arg: str, env: dict[str, str]) -> str:
-    """Replace ``${NAME}`` and ``$NAME`` in an ``ExecStart`` argument, as systemd does."""
-    return VARIABLE.sub(lambda m: env.get(m[1] or m[2], ""), arg)
+    """Replace ``${NAME}``, ``$NAME`` and ``%H`` (the host name) in an ``ExecStart`` argument, as systemd does."""
+    return VARIABLE.sub(lambda m: env.get(m[1] or m[2], ""), arg).replace("%H", socket.gethostname())
 
 
 def read_environment_file(path: Path) -> dict[str, str]:

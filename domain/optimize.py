@@ -116,6 +116,7 @@ def done(
     """Publish the holder's renditions in one move: ``processed_key`` becomes the smaller H.264 file.
 
     Only while the published key is still ``published`` (the one the renditions replace).
+    ``renditions``: ``{"renditions": {name: what it was made with}, "window_cpu_seconds": …}``.
     """
     return _move(
         video_id,
@@ -190,4 +191,15 @@ def candidates(status: str, older_than: float, limit: int = 100) -> list[str]:
 
 def renditions(video: Video) -> dict[str, Any]:
     """Return what each rendition of ``video`` was made with (empty until it is optimized)."""
-    return json.loads(video.renditions) if video.renditions else {}
+    return dict(json.loads(video.renditions)["renditions"]) if video.renditions else {}
+
+
+def cpu_seconds(video: Video) -> float | None:
+    """Return the CPU seconds of the whole stage: the probes' window, each rendition's probes and encode."""
+    if not video.renditions:
+        return None
+    made = json.loads(video.renditions)
+    spent = made["window_cpu_seconds"] + sum(
+        r["probe_cpu_seconds"] + r["cpu_seconds"] for r in made["renditions"].values()
+    )
+    return round(spent, 2)

@@ -83,6 +83,7 @@ def _optimization(video: Video) -> dict[str, Any] | None:
         "optimized_at": iso(video.optimized_at),
         "error": video.optimize_error,
         "renditions": optimize.renditions(video),
+        "cpu_seconds": optimize.cpu_seconds(video),
     }
 
 

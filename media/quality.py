@@ -8,12 +8,14 @@ grain, motion and detail move the CRF a codec can afford by many steps.
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from media import commands, runner
-from media.pipeline import plain_file
+from media.pipeline import Pipeline, plain_file
 from media.probe import MediaInfo
 from media.profile import Profile
 from media.sandbox import Sandbox, is_relay
@@ -140,3 +142,92 @@ def window(
     jail = sandbox.confine(workdir, (*source, profile.watermark_image), relay)
     runner.run(argv, limits=sandbox.encode_limits(seconds), jail=jail)
     return Window(plain_file(reference), sandbox, seconds)
+
+
+@dataclass(frozen=True)
+class Search:
+    """Where a codec's CRF search looks: the range, the first guess and the step (``bench.optimize`` measured them)."""
+
+    low: int
+    high: int
+    guess: int
+    step: int
+
+
+def searches(fast: Profile) -> dict[str, Search]:
+    """Return each codec's CRF search, around where the reference inputs landed (docs/benchmarks.md)."""
+    return {
+        "libx264": Search(low=fast.crf, high=fast.crf + 12, guess=fast.crf + 3, step=3),
+        "libsvtav1": Search(low=20, high=60, guess=46, step=6),
+    }
+
+
+def cpu_seconds() -> float:
+    """Return the CPU time of this process's finished children (every FFmpeg): differences measure a step."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+@dataclass(frozen=True)
+class Made:
+    """The renditions' files, what each was made with (``record``), and the CPU seconds of the probes' window."""
+
+    files: dict[str, Path]
+    record: dict[str, dict[str, Any]]
+    window_cpu_seconds: float
+
+
+def _scaled(report: Callable[[int], None], start: float, span: float) -> Callable[[float], None]:
+    """Return a callback that reports a fraction of one encode as a percentage of the whole."""
+    return lambda fraction: report(int(start + span * fraction))
+
+
+def make_renditions(
+    src: str,
+    info: MediaInfo,
+    workdir: Path,
+    fast: Profile,
+    wanted: dict[str, Profile],
+    sandbox: Sandbox,
+    cache_dir: Path,
+    probe_seconds: float,
+    relay: tuple[str, int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Made:
+    """Make each of ``wanted`` (name: profile, its CRF to be found) at ``fast``'s SSIM; report 0..100 to ``progress``.
+
+    The window and every probe come first (``window``, ``Window.choose``), then each rendition
+    whole (``Pipeline.run``, bumpers rendered once per profile into ``cache_dir``), all in the sandbox.
+    """
+    report = progress or (lambda _percent: None)
+    started = cpu_seconds()
+    frames = window(src, info, workdir / "window", fast, sandbox, probe_seconds, relay)
+    target = frames.ssim(fast)
+    window_cpu = cpu_seconds() - started
+    report(5)
+    files: dict[str, Path] = {}
+    record: dict[str, dict[str, Any]] = {}
+    share = 90 / len(wanted)
+    for n, (name, profile) in enumerate(wanted.items()):
+        start, search = 5 + n * share, searches(fast)[profile.codec]
+        before = cpu_seconds()
+        choice = frames.choose(profile, target, search.low, search.high, search.guess, search.step)
+        probed = cpu_seconds()
+        report(int(start + share * 0.3))
+        (folder := workdir / name).mkdir(exist_ok=True)
+        outputs = Pipeline(replace(profile, crf=choice.crf), cache_dir, sandbox).run(
+            src, info, folder, _scaled(report, start + share * 0.3, share * 0.7), 1, relay, poster=False
+        )
+        files[name] = outputs.video
+        record[name] = {
+            "codec": profile.codec,
+            "preset": profile.preset,
+            "crf": choice.crf,
+            "ssim": round(choice.ssim, 5),
+            "target_ssim": round(choice.target, 5),
+            "probes": choice.probes,
+            "bytes": outputs.video.stat().st_size,
+            "probe_cpu_seconds": round(probed - before, 2),
+            "cpu_seconds": round(cpu_seconds() - probed, 2),
+        }
+    return Made(files, record, round(window_cpu, 2))

@@ -152,6 +152,39 @@ def stop(owner: str) -> int:
     return len(procs)
 
 
+def _tree(pid: int) -> list[int]:
+    """Return ``pid`` and its descendants (in a jail FFmpeg is bubblewrap's grandchild)."""
+    try:
+        children = [int(c) for path in os.scandir(f"/proc/{pid}/task") for c in _children(path.path)]
+    except OSError:
+        return [pid]
+    return [pid, *(d for child in children for d in _tree(child))]
+
+
+def _children(task: str) -> list[str]:
+    try:
+        with open(f"{task}/children") as listing:
+            return listing.read().split()
+    except OSError:
+        return []
+
+
+def pause(owner: str, paused: bool) -> int:
+    """Stop (SIGSTOP) or continue (SIGCONT) the children ``owner``'s thread has going, and theirs; return how many.
+
+    For work that yields the CPU to other jobs on the host (the optimize stage): a stopped FFmpeg
+    keeps its memory and its place and goes on where it was. Its wall-time limit still runs.
+    """
+    with _lock:
+        roots = [proc.pid for proc, who in _running.items() if who == owner and proc.returncode is None]
+    count = 0
+    for pid in (p for root in roots for p in _tree(root)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP if paused else signal.SIGCONT)
+            count += 1
+    return count
+
+
 def _cpu_seconds(pid: int) -> float | None:
     """Return the CPU time of an exited, not yet reaped child (its zombie's /proc entry); None when unknown.
 

@@ -111,3 +111,28 @@ def orphan_uploads(storage: Storage, settings: Settings) -> list[str]:
         aborted.append(upload["Key"])
         logger.warning("multipart upload with no row aborted", extra={"key": upload["Key"]})
     return aborted
+
+
+def stale_renditions(storage: Storage, settings: Settings) -> list[str]:
+    """Delete a published video's outputs that its row no longer names, older than the grace; return their keys.
+
+    What an optimize attempt wrote and never published (its worker died between its upload and
+    its move), or the fast file whose delete failed after the renditions replaced it. Only for
+    ``processed`` rows: a video being processed again writes its outputs before its row names them.
+    """
+    prefix = VIDEO_PREFIXES[1]
+    by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for obj in storage.objects(prefix):
+        by_video[obj["Key"][len(prefix) :].partition("/")[0]].append(obj)
+    ids, removed = sorted(by_video), []
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        named = select(Video.id, Video.processed_key, Video.av1_key, Video.poster_key).where(
+            Video.id.in_(ids[start : start + LOOKUP_CHUNK]), Video.status == Status.PROCESSED.value
+        )
+        for video_id, *keys in db.session.execute(named).all():
+            for obj in by_video[video_id]:
+                if obj["Key"] not in keys and _old(obj["LastModified"], settings):
+                    storage.delete(obj["Key"])
+                    removed.append(obj["Key"])
+                    logger.warning("output the row no longer names deleted", extra={"key": obj["Key"]})
+    return removed

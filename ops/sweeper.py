@@ -40,6 +40,7 @@ class SweepReport:
     expired: list[str] = field(default_factory=list)  # direct uploads never completed
     dead_lettered: list[str] = field(default_factory=list)  # queued rows whose message died: failed, retryable
     orphans: list[str] = field(default_factory=list)  # videos with objects and no row: objects deleted
+    stale_outputs: list[str] = field(default_factory=list)  # a published video's outputs its row no longer names
     aborted: list[str] = field(default_factory=list)  # multipart uploads with no row
     relayed: list[str] = field(default_factory=list)  # webhook deliveries whose message was lost: sent again
     optimize_sent: list[str] = field(default_factory=list)  # optimize stages whose message was not sent, or lost
@@ -79,6 +80,8 @@ def _reconcile(settings: Settings, report: SweepReport, storage: bool) -> list[s
             report.orphans = reconcile.orphan_objects(get_storage(), settings)
             db.session.commit()
             report.aborted = reconcile.orphan_uploads(get_storage(), settings)
+            db.session.commit()
+            report.stale_outputs = reconcile.stale_renditions(get_storage(), settings)
             db.session.commit()
     except (BotoCoreError, ClientError, SQLAlchemyError) as exc:  # the next sweep tries again
         db.session.rollback()

@@ -2,9 +2,10 @@
 
 AWS's pattern for queue workers, in the worker's main process (a consumer bootstep):
 
-- **Scale-in protection while busy.** While this worker holds a job its instance is
-  protected from scale-in, and the protection is cleared when it is idle, so the group
-  removes idle instances, never one in the middle of an encode.
+- **Scale-in protection while busy.** While this worker holds a job, or any worker on the
+  instance runs one (a job directory in ``WORKER_TMP_DIR``: the optimize worker's too), its
+  instance is protected from scale-in, and the protection is cleared when all are idle, so
+  the group removes idle instances, never one in the middle of an encode.
 - **Spot notices and lifecycle hooks start the warm shutdown at once.** The instance
   metadata service announces a Spot interruption (``spot/instance-action``) two minutes
   ahead, and a termination lifecycle hook (``autoscaling/target-lifecycle-state`` =
@@ -35,6 +36,7 @@ from celery.signals import worker_shutdown
 
 from config import Settings
 from domain.storage import aws_client
+from tasks.scratch import busy
 from tasks.visibility import held_requests
 
 logger = logging.getLogger(__name__)
@@ -140,7 +142,8 @@ def make_step(settings: Settings) -> type[bootsteps.StartStopStep]:
             assert self.guard is not None
             while True:
                 try:
-                    self.guard.protect(bool(held_requests()))
+                    # This host's jobs, of every worker on it (the optimize worker beside the video worker).
+                    self.guard.protect(bool(held_requests()) or busy(settings.WORKER_TMP_DIR))
                     if self.leaving is None and (reason := self.guard.leaving()):
                         self.leaving = reason
                         logger.warning("instance leaving: warm shutdown", extra={"reason": reason})

@@ -15,24 +15,25 @@ a lost worker here never touches the published video.
 from __future__ import annotations
 
 import contextlib
-import resource
+import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from flask import current_app
 
-from celeryconfig import OPTIMIZE_TASK
+from celeryconfig import IDLE_FACTOR, OPTIMIZE_TASK
 from domain import media, optimize
 from domain.extensions import db, get_settings
 from domain.models import Video
 from domain.storage import Storage, get_storage, rendition_key
 from media import quality, runner
-from media.pipeline import OwnStepFailed, Pipeline, TruncatedInput
+from media.pipeline import OwnStepFailed, TruncatedInput
 from media.probe import MediaInfo, ProbeError, probe
 from media.profile import Profile
 from media.runner import FFmpegError
@@ -41,31 +42,10 @@ from ops.prometheus import OPTIMIZE_JOBS, OPTIMIZE_SECONDS
 from tasks.errors import backoff, is_missing, is_transient
 from tasks.process import Heartbeat, JobLost, pipeline, step
 from tasks.relay import Relay
-from tasks.scratch import job_dir
+from tasks.scratch import OPTIMIZE_PREFIX, job_dir, running_jobs
 
 logger = get_task_logger(__name__)
-# An idle-priority FFmpeg waits for the CPU whenever publishing needs it: its wall limit is this many
-# times the publishing one (its CPU-time limit, which counts only work done, stays as it is).
-IDLE_WALL_FACTOR = 10
-WINDOW_SHARE = 5  # percent of the stage's progress: the probes' reference frames
-
-
-@dataclass(frozen=True)
-class Search:
-    """Where a codec's CRF search looks: the range, the first guess and the step (from ``bench.optimize``)."""
-
-    low: int
-    high: int
-    guess: int
-    step: int
-
-
-def searches(fast: Profile) -> dict[str, Search]:
-    """Return each codec's CRF search, around where the reference inputs landed (docs/benchmarks.md)."""
-    return {
-        "libx264": Search(low=fast.crf, high=fast.crf + 12, guess=fast.crf + 3, step=3),
-        "libsvtav1": Search(low=20, high=60, guess=46, step=6),
-    }
+YIELD_CHECK_SECONDS = 0.25
 
 
 def renditions(config: Any) -> dict[str, Profile]:
@@ -77,10 +57,47 @@ def renditions(config: Any) -> dict[str, Profile]:
     return wanted
 
 
-def _cpu_seconds() -> float:
-    """Return the CPU time of this process's finished children (every FFmpeg): differences measure a stage."""
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return used.ru_utime + used.ru_stime
+class Yielding:
+    """Hold this job's FFmpeg stopped while any other job runs on the host; let it go on once none does.
+
+    Idle CPU priority alone is not enough: on a shared core (SMT siblings, the same caches) an
+    idle-priority encoder still slowed publishing by half (``bench.optimize``). Every
+    ``YIELD_CHECK_SECONDS`` this counts the host's jobs by their scratch directories (every
+    worker on the host shares ``WORKER_TMP_DIR``) and stops (SIGSTOP) or continues (SIGCONT)
+    this job's children: the optimize stage takes only the time that publishing leaves.
+    """
+
+    def __init__(self, token: str, scratch: str | None) -> None:
+        self.token, self.scratch = token, scratch
+        self.paused = False
+        self.paused_seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="optimize-yield", daemon=True)
+
+    def _run(self) -> None:
+        since = 0.0
+        while not self._stop.wait(YIELD_CHECK_SECONDS):
+            others = running_jobs(self.scratch) > 0  # processing jobs: this stage's own directory is not one
+            if others != self.paused:
+                runner.pause(self.token, others)
+                self.paused = others
+                if others:
+                    since = time.monotonic()
+                else:
+                    self.paused_seconds += time.monotonic() - since
+            elif others:
+                runner.pause(self.token, True)  # a child started since the last look
+        if self.paused:
+            runner.pause(self.token, False)
+            self.paused_seconds += time.monotonic() - since
+
+    def __enter__(self) -> Yielding:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 class StageFailed(Exception):
@@ -103,70 +120,39 @@ class OptimizeJob:
             step(optimize.beat(self.video_id, self.token, percent))
             self._last = time.monotonic()
 
-    def _reporter(self, start: float, span: float) -> Callable[[float], None]:
-        """Return a callback that reports a fraction of one encode as the stage's percentage."""
-        return lambda fraction: self.progress(int(start + span * fraction))
-
     @contextlib.contextmanager
     def cleanup(self, storage: Storage) -> Iterator[None]:
-        """Remove what this attempt wrote to S3 when it does not end published."""
-        published = False
+        """Remove what this attempt wrote to S3 unless it was published (``written`` is cleared then)."""
         try:
             yield
-            published = True
         finally:
-            if not published and self.written:
+            if self.written:
                 for key in self.written:
-                    with contextlib.suppress(Exception):  # the sweeper's orphan check removes what this misses
+                    with contextlib.suppress(Exception):  # the sweeper removes what this misses (ops/reconcile.py)
                         storage.delete(key)
                 logger.info("renditions removed", extra={"keys": self.written})
 
-    def _encode(
-        self, relay: Relay, info: MediaInfo, workdir: Path, wanted: dict[str, Profile]
-    ) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
-        """Find each rendition's CRF on a window of the clip, then encode it whole; return the files and the record."""
+    def _encode(self, relay: Relay, info: MediaInfo, workdir: Path, wanted: dict[str, Profile]) -> quality.Made:
+        """Find each rendition's CRF on a window of the clip, then encode it whole (media/quality.py)."""
         config = get_settings()
-        fast = media.output(config)
         sandbox = pipeline().sandbox.for_jobs(1)  # idle priority: every core publishing leaves
-        sandbox = replace(sandbox, timeout_per_second=sandbox.timeout_per_second * IDLE_WALL_FACTOR)
-        cpu = _cpu_seconds()
-        window = quality.window(
-            relay.url, info, workdir / "window", fast, sandbox, config.OPTIMIZE_PROBE_SECONDS, relay.socket
+        # FFmpeg's wall limit grows as the task's (celeryconfig); its CPU-time limit counts only work done.
+        sandbox = replace(sandbox, timeout_per_second=sandbox.timeout_per_second * IDLE_FACTOR)
+        made = quality.make_renditions(
+            relay.url,
+            info,
+            workdir,
+            media.output(config),
+            wanted,
+            sandbox,
+            pipeline().cache_dir,
+            config.OPTIMIZE_PROBE_SECONDS,
+            relay.socket,
+            self.progress,
         )
-        target = window.ssim(fast)
-        self.progress(WINDOW_SHARE)
-        files: dict[str, Path] = {}
-        record: dict[str, dict[str, Any]] = {}
-        share = (100 - WINDOW_SHARE - 5) / len(wanted)
-        for n, (name, profile) in enumerate(wanted.items()):
-            start = WINDOW_SHARE + n * share
-            search = searches(fast)[profile.codec]
-            choice = window.choose(profile, target, search.low, search.high, search.guess, search.step)
-            self.progress(int(start + share * 0.3))
-            chosen = replace(profile, crf=choice.crf)
-            outputs = Pipeline(chosen, pipeline().cache_dir, sandbox).run(
-                relay.url,
-                info,
-                _fresh(workdir / name),
-                self._reporter(start + share * 0.3, share * 0.7),
-                1,
-                relay.socket,
-                poster=False,
-            )
-            files[name] = outputs.video
-            used, cpu = _cpu_seconds() - cpu, _cpu_seconds()
-            record[name] = {
-                "codec": profile.codec,
-                "preset": profile.preset,
-                "crf": choice.crf,
-                "ssim": round(choice.ssim, 5),
-                "target_ssim": round(choice.target, 5),
-                "probes": choice.probes,
-                "bytes": outputs.video.stat().st_size,
-                "cpu_seconds": round(used, 2),
-            }
-            logger.info("rendition made", extra={"rendition": name, **record[name]})
-        return files, record
+        for name, record in made.record.items():
+            logger.info("rendition made", extra={"rendition": name, **record})
+        return made
 
     def run(self) -> str | None:
         """Make the renditions and publish them; return the published H.264 key, or None when the row moved on."""
@@ -179,7 +165,7 @@ class OptimizeJob:
             raise StageFailed("The video has no published rendition to replace.")
         storage, config = get_storage(), get_settings()
         wanted = renditions(config)
-        with self.cleanup(storage), job_dir(self.video_id, config.WORKER_TMP_DIR) as tmp:
+        with self.cleanup(storage), job_dir(self.video_id, config.WORKER_TMP_DIR, OPTIMIZE_PREFIX) as tmp:
             try:
                 relay = Relay(storage, original, Path(tmp) / "original")
             except Exception as exc:
@@ -190,35 +176,33 @@ class OptimizeJob:
                 try:
                     with relay.checked():
                         info = probe(relay.url, pipeline().sandbox, relay.socket)
-                        files, record = self._encode(relay, info, Path(tmp), wanted)
+                        made = self._encode(relay, info, Path(tmp), wanted)
                 except (ProbeError, FFmpegError, OwnStepFailed, TruncatedInput) as exc:
                     if self.lost.is_set():
                         raise JobLost() from exc
-                    if isinstance(exc, (ProbeError, FFmpegError)) and exc.blame == runner.HOST:
-                        raise  # the host's fault: retried
+                    if isinstance(exc, (ProbeError, FFmpegError)) and (
+                        exc.blame == runner.HOST or exc.reason == "timeout"
+                    ):
+                        raise  # the host's fault, or a wall limit run out while publishing kept it stopped: retried
                     raise StageFailed(f"FFmpeg could not make a rendition: {exc}") from exc
             self.progress(95)
-            keys = {name: rendition_key(self.video_id, name, self.token) for name in files}
-            for name, path in files.items():
+            keys = {name: rendition_key(self.video_id, name, self.token) for name in made.files}
+            for name, path in made.files.items():
                 self.written.append(keys[name])
                 storage.upload_file(path, keys[name], "video/mp4")
+            record = {"renditions": made.record, "window_cpu_seconds": made.window_cpu_seconds}
             if not step(optimize.done(self.video_id, self.token, published, keys["h264"], keys.get("av1"), record)):
                 logger.warning("the stage is no longer this job's; renditions not published")
                 return None
             self.written.clear()  # published: no longer this attempt's to remove
-        with contextlib.suppress(Exception):  # an orphan only costs storage: ops/orphans.py finds it
+        with contextlib.suppress(Exception):  # left, it costs only storage: the sweeper removes it (ops/reconcile.py)
             storage.delete(published)
         seconds = time.monotonic() - started
         OPTIMIZE_JOBS.labels(optimize.OPTIMIZED).inc()
         OPTIMIZE_SECONDS.observe(seconds)
-        sizes = {f"{name}_bytes": value["bytes"] for name, value in record.items()}
+        sizes = {f"{name}_bytes": value["bytes"] for name, value in made.record.items()}
         logger.info("optimized", extra={"state": optimize.OPTIMIZED, "seconds": round(seconds, 2), **sizes})
         return keys["h264"]
-
-
-def _fresh(path: Path) -> Path:
-    path.mkdir(exist_ok=True)
-    return path
 
 
 def _held_for(video_id: str) -> float | None:
@@ -267,8 +251,12 @@ def optimize_video(self: Task, video_id: str, recheck: bool = False) -> str | No
             with (
                 Heartbeat(flask_app, video_id, token, config.HEARTBEAT_SECONDS, optimize.beat, optimize.holds) as beat,
                 runner.owned(token),
+                Yielding(token, config.WORKER_TMP_DIR) as yielding,
             ):
-                return OptimizeJob(video_id, token, beat.lost).run()
+                try:
+                    return OptimizeJob(video_id, token, beat.lost).run()
+                finally:
+                    logger.info("optimize yielded", extra={"paused_seconds": round(yielding.paused_seconds, 1)})
         except JobLost:
             db.session.rollback()
             OPTIMIZE_JOBS.labels("stopped").inc()
@@ -279,6 +267,8 @@ def optimize_video(self: Task, video_id: str, recheck: bool = False) -> str | No
             raise
         except StageFailed as exc:
             _end(video_id, token, str(exc))
+        except SoftTimeLimitExceeded:
+            _end(video_id, token, "The optimize stage took longer than its time limit.")
         except Exception as exc:
             db.session.rollback()
             if not is_transient(exc) and not isinstance(exc, (FFmpegError, ProbeError)):

@@ -97,6 +97,7 @@ def instance_config(app: Flask, database_url: str, redis_url: str, ports: dict[s
         "SQS_QUEUE_PREFIX": PREFIX,
         "SQS_QUEUE_NAME": "videos",
         "WEBHOOK_QUEUE_NAME": "videos-webhooks",
+        "OPTIMIZE_QUEUE_NAME": "videos-optimize",
         "SQS_DLQ_NAME": "videos-dlq",
         "RATELIMIT_STORAGE_URI": redis_url,
         "TRUSTED_PROXIES": "2",
@@ -222,6 +223,9 @@ def test_bootstrapped_instances_process_a_real_upload(
     hooks_log = logs / "videoproc-hooks.service.log"  # the web instance's webhook deliveries
     wait_for(lambda: hooks_log.exists() and "ready." in hooks_log.read_text(errors="replace"), timeout=120)
     assert "videos-webhooks" in hooks_log.read_text(errors="replace"), "it reads the webhooks queue"
+    optimize_log = logs / "videoproc-optimize.service.log"  # the worker instance's optimize stage
+    wait_for(lambda: optimize_log.exists() and "ready." in optimize_log.read_text(errors="replace"), timeout=120)
+    assert "videos-optimize" in optimize_log.read_text(errors="replace"), "it reads the optimize queue"
 
     api = f"http://127.0.0.1:{ports['web']}"
     try:

@@ -68,7 +68,10 @@ def test_what_moto_cannot_model_is_in_the_template() -> None:
     # expression: the same one is the scaling signal, the alarm on its absence and the dashboard's line).
     queries = {q["Id"]: q for q in policy["CustomizedMetricSpecification"]["Metrics"]}
     backlog = queries["backlog"]["Expression"]
-    assert backlog == "IF(running > 0, waiting / running, waiting)" and queries["backlog"]["ReturnData"]
+    assert backlog == "IF(running > 0, (waiting + optimize) / running, waiting + optimize)"
+    assert queries["backlog"]["ReturnData"]
+    optimizing = queries["optimizing"]["MetricStat"]["Metric"]
+    assert optimizing["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["OptimizeQueue", "QueueName"]}
     waiting, running = (queries[i]["MetricStat"]["Metric"] for i in ("waiting", "running"))
     assert (waiting["Namespace"], waiting["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
     assert waiting["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["WorkQueue", "QueueName"]}
@@ -76,7 +79,8 @@ def test_what_moto_cannot_model_is_in_the_template() -> None:
     workers = resources["WorkerGroup"]["Properties"]
     assert running["Dimensions"][0]["Value"] == workers["AutoScalingGroupName"]
     missing = resources["BacklogMetricMissingAlarm"]["Properties"]
-    assert [q["Expression"] for q in missing["Metrics"] if "Expression" in q] == [backlog]
+    alarm = {q["Id"]: q["Expression"] for q in missing["Metrics"] if "Expression" in q}
+    assert alarm == {"optimize": queries["optimize"]["Expression"], "backlog": backlog}
     assert missing["TreatMissingData"] == "breaching"
     assert backlog in resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0]
     alarms = {
@@ -163,6 +167,10 @@ def test_stack_in_moto(app: Flask, stack: dict[str, str]) -> None:
     actions = role_actions(iam, physical["WorkerRole"], "videoproc-worker")
     assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"} <= actions
     assert not any(a.endswith("*") for a in actions), "least privilege"
+    consumed = {
+        r.rsplit(":", 1)[1] for r in role_grants(iam, physical["WorkerRole"], "videoproc-worker")["sqs:ReceiveMessage"]
+    }
+    assert {f"{stack['StackName']}-videos", f"{stack['StackName']}-videos-optimize"} <= consumed, "both stages' queues"
     created = role_grants(iam, physical["WorkerRole"], "videoproc-worker")["sqs:CreateQueue"]
     assert [r.rsplit(":", 1)[1] for r in created] == [f"{stack['StackName']}-*-celery-pidbox"], "its mailbox only"
     web_actions = role_actions(iam, physical["WebRole"], "videoproc-web")
@@ -262,3 +270,48 @@ def test_the_queue_has_the_attributes_the_app_checks_itself_against(monkeypatch:
     marked = stack_tool.FROM_SETTINGS.findall(TEMPLATE.read_text())
     assert {m[3] for m in marked} >= {"SQS_VISIBILITY_TIMEOUT", "SQS_MAX_RECEIVE_COUNT", "SQS_RETENTION_SECONDS"}
     assert all(value == str(declared(name).default) for _, value, _, name in marked), "the source reads true too"
+
+
+def _python(expression: str) -> str:
+    """Return CloudWatch metric math's ``IF(c, a, b)`` as Python's ``(a if c else b)`` (only the branch taken runs)."""
+    start = expression.find("IF(")
+    if start < 0:
+        return expression
+    depth, args, piece = 0, [], ""
+    for end in range(start + 3, len(expression)):
+        char = expression[end]
+        if char == "," and depth == 0:
+            args, piece = [*args, piece], ""
+            continue
+        if char == ")" and depth == 0:
+            break
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        piece += char
+    condition, yes, no = (_python(arg.strip()) for arg in [*args, piece])
+    return expression[:start] + f"(({yes}) if ({condition}) else ({no}))" + _python(expression[end + 1 :])
+
+
+def _scaled_to(template_expressions: dict[str, str], target: float, cap: int, **metrics: float) -> float:
+    """Evaluate the scaling policy's metric math, then target tracking's answer: running * metric / target."""
+
+    values = dict(metrics)
+    for name in ("optimize", "backlog"):
+        expression = template_expressions[name].replace("${OptimizeMaxInstances}", str(cap))
+        expression = _python(expression.replace("${BacklogPerInstanceTarget}", str(target)))
+        values[name] = eval(expression, {}, values)  # the template's own text: two simple formulas
+    return max(metrics["running"], 1) * values["backlog"] / target
+
+
+def test_a_backlog_of_optimize_work_alone_never_scales_the_workers_past_its_setting() -> None:
+    policy = template()["Resources"]["WorkerBacklogScaling"]["Properties"]["TargetTrackingConfiguration"]
+    queries = policy["CustomizedMetricSpecification"]["Metrics"]
+    expressions = {q["Id"]: q["Expression"] for q in queries if "Expression" in q}
+    expressions = {k: v["Fn::Sub"] if isinstance(v, dict) else v for k, v in expressions.items()}
+    for cap in (0, 1, 3):
+        for running in (0, 1, 5):
+            alone = _scaled_to(expressions, 4, cap, waiting=0, optimizing=100_000, running=running)
+            assert alone == pytest.approx(cap), (cap, running)
+        # With uploads waiting, the optimize work adds at most `cap` instances to what they ask for.
+        busy = _scaled_to(expressions, 4, cap, waiting=40, optimizing=100_000, running=2)
+        assert busy == pytest.approx(10 + cap)
+    assert _scaled_to(expressions, 4, 1, waiting=0, optimizing=2, running=1) == pytest.approx(0.5), "a little, a little"

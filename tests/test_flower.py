@@ -72,12 +72,18 @@ def test_flower_shows_workers_and_tasks(flower: str, e2e_app: Flask, worker: Wor
     assert info["worker"].startswith("e2e@") and info["runtime"] > 0
 
 
-def test_flower_worker_page_shows_pool_stats_over_remote_control(flower: str, worker: Worker, tmp_path: Path) -> None:
-    def inspected() -> dict[str, Any] | None:
+def test_flower_worker_page_shows_pool_stats_over_remote_control(
+    flower: str, worker: Worker, start_worker: Callable[..., Worker], tmp_path: Path
+) -> None:
+    start_worker("optimize", {"SQS_QUEUE_NAME": "e2e"}, args=("-Q", "e2e-optimize"))
+
+    def inspected(prefix: str = "e2e@") -> dict[str, Any] | None:
         workers = get(f"{flower}/api/workers?refresh=1") or {}
-        mine = {name: w for name, w in workers.items() if name.startswith("e2e@") and w.get("stats")}
+        mine = {name: w for name, w in workers.items() if name.startswith(prefix) and w.get("stats")}
         return mine or None
 
+    [(_, optimizer)] = wait_for(lambda: inspected("optimize@"), timeout=60).items()
+    assert [q["name"] for q in optimizer["active_queues"]] == ["e2e-optimize"], "the optimize workers, on their queue"
     workers = wait_for(inspected, timeout=60)
     [(name, info)] = workers.items()
     assert info["stats"]["pool"]["max-concurrency"] == 2 and info["registered"] == [

@@ -137,7 +137,8 @@ def test_a_video_is_published_fast_then_optimized_at_its_quality_in_one_move(
     for name, made in renditions.items():
         assert made["bytes"] == (tmp_path / f"{name}.mp4").stat().st_size
         assert made["ssim"] >= made["target_ssim"] or made["crf"] <= 22, "quality matched on the probe window"
-        assert 1 <= made["probes"] <= MAX_PROBES and made["cpu_seconds"] > 0
+        assert 1 <= made["probes"] <= MAX_PROBES and made["cpu_seconds"] > 0 and made["probe_cpu_seconds"] > 0
+    assert opt["cpu_seconds"] > sum(r["cpu_seconds"] + r["probe_cpu_seconds"] for r in renditions.values())
     assert renditions["av1"]["bytes"] < fast_bytes, "AV1 at the same SSIM is smaller"
     # One move: the fast file is gone, the renditions and the poster are what the row names.
     with flask_app.app_context():

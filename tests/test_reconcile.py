@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import uuid
 from collections.abc import Callable
@@ -196,3 +198,57 @@ def test_a_complete_that_s3_failed_is_reopened_even_under_an_idempotency_key(
     assert s.row(plan["video_id"]).status == "uploading", "given back to the client, not stuck completing"
     monkeypatch.undo()
     assert complete(s.client, keyed, plan, etags).status_code == 202
+
+
+def test_a_published_videos_outputs_its_row_no_longer_names_are_removed(stack: Callable[..., Stack]) -> None:  # noqa: F811
+    """An optimize attempt that died after its upload, and a fast file whose delete failed: swept; named ones kept."""
+    s = stack(NOW)
+    video_id = queued_row(s)
+    named = {f"processed/{video_id}/{name}" for name in ("h264-a-0.mp4", "av1-a-0.mp4", "poster.jpg")}
+    stale = {f"processed/{video_id}/{name}" for name in ("h264-b-0.mp4", "av1-b-0.mp4", "video.mp4")}
+    with s.app.app_context():
+        storage = get_storage()
+        for key in named | stale:
+            storage.client.put_object(Bucket=storage.bucket, Key=key, Body=b"x")
+        keys = sorted(named)
+        db.session.execute(
+            db.update(Video)
+            .where(Video.id == video_id)
+            .values(status="processed", processed_key=keys[1], av1_key=keys[0], poster_key=keys[2])
+        )
+        db.session.commit()
+        assert sorted(sweep(get_settings(s.app)).stale_outputs) == sorted(stale)
+        assert set(storage.keys(f"processed/{video_id}/")) == named
+        db.session.execute(db.update(Video).where(Video.id == video_id).values(status="processing"))
+        db.session.commit()
+        storage.client.put_object(Bucket=storage.bucket, Key=f"processed/{video_id}/video.mp4", Body=b"x")
+        assert sweep(get_settings(s.app)).stale_outputs == [], "a video being processed again writes first"
+
+
+def test_an_optimize_stage_whose_message_was_not_sent_or_was_lost_is_sent_again(
+    stack: Callable[..., Stack],  # noqa: F811
+) -> None:
+    s = stack(NOW)
+    long_ago = utcnow() - timedelta(hours=2)
+    unsent = queued_row(s, optimize_status="pending", optimize_heartbeat_at=long_ago)
+    lost = queued_row(s, optimize_status="optimizing", optimize_heartbeat_at=long_ago, optimize_attempts=1)
+    running = queued_row(s, optimize_status="optimizing", optimize_heartbeat_at=utcnow(), optimize_attempts=1)
+    with s.app.app_context():
+        db.session.execute(db.update(Video).values(status="processed", processed_key="processed/x/video.mp4"))
+        db.session.commit()
+        report = sweep(get_settings(s.app))
+        assert sorted(report.optimize_sent) == sorted([unsent, lost])
+        db.session.expire_all()
+        assert {v.id: v.optimize_status for v in db.session.scalars(db.select(Video))} == {
+            unsent: "queued",
+            lost: "queued",
+            running: "optimizing",
+        }
+        settings = get_settings(s.app)
+        sqs = aws_client("sqs", settings)
+        url = sqs.get_queue_url(QueueName=settings.SQS_QUEUE_PREFIX + settings.OPTIMIZE_QUEUE_NAME)["QueueUrl"]
+        sent = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        envelopes = [json.loads(base64.b64decode(m["Body"]))["headers"] for m in sent]
+        assert {e["task"] for e in envelopes} == {"tasks.optimize_video"}
+        assert sorted(e["argsrepr"] for e in envelopes) == sorted(repr([v]) for v in (unsent, lost))
+        assert sweep(get_settings(s.app)).optimize_sent == [], "sent once: the stage is queued now"

@@ -39,7 +39,7 @@ def test_every_unit_scores_three_or_lower(tmp_path: Path) -> None:
         units.install(role, tmp_path)
     shutil.copy(units.UNIT_DIR / "videoproc-journal.service", tmp_path / "etc/systemd/system")  # deploy/agents.py's
     services = sorted(path.name for path in units.UNIT_DIR.glob("*.service"))
-    assert len(services) == 8
+    assert len(services) == 9
     scores = {name: score(tmp_path, name) for name in services}
     print(scores)
     assert max(scores.values()) <= MOST, scores
@@ -58,5 +58,6 @@ def test_the_jail_gets_what_it_needs_and_no_more() -> None:
     assert "RestrictNamespaces=user pid net ipc mnt uts cgroup" in jail
     assert "SystemCallFilter=@system-service @mount" in jail and "AF_NETLINK" in jail
     assert (units.UNIT_DIR / "videoproc-web.service.d" / "jail.conf").read_text() == jail
+    assert (units.UNIT_DIR / "videoproc-optimize.service.d" / "jail.conf").read_text() == jail
     for name in ("proxy", "migrate", "sweeper", "flower", "journal"):
         assert not (units.UNIT_DIR / f"videoproc-{name}.service.d").exists(), f"{name} runs no FFmpeg"

@@ -113,7 +113,8 @@ class RenditionSchema(ma.Schema):
     target_ssim = ma.fields.Float(required=True, metadata={"description": "the fast rendition's, on the same window"})
     probes = ma.fields.Integer(required=True)
     bytes = ma.fields.Integer(required=True)
-    cpu_seconds = ma.fields.Float(required=True)
+    probe_cpu_seconds = ma.fields.Float(required=True, metadata={"description": "its CRF probes"})
+    cpu_seconds = ma.fields.Float(required=True, metadata={"description": "its encode"})
 
 
 class OptimizationSchema(ma.Schema):
@@ -128,6 +129,11 @@ class OptimizationSchema(ma.Schema):
         values=ma.fields.Nested(RenditionSchema),
         required=True,
         metadata={"description": "`h264` and, with OPTIMIZE=h264+av1, `av1`: once optimized"},
+    )
+    cpu_seconds = ma.fields.Float(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the whole stage's, once optimized: the probes' window, every probe and encode"},
     )
 
 

@@ -281,6 +281,21 @@ drop.addEventListener("drop", (event) => {
 // The library: the user's videos, polled while any is not finished.
 
 const FINISHED = new Set(["processed", "failed", "cancelled"]);
+const OPTIMIZING = new Set(["pending", "queued", "optimizing"]);
+
+// Settled: nothing more will change without the owner (an optimize stage under way still will).
+function settled(video) {
+  return FINISHED.has(video.status) && !(video.optimization && OPTIMIZING.has(video.optimization.status));
+}
+
+// The renditions as a site offers them: AV1 first for the browsers that decode it, H.264 for every other.
+function setSources(player, video) {
+  const sources = [];
+  if (video.av1_url) sources.push([video.av1_url, 'video/mp4; codecs="av01.0.08M.08"']);
+  sources.push([video.processed_url, "video/mp4"]);
+  player.replaceChildren(...sources.map(([src, type]) => Object.assign(document.createElement("source"), { src, type })));
+  player.dataset.rendition = video.optimization?.optimized_at || "published";
+}
 const shown = new Map(); // video id -> its list item
 let timer = null;
 
@@ -307,6 +322,9 @@ function videoItem(video) {
   if (video.status === "queued" && video.queue_position) text += `, position ${video.queue_position}`;
   if (video.status === "uploading") text += ": pick the file again to resume";
   if (video.error) text += `: ${video.error.message}`;
+  const stage = video.status === "processed" && video.optimization;
+  if (stage && OPTIMIZING.has(stage.status)) text += `; making smaller renditions ${stage.progress} %`;
+  if (stage && stage.status === "optimized") text += "; optimized (AV1 and a smaller H.264)";
   status.textContent = text;
   status.classList.toggle("error", video.status === "failed");
   bar.value = video.status === "processed" ? 100 : video.progress;
@@ -316,9 +334,16 @@ function videoItem(video) {
     player.controls = true;
     player.preload = "metadata";
     player.poster = video.poster_url;
-    player.src = video.processed_url;
+    setSources(player, video);
     player.setAttribute("aria-label", `${video.title}, processed`);
     item.append(player);
+  } else if (video.status === "processed") {
+    // Once optimized the published file is gone: a paused player takes the new renditions.
+    const player = item.querySelector("video");
+    if (player.paused && player.dataset.rendition !== (video.optimization?.optimized_at || "published")) {
+      setSources(player, video);
+      player.load();
+    }
   }
   return item;
 }
@@ -334,7 +359,7 @@ async function refresh() {
     if (items.length !== list.children.length || items.some((item, i) => list.children[i] !== item)) {
       list.replaceChildren(...items);
     }
-    if (page.items.some((video) => !FINISHED.has(video.status))) timer = setTimeout(refresh, POLL_MS);
+    if (page.items.some((video) => !settled(video))) timer = setTimeout(refresh, POLL_MS);
   } catch (error) {
     if (error.status === 401) logOut();
     else {
