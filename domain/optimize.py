@@ -70,10 +70,12 @@ def sent(video_id: str) -> bool:
     return _move(video_id, (PENDING,), optimize_status=QUEUED)
 
 
-def claim(video_id: str, token: str, previous: str | None, stale_after: float) -> bool:
+def claim(video_id: str, token: str, previous: str | None, stale_after: float, count: bool = True) -> bool:
     """Take the stage under ``token``: when it waits, when its holder's heartbeat is stale, or from ``previous``.
 
-    ``previous`` is this task's earlier try, known to be over (its pool process was lost).
+    ``previous`` is this task's earlier try, known to be over (its pool process was lost, or it asked
+    for this retry). ``count``: this claim is an attempt (``give_up`` counts them); a retry after a
+    passing fault continues its attempt.
     """
     takeable = [Video.optimize_status.in_(WAITING), and_(Video.optimize_status == OPTIMIZING, _stale(stale_after))]
     if previous:
@@ -85,7 +87,7 @@ def claim(video_id: str, token: str, previous: str | None, stale_after: float) -
         optimize_status=OPTIMIZING,
         optimize_claimed_by=token,
         optimize_heartbeat_at=utcnow(),
-        optimize_attempts=Video.optimize_attempts + 1,
+        optimize_attempts=Video.optimize_attempts + (1 if count else 0),
         optimize_progress=0,
         optimize_error=None,
     )

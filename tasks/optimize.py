@@ -223,22 +223,23 @@ def _end(video_id: str, token: str, message: str) -> None:
 
 
 @shared_task(name=OPTIMIZE_TASK, bind=True, max_retries=None, default_retry_delay=0)
-def optimize_video(self: Task, video_id: str, recheck: bool = False) -> str | None:
+def optimize_video(self: Task, video_id: str, recheck: bool = False, again: bool = False) -> str | None:
     """Optimize one published video by id; a delivery for a stage that is not waiting is acknowledged and skipped.
 
     ``recheck``: an earlier run of this very delivery held the stage; take it only once it is stale.
+    ``again``: the retry its previous try asked for after a passing fault (not a lost worker: not counted).
     """
     request, config = self.request, get_settings()
     token = f"{request.id}:{request.retries}"
     previous = f"{request.id}:{request.retries - 1}" if request.retries else None
     stale_after = config.STALE_AFTER_SECONDS
     with log_context(video_id=video_id, task_id=request.id, stage="optimize"):
-        dead = None if recheck else previous
+        dead = None if recheck or again else previous
         if step(optimize.give_up(video_id, stale_after, config.MAX_ATTEMPTS, dead=dead)):
             OPTIMIZE_JOBS.labels(optimize.FAILED).inc()
             logger.error("optimize failed: its worker died too often; the published rendition stays")
             return None
-        if not step(optimize.claim(video_id, token, None if recheck else previous, stale_after)):
+        if not step(optimize.claim(video_id, token, None if recheck else previous, stale_after, count=not again)):
             wait = _held_for(video_id)
             if wait is not None and not recheck:
                 logger.warning("held by another run; checking again", extra={"delay": wait})
@@ -280,5 +281,8 @@ def optimize_video(self: Task, video_id: str, recheck: bool = False) -> str | No
                 return None
             delay = backoff(request.retries, config.TASK_RETRY_BACKOFF_MAX)
             logger.warning("optimize: transient error; will retry", extra={"error": repr(exc), "delay": delay})
-            raise self.retry(args=[video_id], exc=exc, countdown=0, delay_seconds=delay) from exc
+            # The stage stays ``optimizing``, held by this try, until its retry takes it over.
+            raise self.retry(
+                args=[video_id], kwargs={"again": True}, exc=exc, countdown=0, delay_seconds=delay
+            ) from exc
         return None

@@ -20,6 +20,7 @@ from media.quality import MAX_PROBES, choose_crf, mean_ssim
 from ops.aws import ensure_queues
 from tests.clips import ffprobe
 from tests.conftest import Worker, post_upload, signup_and_login, unique_email, wait_for
+from tests.test_jobs import row, user, video  # noqa: F401  (user: a fixture)
 
 # A small frame keeps the AV1 encodes of the suite short; the stage is the same at any size.
 OPT_ENV = {"OUTPUT_WIDTH": "640", "OUTPUT_HEIGHT": "360", "OPTIMIZE_PROBE_SECONDS": "1"}
@@ -50,6 +51,40 @@ def test_mean_ssim_reads_the_filters_per_frame_lines(tmp_path: Path) -> None:
     stats = tmp_path / "s.log"
     stats.write_text("n:1 Y:0.99 U:0.98 V:0.97 All:0.980000 (17.0)\nn:2 Y:0.95 U:0.94 V:0.93 All:0.940000 (12.2)\n")
     assert mean_ssim(stats) == pytest.approx(0.96)
+
+
+def _published(user_id: int, **values: Any) -> str:
+    values = {"optimize_status": optimize.QUEUED, "processed_key": "processed/v/video.mp4", **values}
+    return video(user_id, status="processed", **values)
+
+
+def test_the_stages_moves_never_touch_the_published_video(user: int) -> None:  # noqa: F811
+    """Each move requires ``processed``; only ``done`` changes the published key, and only the one it replaces."""
+    video_id = _published(user)
+    assert optimize.claim(video_id, "t:0", None, 60) and not optimize.claim(video_id, "u:0", None, 60), "one holder"
+    assert optimize.beat(video_id, "t:0", 40) and not optimize.beat(video_id, "u:0", 50)
+    assert row(video_id).optimize_progress == 40 and row(video_id).optimize_attempts == 1
+    # A retry after a passing fault continues the attempt; a lost worker's retry starts one.
+    assert optimize.claim(video_id, "t:1", "t:0", 60, count=False) and row(video_id).optimize_attempts == 1
+    assert optimize.claim(video_id, "t:2", "t:1", 60) and row(video_id).optimize_attempts == 2
+    renditions = {"renditions": {}, "window_cpu_seconds": 1.0}
+    assert not optimize.done(video_id, "t:2", "processed/v/other.mp4", "h", "a", renditions), "not what it replaces"
+    assert not optimize.done(video_id, "t:1", "processed/v/video.mp4", "h", "a", renditions), "not the holder"
+    assert optimize.done(video_id, "t:2", "processed/v/video.mp4", "processed/v/h.mp4", "processed/v/a.mp4", renditions)
+    done = row(video_id)
+    assert (done.status, done.processed_key, done.av1_key) == ("processed", "processed/v/h.mp4", "processed/v/a.mp4")
+    assert done.optimized_at is not None and done.optimize_claimed_by is None
+    assert not optimize.cancel(video_id), "an optimized stage can't be cancelled"
+    failed = _published(user, optimize_status=optimize.OPTIMIZING, optimize_claimed_by="f:0")
+    assert optimize.fail(failed, "f:0", "FFmpeg could not")
+    assert (row(failed).status, row(failed).processed_key, row(failed).optimize_error) == (
+        "processed",
+        "processed/v/video.mp4",
+        "FFmpeg could not",
+    )
+    elsewhere = video(user, status="processing", optimize_status=optimize.QUEUED)
+    assert not optimize.claim(elsewhere, "x:0", None, 60) and not optimize.cancel(elsewhere), "only published videos"
+    db.session.commit()
 
 
 @pytest.fixture
