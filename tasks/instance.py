@@ -2,10 +2,11 @@
 
 AWS's pattern for queue workers, in the worker's main process (a consumer bootstep):
 
-- **Scale-in protection while busy.** While this worker holds a job, or any worker on the
-  instance runs one (a job directory in ``WORKER_TMP_DIR``: the optimize worker's too), its
-  instance is protected from scale-in, and the protection is cleared when all are idle, so
-  the group removes idle instances, never one in the middle of an encode.
+- **Scale-in protection while busy.** While this worker holds a job, or the other kind of
+  worker beside it runs one (the optimize worker's job directory in ``WORKER_TMP_DIR`` for the
+  video worker, and the other way round), its instance is protected from scale-in, and the
+  protection is cleared when both are idle, so the group removes idle instances, never one in
+  the middle of an encode.
 - **Spot notices and lifecycle hooks start the warm shutdown at once.** The instance
   metadata service announces a Spot interruption (``spot/instance-action``) two minutes
   ahead, and a termination lifecycle hook (``autoscaling/target-lifecycle-state`` =
@@ -36,7 +37,7 @@ from celery.signals import worker_shutdown
 
 from config import Settings
 from domain.storage import aws_client
-from tasks.scratch import busy
+from tasks.scratch import OPTIMIZE_PREFIX, PREFIX, running_jobs
 from tasks.visibility import held_requests
 
 logger = logging.getLogger(__name__)
@@ -129,11 +130,15 @@ def make_step(settings: Settings) -> type[bootsteps.StartStopStep]:
             self.guard: InstanceGuard | None = None
             self.every = float(settings.INSTANCE_CHECK_SECONDS)
             self.leaving: str | None = None
+            self.others = OPTIMIZE_PREFIX  # the scratch prefix of the other kind of worker on this host
 
         def start(self, parent: Any) -> None:
             if self.guard is not None or not settings.WORKER_ASG_NAME:
                 return
             self.guard = InstanceGuard(settings)
+            queues = {q.name for q in getattr(parent.task_consumer, "queues", [])}
+            optimizing = any(name.endswith(settings.OPTIMIZE_QUEUE_NAME) for name in queues)
+            self.others = PREFIX if optimizing else OPTIMIZE_PREFIX
             worker_shutdown.connect(self._on_shutdown, weak=False)
             threading.Thread(target=self._watch, name="instance-watch", daemon=True).start()
             logger.info("instance watch started", extra={"group": settings.WORKER_ASG_NAME, "every": self.every})
@@ -142,8 +147,10 @@ def make_step(settings: Settings) -> type[bootsteps.StartStopStep]:
             assert self.guard is not None
             while True:
                 try:
-                    # This host's jobs, of every worker on it (the optimize worker beside the video worker).
-                    self.guard.protect(bool(held_requests()) or busy(settings.WORKER_TMP_DIR))
+                    # Its own jobs, and those of the other kind of worker beside it on this host (the optimize
+                    # worker's for the video worker, and the other way round).
+                    others = running_jobs(settings.WORKER_TMP_DIR, self.others) > 0
+                    self.guard.protect(bool(held_requests()) or others)
                     if self.leaving is None and (reason := self.guard.leaving()):
                         self.leaving = reason
                         logger.warning("instance leaving: warm shutdown", extra={"reason": reason})

@@ -60,8 +60,8 @@ def renditions(config: Any) -> dict[str, Profile]:
 class Yielding:
     """Hold this job's FFmpeg stopped while any other job runs on the host; let it go on once none does.
 
-    Idle CPU priority alone is not enough: on a shared core (SMT siblings, the same caches) an
-    idle-priority encoder still slowed publishing by half (``bench.optimize``). Every
+    Idle CPU priority still shares the caches and the memory bandwidth, and SMT siblings share a
+    core: stopped, the stage costs publishing nothing it can measure (``bench.optimize``). Every
     ``YIELD_CHECK_SECONDS`` this counts the host's jobs by their scratch directories (every
     worker on the host shares ``WORKER_TMP_DIR``) and stops (SIGSTOP) or continues (SIGCONT)
     this job's children: the optimize stage takes only the time that publishing leaves.

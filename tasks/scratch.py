@@ -8,7 +8,7 @@ import tempfile
 from ops import orphans
 from ops.orphans import alive
 
-__all__ = ["OPTIMIZE_PREFIX", "PREFIX", "alive", "busy", "job_dir", "remove_orphans", "running_jobs"]
+__all__ = ["OPTIMIZE_PREFIX", "PREFIX", "alive", "job_dir", "remove_orphans", "running_jobs"]
 PREFIX = "videoproc-job-"  # a video's processing job
 OPTIMIZE_PREFIX = "videoproc-optimize-"  # a video's optimize stage (tasks/optimize.py): it yields to the jobs
 
@@ -29,8 +29,3 @@ def running_jobs(base: str | None, prefix: str = PREFIX) -> int:
     The optimize stage's are not counted (``prefix`` counts them): it takes only what these leave.
     """
     return sum(1 for pid in orphans.owners(base, prefix) if alive(pid))
-
-
-def busy(base: str | None) -> bool:
-    """Return whether any job runs on this host: a processing job or an optimize stage."""
-    return any(running_jobs(base, prefix) for prefix in (PREFIX, OPTIMIZE_PREFIX))
