@@ -3,9 +3,10 @@
 Starts moto server, a database, and a real ``celery -A tasks worker`` at the production
 unit's concurrency, then uploads the 1080p reference input through the API to the idle
 worker: the time to publish (download, probe, encode, poster, upload, database), next to
-FFmpeg's floor and ``Pipeline.run`` alone on the same file, interleaved; and the pickup
-latency over many uploads. Writes its section of docs/benchmarks.md (unless ``--quick``).
-The backlog a host drains is ``bench.concurrency``'s.
+FFmpeg's floor and ``Pipeline.run`` alone on the same file, and the same job on a second
+worker with ``OPTIMIZE=off`` (what the optimize stage's send after ``processed`` costs
+publishing), interleaved; and the pickup latency over many uploads. Writes its section of
+docs/benchmarks.md (unless ``--quick``). The backlog a host drains is ``bench.concurrency``'s.
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{runs.ratio('pipeline', 'floor'):.3f}x the floor |",
         f"| the whole job: upload's 202 → `processed` on an idle worker | {spread(runs.times['publish'])} | "
         f"**{runs.ratio('publish', 'floor'):.2f}x the floor**, {runs.ratio('publish', 'pipeline'):.2f}x the pipeline |",
+        f"| the same on a worker with `OPTIMIZE=off` (no optimize stage to start) | {spread(runs.times['off'])} | "
+        f"{runs.ratio('off', 'floor'):.2f}x the floor: the stage's default makes publishing "
+        f"**{runs.ratio('publish', 'off'):.2f}x** this |",
         *(
             f"| of which {what} (the worker's log) | {spread(runs.times[step], digits=2)} | "
             f"{runs.ratio(step, 'publish'):.0%} of the whole job |"
@@ -217,17 +221,24 @@ def measure(work: Path, env: dict[str, str], src: Path, runs: int, pickups: int)
         ensure_queues(get_settings(app))
     for name in ("", "werkzeug"):  # this process's API and moto server (alembic's logging config): quiet
         logging.getLogger(name).setLevel(logging.WARNING)
+    # The same job on a worker that starts no optimize stage, on a queue of its own (its own API).
+    off_app = create_app(get_settings(app).replace(SQS_QUEUE_NAME=f"{env['SQS_QUEUE_NAME']}-off"))
+    with off_app.app_context():
+        ensure_queues(get_settings(off_app))
     result = Runs()
     worker = Worker(env, work / "worker.log", "bench", concurrency=CONCURRENCY)
+    off_env = {**env, "OPTIMIZE": "off", "SQS_QUEUE_NAME": get_settings(off_app).SQS_QUEUE_NAME}
+    off_worker = Worker(off_env, work / "worker-off.log", "bench-off", concurrency=CONCURRENCY)
     try:
         worker.wait_ready()
+        off_worker.wait_ready()
         client = app.test_client()
         headers = signup_and_login(client, "bench@example.com")
 
         def encode(job: Path) -> None:
             pipeline.run(src, probe(str(src)), job)
 
-        def publish() -> None:
+        def publish(client: Any = client, worker: Worker = worker, variant: str = "publish") -> None:
             answer = post_upload(client, headers, src)
             assert answer.status_code == 202, answer.json
             started, video_id = time.monotonic(), answer.json["video_id"]
@@ -237,7 +248,9 @@ def measure(work: Path, env: dict[str, str], src: Path, runs: int, pickups: int)
                     assert status != "failed", worker.text()[-2000:]
                     db.session.rollback()
                     time.sleep(0.05)
-            result.times.setdefault("publish", []).append(time.monotonic() - started)
+            result.times.setdefault(variant, []).append(time.monotonic() - started)
+            if variant != "publish":
+                return
             result.cpu.setdefault("publish", []).append(tree_cpu_seconds(worker.proc.pid) - host)
             result.cpu.setdefault("stand-in", []).append(own_cpu() - stand_in)
             for _ in range(50):  # the worker logs the job's steps as it records `processed`
@@ -249,17 +262,19 @@ def measure(work: Path, env: dict[str, str], src: Path, runs: int, pickups: int)
                 time.sleep(0.1)
 
         for run in range(runs):  # interleaved: every variant sees the same machine load
-            bar(1 + run, steps, f"run {run + 1}: floor, pipeline, whole job")
+            bar(1 + run, steps, f"run {run + 1}: floor, pipeline, whole job, and with OPTIMIZE=off")
             (job := work / f"run-{run}").mkdir()
             result.time("floor", partial(reference.floor, src, job / "floor.mp4", PROFILE))
             result.time("pipeline", partial(encode, job))
             publish()
+            publish(off_app.test_client(), off_worker, "off")  # same database: the same user and token
         bar(1 + runs, steps, f"{pickups} pickups")
         picked = sorted(pickup(app, client, headers, small, worker) for _ in range(pickups))
         bar(steps, steps, "done")
         sys.stderr.write("\n")
     finally:
         worker.stop()
+        off_worker.stop()
     return result, picked
 
 
