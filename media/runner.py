@@ -116,7 +116,7 @@ class _Stderr(threading.Thread):
             self.tail.append(line)
             if self.reason is None and PICTURE_TOO_LARGE.search(line):
                 self.reason = "resolution"
-                self.proc.kill()
+                kill(self.proc)
             elif self.reason is None and OUT_OF_MEMORY in line:
                 self.reason = "memory"
             elif self.reason is None and any(words in line for words in DISK_FULL):
@@ -148,8 +148,22 @@ def stop(owner: str) -> int:
         procs = [proc for proc, who in _running.items() if who == owner]
         _stopped.update(procs)
     for proc in procs:
-        proc.kill()
+        kill(proc)
     return len(procs)
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL ``proc`` and every descendant it has now.
+
+    Killing the child alone is not enough for a tree that ``pause`` stopped: in a jail, a
+    bubblewrap stopped before it asked to die with its parent would outlive it, stopped for
+    good, holding the pipes the runner reads until EOF. SIGKILL ends a stopped process too.
+    """
+    descendants = _tree(proc.pid)[1:] if proc.returncode is None else []
+    proc.kill()
+    for pid in descendants:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _tree(pid: int) -> list[int]:
@@ -238,7 +252,7 @@ def run(
 
         def expire() -> None:
             timed_out.set()
-            proc.kill()
+            kill(proc)
 
         timer = threading.Timer(limits.wall_seconds, expire) if limits.wall_seconds else None
         if timer:
@@ -249,7 +263,7 @@ def run(
                 output = proc.stdout.read(MAX_OUTPUT_BYTES + 1)
                 if len(output) > MAX_OUTPUT_BYTES:
                     errors.reason = "output"
-                    proc.kill()
+                    kill(proc)
             else:
                 for raw in proc.stdout:
                     seconds = out_time_seconds(raw.decode("ascii", "replace"))
@@ -261,7 +275,7 @@ def run(
             if timer:
                 timer.cancel()
             if proc.poll() is None:
-                proc.kill()
+                kill(proc)
                 proc.wait()
             errors.join(timeout=5)
             with _lock:

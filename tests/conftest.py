@@ -61,6 +61,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(tier)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test, so fixtures can tell at teardown that it failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture(autouse=True)
 def _unit_tier_stays_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail a ``unit`` test that reaches a server over TCP or starts FFmpeg, bubblewrap or a service."""
@@ -382,6 +390,10 @@ class Worker:
         """Return the log lines that contain every needle."""
         return [line for line in self.text().splitlines() if all(n in line for n in needles)]
 
+    def tail(self, count: int = 40) -> str:
+        """Return the last ``count`` lines of the worker's own log (not moto's request lines)."""
+        return "\n".join([line for line in self.text().splitlines() if "logger=werkzeug" not in line][-count:])
+
     def wait_ready(self, timeout: float = 90, poll: float = 0.2) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -404,8 +416,10 @@ class Worker:
 
 
 @pytest.fixture
-def start_worker(base_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """Start workers with extra environment variables; stop them after the test."""
+def start_worker(
+    base_env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Worker]]:
+    """Start workers with extra environment variables; stop them after the test (their logs' tails if it failed)."""
     started: list[Worker] = []
 
     def start(name: str, env: dict[str, str], concurrency: int = 1, args: tuple[str, ...] = ()) -> Worker:
@@ -415,8 +429,11 @@ def start_worker(base_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[
         return w
 
     yield start
+    failed = getattr(getattr(request.node, "report_call", None), "failed", False)
     for w in started:
         w.stop()
+        if failed:
+            sys.stderr.write(f"\n--- the worker {w.log.stem}'s log, its end ---\n{w.tail()}\n")
 
 
 @pytest.fixture(scope="session")

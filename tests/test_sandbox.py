@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
 import threading
 
@@ -178,6 +181,35 @@ class TestRealLimits:
         assert runner.stop("job-b") == 1
         threads["job-b"].join(timeout=10)
         assert failures["job-b"].reason == "stopped" and runner._running == {}
+
+    @pytest.mark.parametrize("ending", ["stopped", "timeout"])
+    def test_a_paused_tree_is_killed_whole(self, ending: str) -> None:
+        """A stopped grandchild (a jail's bubblewrap stopped before it asked to die with its parent) ends too."""
+        tree = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])"
+        failures: list[runner.FFmpegError] = []
+
+        def paused() -> None:
+            with runner.owned("job-p"), pytest.raises(runner.FFmpegError) as caught:
+                runner.run([sys.executable, "-c", f"{tree}; time.sleep(60)"], limits=Resources(wall_seconds=3))
+            failures.append(caught.value)
+
+        thread = threading.Thread(target=paused)
+        thread.start()
+        wait_for(lambda: [p for p in runner._running if len(runner._tree(p.pid)) == 2], timeout=10, interval=0.01)
+        (child,) = runner._running
+        grandchild = runner._tree(child.pid)[1]
+        try:
+            assert runner.pause("job-p", True) == 2
+            if ending == "stopped":
+                assert runner.stop("job-p") == 1
+            thread.join(timeout=15)
+            assert not thread.is_alive(), "the stopped grandchild holds the pipe the runner reads"
+            assert failures[0].reason == ending
+            wait_for(lambda: not os.path.exists(f"/proc/{grandchild}"), timeout=5, interval=0.01)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(grandchild, signal.SIGKILL)
+            thread.join(timeout=15)
 
     def test_stderr_is_bounded(self) -> None:
         noisy = "import sys\nfor i in range(100000): print('x' * 1000, i, file=sys.stderr)\nsys.exit(1)"
