@@ -16,9 +16,9 @@ beat       optimizing                   optimizing  held by the caller
 done       optimizing                   optimized   held by the caller; the published key unchanged
 fail       optimizing                   failed      held by the caller
 give_up    optimizing                   failed      ``MAX_ATTEMPTS`` tries, the holder dead
-release    optimizing                   queued      held by the caller (stopped; its retry follows)
+release    optimizing                   pending     held by the caller (stopped; its retry follows, or the sweeper's)
 cancel     pending, queued, optimizing  cancelled   (the owner)
-resend     pending                      pending     untouched for a while: its send failed (sweeper)
+resend     pending                      pending     untouched for a while: its send failed, or released (sweeper)
 reset      optimizing                   pending     stale far past any retry: its message is lost (sweeper)
 =========  ===========================  ==========  ============================================
 
@@ -33,7 +33,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, and_, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, case, or_, select, update
 
 from domain.extensions import db
 from domain.models import Status, Video, utcnow
@@ -70,13 +70,15 @@ def sent(video_id: str) -> bool:
     return _move(video_id, (PENDING,), optimize_status=QUEUED)
 
 
-def claim(video_id: str, token: str, previous: str | None, stale_after: float, count: bool = True) -> bool:
+def claim(video_id: str, token: str, previous: str | None, stale_after: float, continues: str | None = None) -> bool:
     """Take the stage under ``token``: when it waits, when its holder's heartbeat is stale, or from ``previous``.
 
     ``previous`` is this task's earlier try, known to be over (its pool process was lost, or it asked
-    for this retry). ``count``: this claim is an attempt (``give_up`` counts them); a retry after a
-    passing fault continues its attempt.
+    for this retry). Each claim is an attempt (``give_up`` counts them), but one from ``continues``
+    (the try that asked for this retry after a passing fault, still holding the stage) continues it:
+    a redelivery of that retry, its own worker lost, is counted.
     """
+    attempt = case((_held(continues), 0), else_=1) if continues else 1
     takeable = [Video.optimize_status.in_(WAITING), and_(Video.optimize_status == OPTIMIZING, _stale(stale_after))]
     if previous:
         takeable.append(and_(Video.optimize_status == OPTIMIZING, _held(previous)))
@@ -87,7 +89,7 @@ def claim(video_id: str, token: str, previous: str | None, stale_after: float, c
         optimize_status=OPTIMIZING,
         optimize_claimed_by=token,
         optimize_heartbeat_at=utcnow(),
-        optimize_attempts=Video.optimize_attempts + (1 if count else 0),
+        optimize_attempts=Video.optimize_attempts + attempt,
         optimize_progress=0,
         optimize_error=None,
     )
@@ -116,6 +118,8 @@ def done(
     video_id: str, token: str, published: str, h264_key: str, av1_key: str | None, renditions: dict[str, Any]
 ) -> bool:
     """Publish the holder's renditions in one move: ``processed_key`` becomes the smaller H.264 file.
+
+    ``h264_key`` is ``published`` itself when no H.264 rendition was worth it (``media.quality.worth``).
 
     Only while the published key is still ``published`` (the one the renditions replace).
     ``renditions``: ``{"renditions": {name: what it was made with}, "window_cpu_seconds": …}``.
@@ -160,8 +164,18 @@ def give_up(video_id: str, stale_after: float, max_attempts: int, dead: str | No
 
 
 def release(video_id: str, token: str) -> bool:
-    """Hand the holder's stage back to the queue (its worker is stopping; the retry claims it)."""
-    return _move(video_id, (OPTIMIZING,), _held(token), optimize_status=QUEUED, **LEASE_OVER)
+    """Hand the holder's stage back (its worker is stopping): its retry claims it, or, lost, the sweeper sends one.
+
+    ``pending`` and touched now: a message Celery acknowledged anyway (a hard time limit) is not waited for forever.
+    """
+    return _move(
+        video_id,
+        (OPTIMIZING,),
+        _held(token),
+        optimize_status=PENDING,
+        optimize_claimed_by=None,
+        optimize_heartbeat_at=utcnow(),
+    )
 
 
 def cancel(video_id: str) -> bool:
@@ -193,7 +207,8 @@ def candidates(status: str, older_than: float, limit: int = 100) -> list[str]:
 
 def renditions(video: Video) -> dict[str, Any]:
     """Return what each rendition of ``video`` was made with (empty until it is optimized)."""
-    return dict(json.loads(video.renditions)["renditions"]) if video.renditions else {}
+    made = json.loads(video.renditions)["renditions"] if video.renditions else {}
+    return {name: {"published": True, **record} for name, record in made.items()}  # recorded before the flag
 
 
 def cpu_seconds(video: Video) -> float | None:

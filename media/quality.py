@@ -32,6 +32,7 @@ class Choice:
 
 
 MAX_PROBES = 3
+SSIM_TOLERANCE = 0.002  # how far below the published rendition's SSIM a new one may land and still serve
 WINDOWS = 4  # pieces of the clip in the probes' reference
 
 
@@ -177,6 +178,16 @@ class Made:
     window_cpu_seconds: float
 
 
+def worth(rendition: dict[str, Any], published_bytes: int | None = None) -> bool:
+    """Return whether a rendition may serve the video: at the published one's SSIM (within ``SSIM_TOLERANCE``), smaller.
+
+    ``rendition`` is its record (``make_renditions``); without ``published_bytes`` only its quality is judged.
+    """
+    if rendition["ssim"] < rendition["target_ssim"] - SSIM_TOLERANCE:
+        return False
+    return published_bytes is None or rendition["bytes"] < published_bytes
+
+
 def _scaled(report: Callable[[int], None], start: float, span: float) -> Callable[[float], None]:
     """Return a callback that reports a fraction of one encode as a percentage of the whole."""
     return lambda fraction: report(int(start + span * fraction))
@@ -198,6 +209,8 @@ def make_renditions(
 
     The window and every probe come first (``window``, ``Window.choose``), then each rendition
     whole (``Pipeline.run``, bumpers rendered once per profile into ``cache_dir``), all in the sandbox.
+    A rendition whose probes found no CRF near enough the target is not encoded: its record says
+    ``published: false`` and it has no file.
     """
     report = progress or (lambda _percent: None)
     started = cpu_seconds()
@@ -214,11 +227,6 @@ def make_renditions(
         choice = frames.choose(profile, target, search.low, search.high, search.guess, search.step)
         probed = cpu_seconds()
         report(int(start + share * 0.3))
-        (folder := workdir / name).mkdir(exist_ok=True)
-        outputs = Pipeline(replace(profile, crf=choice.crf), cache_dir, sandbox).run(
-            src, info, folder, _scaled(report, start + share * 0.3, share * 0.7), 1, relay, poster=False
-        )
-        files[name] = outputs.video
         record[name] = {
             "codec": profile.codec,
             "preset": profile.preset,
@@ -226,8 +234,17 @@ def make_renditions(
             "ssim": round(choice.ssim, 5),
             "target_ssim": round(choice.target, 5),
             "probes": choice.probes,
-            "bytes": outputs.video.stat().st_size,
+            "bytes": 0,
             "probe_cpu_seconds": round(probed - before, 2),
-            "cpu_seconds": round(cpu_seconds() - probed, 2),
+            "cpu_seconds": 0.0,
+            "published": worth({"ssim": choice.ssim, "target_ssim": choice.target}),
         }
+        if not record[name]["published"]:
+            continue
+        (folder := workdir / name).mkdir(exist_ok=True)
+        outputs = Pipeline(replace(profile, crf=choice.crf), cache_dir, sandbox).run(
+            src, info, folder, _scaled(report, start + share * 0.3, share * 0.7), 1, relay, poster=False
+        )
+        files[name] = outputs.video
+        record[name] |= {"bytes": outputs.video.stat().st_size, "cpu_seconds": round(cpu_seconds() - probed, 2)}
     return Made(files, record, round(window_cpu, 2))

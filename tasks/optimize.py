@@ -15,6 +15,7 @@ a lost worker here never touches the published video.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from flask import current_app
+from sqlalchemy import select
 
 from celeryconfig import IDLE_FACTOR, OPTIMIZE_TASK
 from domain import media, optimize
@@ -76,20 +78,26 @@ class Yielding:
 
     def _run(self) -> None:
         since = 0.0
-        while not self._stop.wait(YIELD_CHECK_SECONDS):
-            others = running_jobs(self.scratch) > 0  # processing jobs: this stage's own directory is not one
-            if others != self.paused:
-                runner.pause(self.token, others)
-                self.paused = others
-                if others:
-                    since = time.monotonic()
-                else:
-                    self.paused_seconds += time.monotonic() - since
-            elif others:
-                runner.pause(self.token, True)  # a child started since the last look
-        if self.paused:
-            runner.pause(self.token, False)
-            self.paused_seconds += time.monotonic() - since
+        try:
+            while not self._stop.wait(YIELD_CHECK_SECONDS):
+                try:
+                    others = running_jobs(self.scratch) > 0  # processing jobs: this stage's own directory is not one
+                except OSError as exc:  # the scratch unreadable for a moment: go on as before
+                    logger.warning("optimize: jobs not counted", extra={"error": repr(exc)})
+                    continue
+                if others != self.paused:
+                    runner.pause(self.token, others)
+                    self.paused = others
+                    if others:
+                        since = time.monotonic()
+                    else:
+                        self.paused_seconds += time.monotonic() - since
+                elif others:
+                    runner.pause(self.token, True)  # a child started since the last look
+        finally:  # whatever ended the loop, never leave this job's FFmpeg stopped
+            if self.paused:
+                runner.pause(self.token, False)
+                self.paused_seconds += time.monotonic() - since
 
     def __enter__(self) -> Yielding:
         self._thread.start()
@@ -109,7 +117,9 @@ class OptimizeJob:
 
     def __init__(self, video_id: str, token: str, lost: Any) -> None:
         self.video_id, self.token, self.lost = video_id, token, lost
-        self.written: list[str] = []  # this attempt's keys: removed unless they are published
+        # Its keys' own part: the token and a nonce (a redelivered message has the same token; see ``cleanup``).
+        self.attempt = f"{token}-{secrets.token_hex(4)}"
+        self.written: list[str] = []  # this attempt's keys: removed unless the row names them
         self._last = 0.0
 
     def progress(self, percent: int) -> None:
@@ -122,15 +132,34 @@ class OptimizeJob:
 
     @contextlib.contextmanager
     def cleanup(self, storage: Storage) -> Iterator[None]:
-        """Remove what this attempt wrote to S3 unless it was published (``written`` is cleared then)."""
+        """Remove what this attempt wrote to S3, except what the row names now.
+
+        ``done`` may have been committed though its answer never came (the connection lost, the
+        task stopped while it waited): the row is read again first. When it can't be, nothing is
+        removed; the sweeper removes what a published row does not name (ops/reconcile.py).
+        """
         try:
             yield
         finally:
-            if self.written:
-                for key in self.written:
-                    with contextlib.suppress(Exception):  # the sweeper removes what this misses (ops/reconcile.py)
+            if self.written and (named := self._named()) is not None:
+                removed = [key for key in self.written if key not in named]
+                for key in removed:
+                    with contextlib.suppress(Exception):  # the sweeper removes what this misses
                         storage.delete(key)
-                logger.info("renditions removed", extra={"keys": self.written})
+                logger.info("renditions removed", extra={"keys": removed})
+
+    def _named(self) -> set[str] | None:
+        """Return the keys the row names now (none once it is deleted); None when the database can't say."""
+        try:
+            db.session.rollback()
+            row = db.session.execute(
+                select(Video.processed_key, Video.av1_key, Video.poster_key).where(Video.id == self.video_id)
+            ).first()
+            db.session.commit()
+        except Exception as exc:
+            logger.warning("renditions left to the sweeper: the row could not be read", extra={"error": repr(exc)})
+            return None
+        return {key for key in row or () if key}
 
     def _encode(self, relay: Relay, info: MediaInfo, workdir: Path, wanted: dict[str, Profile]) -> quality.Made:
         """Find each rendition's CRF on a window of the clip, then encode it whole (media/quality.py)."""
@@ -154,6 +183,15 @@ class OptimizeJob:
             logger.info("rendition made", extra={"rendition": name, **record})
         return made
 
+    @staticmethod
+    def _worth(made: quality.Made, published_bytes: int) -> dict[str, Path]:
+        """Return the renditions that may serve the video (``quality.worth``); mark the others ``published: false``."""
+        for name, record in made.record.items():
+            if record["published"] and not quality.worth(record, published_bytes):
+                record["published"] = False
+                logger.warning("rendition not smaller than the published one: kept out", extra={"rendition": name})
+        return {name: path for name, path in made.files.items() if made.record[name]["published"]}
+
     def run(self) -> str | None:
         """Make the renditions and publish them; return the published H.264 key, or None when the row moved on."""
         started = time.monotonic()
@@ -170,7 +208,7 @@ class OptimizeJob:
                 relay = Relay(storage, original, Path(tmp) / "original")
             except Exception as exc:
                 if is_missing(exc):
-                    raise StageFailed(f"The original {original} is not in S3.") from exc
+                    raise StageFailed("The original is no longer in S3.") from exc
                 raise
             with relay:
                 try:
@@ -184,25 +222,31 @@ class OptimizeJob:
                         exc.blame == runner.HOST or exc.reason == "timeout"
                     ):
                         raise  # the host's fault, or a wall limit run out while publishing kept it stopped: retried
-                    raise StageFailed(f"FFmpeg could not make a rendition: {exc}") from exc
+                    # FFmpeg's own words are for the log (runner.FFmpegError), not for the owner.
+                    logger.warning("optimize: FFmpeg failed on the video", extra={"error": str(exc)[:500]})
+                    raise StageFailed("FFmpeg could not make a smaller rendition of this video.") from exc
             self.progress(95)
-            keys = {name: rendition_key(self.video_id, name, self.token) for name in made.files}
-            for name, path in made.files.items():
+            files = self._worth(made, storage.size(published))
+            keys = {name: rendition_key(self.video_id, name, self.attempt) for name in files}
+            for name, path in files.items():
                 self.written.append(keys[name])
                 storage.upload_file(path, keys[name], "video/mp4")
             record = {"renditions": made.record, "window_cpu_seconds": made.window_cpu_seconds}
-            if not step(optimize.done(self.video_id, self.token, published, keys["h264"], keys.get("av1"), record)):
+            # Without a worthy H.264 rendition the published file stays the video's (and its H.264 one).
+            h264 = keys.get("h264", published)
+            if not step(optimize.done(self.video_id, self.token, published, h264, keys.get("av1"), record)):
                 logger.warning("the stage is no longer this job's; renditions not published")
                 return None
             self.written.clear()  # published: no longer this attempt's to remove
-        with contextlib.suppress(Exception):  # left, it costs only storage: the sweeper removes it (ops/reconcile.py)
-            storage.delete(published)
+        if h264 != published:
+            with contextlib.suppress(Exception):  # left, it costs only storage: the sweeper removes it
+                storage.delete(published)
         seconds = time.monotonic() - started
         OPTIMIZE_JOBS.labels(optimize.OPTIMIZED).inc()
         OPTIMIZE_SECONDS.observe(seconds)
         sizes = {f"{name}_bytes": value["bytes"] for name, value in made.record.items()}
         logger.info("optimized", extra={"state": optimize.OPTIMIZED, "seconds": round(seconds, 2), **sizes})
-        return keys["h264"]
+        return h264
 
 
 def _held_for(video_id: str) -> float | None:
@@ -239,7 +283,9 @@ def optimize_video(self: Task, video_id: str, recheck: bool = False, again: bool
             OPTIMIZE_JOBS.labels(optimize.FAILED).inc()
             logger.error("optimize failed: its worker died too often; the published rendition stays")
             return None
-        if not step(optimize.claim(video_id, token, None if recheck else previous, stale_after, count=not again)):
+        # A retry after a passing fault continues its attempt, but only from the try that asked for it.
+        continues = previous if again else None
+        if not step(optimize.claim(video_id, token, None if recheck else previous, stale_after, continues=continues)):
             wait = _held_for(video_id)
             if wait is not None and not recheck:
                 logger.warning("held by another run; checking again", extra={"delay": wait})
@@ -277,7 +323,8 @@ def optimize_video(self: Task, video_id: str, recheck: bool = False, again: bool
                 _end(video_id, token, "An internal error stopped the optimize stage; it has been logged.")
                 return None
             if request.retries >= config.TASK_MAX_RETRIES:
-                _end(video_id, token, f"Gave up after repeated passing faults: {exc}")
+                logger.warning("optimize: the last passing fault", extra={"error": repr(exc)})
+                _end(video_id, token, "Gave up after repeated passing faults of the service (logged).")
                 return None
             delay = backoff(request.retries, config.TASK_RETRY_BACKOFF_MAX)
             logger.warning("optimize: transient error; will retry", extra={"error": repr(exc), "delay": delay})

@@ -16,7 +16,7 @@ from domain import optimize
 from domain.extensions import db, get_settings
 from domain.models import Video
 from domain.storage import get_storage
-from media.quality import MAX_PROBES, choose_crf, mean_ssim
+from media.quality import MAX_PROBES, Made, choose_crf, mean_ssim, worth
 from ops.aws import ensure_queues
 from tests.clips import ffprobe
 from tests.conftest import Worker, post_upload, signup_and_login, unique_email, wait_for
@@ -47,6 +47,20 @@ def test_the_crf_is_the_highest_that_reaches_the_target_within_a_few_probes() ->
     assert missed.ssim < missed.target and missed.crf == 22
 
 
+def test_a_rendition_serves_only_at_the_published_quality_and_smaller(tmp_path: Path) -> None:
+    from tasks.optimize import OptimizeJob
+
+    made = {"ssim": 0.950, "target_ssim": 0.951, "bytes": 900}
+    assert worth(made) and worth(made, 1000), "within 0.002 of its target, and smaller"
+    assert not worth(made, 900), "not smaller than the published file"
+    assert not worth({**made, "ssim": 0.9489}), "more than 0.002 below its target"
+    record = {"ssim": 0.96, "target_ssim": 0.95, "published": True}
+    files = {"h264": tmp_path / "h.mp4", "av1": tmp_path / "a.mp4"}
+    both = Made(files, {"h264": {**record, "bytes": 1000}, "av1": {**record, "bytes": 400}}, 1.0)
+    assert OptimizeJob._worth(both, 1000) == {"av1": tmp_path / "a.mp4"}, "the H.264 one is not smaller"
+    assert (both.record["h264"]["published"], both.record["av1"]["published"]) == (False, True)
+
+
 def test_mean_ssim_reads_the_filters_per_frame_lines(tmp_path: Path) -> None:
     stats = tmp_path / "s.log"
     stats.write_text("n:1 Y:0.99 U:0.98 V:0.97 All:0.980000 (17.0)\nn:2 Y:0.95 U:0.94 V:0.93 All:0.940000 (12.2)\n")
@@ -65,8 +79,16 @@ def test_the_stages_moves_never_touch_the_published_video(user: int) -> None:  #
     assert optimize.beat(video_id, "t:0", 40) and not optimize.beat(video_id, "u:0", 50)
     assert row(video_id).optimize_progress == 40 and row(video_id).optimize_attempts == 1
     # A retry after a passing fault continues the attempt; a lost worker's retry starts one.
-    assert optimize.claim(video_id, "t:1", "t:0", 60, count=False) and row(video_id).optimize_attempts == 1
-    assert optimize.claim(video_id, "t:2", "t:1", 60) and row(video_id).optimize_attempts == 2
+    assert optimize.claim(video_id, "t:1", "t:0", 60, continues="t:0") and row(video_id).optimize_attempts == 1
+    # That retry's own redelivery (its worker lost, the stage stale) is an attempt: only the asking try continues.
+    assert optimize.claim(video_id, "t:1", "t:0", 0, continues="t:0") and row(video_id).optimize_attempts == 2
+    assert optimize.claim(video_id, "t:2", "t:1", 60) and row(video_id).optimize_attempts == 3
+    # Released by a stopping worker: waiting again, and touched, so the sweeper resends it only if no retry comes.
+    assert optimize.release(video_id, "t:2") and not optimize.release(video_id, "t:2")
+    released = row(video_id)
+    assert (released.optimize_status, released.optimize_claimed_by) == (optimize.PENDING, None)
+    assert released.optimize_heartbeat_at is not None and video_id not in optimize.candidates(optimize.PENDING, 60)
+    assert optimize.claim(video_id, "t:2", None, 60) and row(video_id).optimize_attempts == 4
     renditions = {"renditions": {}, "window_cpu_seconds": 1.0}
     assert not optimize.done(video_id, "t:2", "processed/v/other.mp4", "h", "a", renditions), "not what it replaces"
     assert not optimize.done(video_id, "t:1", "processed/v/video.mp4", "h", "a", renditions), "not the holder"
@@ -167,7 +189,7 @@ def test_a_video_is_published_fast_then_optimized_at_its_quality_in_one_move(
         assert float(probed["format"]["duration"]) == pytest.approx(float(fast_probe["format"]["duration"]), abs=0.1)
         assert [s["codec_type"] for s in probed["streams"]] == [s["codec_type"] for s in fast_probe["streams"]]
     renditions = opt["renditions"]
-    assert set(renditions) == {"h264", "av1"}
+    assert set(renditions) == {"h264", "av1"} and all(made["published"] for made in renditions.values())
     assert renditions["h264"]["preset"] == "slow" and renditions["av1"]["preset"] == "8"
     for name, made in renditions.items():
         assert made["bytes"] == (tmp_path / f"{name}.mp4").stat().st_size

@@ -115,6 +115,13 @@ class RenditionSchema(ma.Schema):
     bytes = ma.fields.Integer(required=True)
     probe_cpu_seconds = ma.fields.Float(required=True, metadata={"description": "its CRF probes"})
     cpu_seconds = ma.fields.Float(required=True, metadata={"description": "its encode"})
+    published = ma.fields.Boolean(
+        required=True,
+        metadata={
+            "description": "whether it serves the video: false when its SSIM missed target_ssim by more than "
+            "0.002 (then it was not encoded: bytes 0) or it was not smaller than the published file"
+        },
+    )
 
 
 class OptimizationSchema(ma.Schema):
