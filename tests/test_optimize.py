@@ -109,6 +109,35 @@ def test_the_stages_moves_never_touch_the_published_video(user: int) -> None:  #
     db.session.commit()
 
 
+class _Deletes:
+    """A storage that records what is deleted."""
+
+    def __init__(self) -> None:
+        self.deleted: list[str] = []
+
+    def delete(self, key: str) -> None:
+        self.deleted.append(key)
+
+
+def test_a_run_removes_only_what_the_row_does_not_name(user: int) -> None:  # noqa: F811
+    """``done`` committed though its answer was lost: the files it published stay, the rest go."""
+    from tasks.optimize import OptimizeJob
+
+    h264, av1 = "processed/v/h264-t-0-a1.mp4", "processed/v/av1-t-0-a1.mp4"
+    video_id = _published(user, processed_key=h264, optimize_status=optimize.OPTIMIZED)
+    job, storage = OptimizeJob(video_id, "t:0", None), _Deletes()
+    job.written = [h264, av1]
+    with pytest.raises(ConnectionError), job.cleanup(storage):  # type: ignore[arg-type]
+        raise ConnectionError("the answer to COMMIT was lost")
+    assert storage.deleted == [av1], "the published H.264 file stays"
+    assert job.attempt.startswith("t:0-") and job.attempt != OptimizeJob(video_id, "t:0", None).attempt
+    gone = OptimizeJob("no-such-video", "t:0", None)
+    gone.written = [h264]
+    with gone.cleanup(storage):  # type: ignore[arg-type]
+        pass
+    assert storage.deleted == [av1, h264], "a deleted video's row names nothing"
+
+
 @pytest.fixture
 def stage(
     make_app: Callable[..., Flask], app: Flask, start_worker: Callable[..., Worker]
