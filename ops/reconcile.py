@@ -117,19 +117,24 @@ def stale_renditions(storage: Storage, settings: Settings) -> list[str]:
     """Delete a published video's outputs that its row no longer names, older than the grace; return their keys.
 
     What an optimize attempt wrote and never published (its worker died between its upload and
-    its move), or the fast file whose delete failed after the renditions replaced it. Only for
-    ``processed`` rows: a video being processed again writes its outputs before its row names them.
+    its move), and the fast file the renditions replaced, once no URL handed out before the move
+    can name it (``PRESIGNED_URL_EXPIRES`` after ``optimized_at``): a player that loaded it plays
+    on. Only for ``processed`` rows: a video being processed again writes its outputs before its
+    row names them.
     """
+    handed_out = utcnow() - timedelta(seconds=settings.PRESIGNED_URL_EXPIRES)
     prefix = VIDEO_PREFIXES[1]
     by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for obj in storage.objects(prefix):
         by_video[obj["Key"][len(prefix) :].partition("/")[0]].append(obj)
     ids, removed = sorted(by_video), []
     for start in range(0, len(ids), LOOKUP_CHUNK):
-        named = select(Video.id, Video.processed_key, Video.av1_key, Video.poster_key).where(
+        named = select(Video.id, Video.optimized_at, Video.processed_key, Video.av1_key, Video.poster_key).where(
             Video.id.in_(ids[start : start + LOOKUP_CHUNK]), Video.status == Status.PROCESSED.value
         )
-        for video_id, *keys in db.session.execute(named).all():
+        for video_id, optimized_at, *keys in db.session.execute(named).all():
+            if optimized_at is not None and optimized_at > handed_out:
+                continue  # URLs to the fast file may still be out there
             for obj in by_video[video_id]:
                 if obj["Key"] not in keys and _old(obj["LastModified"], settings):
                     storage.delete(obj["Key"])

@@ -5,7 +5,8 @@ queue (``OPTIMIZE_QUEUE_NAME``), reads the original again and makes an H.264 ren
 slower preset and, with ``OPTIMIZE=h264+av1``, an AV1 one (SVT-AV1). Each gets the highest CRF
 whose SSIM, on a few seconds of this clip, is at least what the published rendition got on the
 same frames (media/quality.py). When both are in S3, one move (``optimize.done``) makes the
-H.264 file the published one and records the AV1 file; the fast file is deleted after it.
+H.264 file the published one and records the AV1 file; the sweeper deletes the fast file once
+the URLs handed out before the move have expired (ops/reconcile.py).
 
 Its workers read only this queue, at idle CPU priority, beside the video workers: the kernel
 gives them only the CPU that publishing leaves (docs/architecture.md). A failure, a cancel or
@@ -238,9 +239,7 @@ class OptimizeJob:
                 logger.warning("the stage is no longer this job's; renditions not published")
                 return None
             self.written.clear()  # published: no longer this attempt's to remove
-        if h264 != published:
-            with contextlib.suppress(Exception):  # left, it costs only storage: the sweeper removes it
-                storage.delete(published)
+        # The fast file stays until the URLs handed out before the move expire: the sweeper removes it then.
         seconds = time.monotonic() - started
         OPTIMIZE_JOBS.labels(optimize.OPTIMIZED).inc()
         OPTIMIZE_SECONDS.observe(seconds)

@@ -211,11 +211,12 @@ def test_a_published_videos_outputs_its_row_no_longer_names_are_removed(stack: C
         for key in named | stale:
             storage.client.put_object(Bucket=storage.bucket, Key=key, Body=b"x")
         keys = sorted(named)
-        db.session.execute(
-            db.update(Video)
-            .where(Video.id == video_id)
-            .values(status="processed", processed_key=keys[1], av1_key=keys[0], poster_key=keys[2])
-        )
+        values = {"processed_key": keys[1], "av1_key": keys[0], "poster_key": keys[2], "optimized_at": utcnow()}
+        db.session.execute(db.update(Video).where(Video.id == video_id).values(status="processed", **values))
+        db.session.commit()
+        assert sweep(get_settings(s.app)).stale_outputs == [], "URLs handed out before the move may name them"
+        expired = utcnow() - timedelta(seconds=get_settings(s.app).PRESIGNED_URL_EXPIRES + 1)
+        db.session.execute(db.update(Video).where(Video.id == video_id).values(optimized_at=expired))
         db.session.commit()
         assert sorted(sweep(get_settings(s.app)).stale_outputs) == sorted(stale)
         assert set(storage.keys(f"processed/{video_id}/")) == named
