@@ -43,8 +43,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # The tiers (make test-unit, make test): a test is ``unit`` unless it uses one of these fixtures
 # (a server, a database server, FFmpeg, a worker) or is marked ``system`` or ``e2e``.
 SERVER_FIXTURES = frozenset({"database_url", "redis_url", "aws_endpoint", "clip", "worker", "start_worker"})
-# The modules whose tests take the longest (``--durations`` in `make test`'s output), run first.
-SLOWEST_MODULES = frozenset({"test_bootstrap", "test_rehearsal", "test_remote_control", "test_fleet", "test_optimize"})
 # Tests with these commit for real (other processes read their rows); the others are rolled back.
 COMMITTING_FIXTURES = frozenset({"worker", "start_worker", "web_tier", "e2e_app", "stack"})
 TOOLS = frozenset({"ffmpeg", "ffprobe", "bwrap", "celery", "gunicorn", "nginx", "moto_server", "systemd-nspawn"})
@@ -56,13 +54,11 @@ PASSWORD = "correct-horse-1"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test with its tier: ``unit`` or ``system``; run the slowest modules first."""
+    """Mark each test with its tier: ``unit`` or ``system``."""
     for item in items:
         needs = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         tier = "system" if needs or item.get_closest_marker("e2e") or item.get_closest_marker("system") else "unit"
         item.add_marker(tier)
-    # Started last, a minute-long test leaves the other xdist worker idle that long: start them first.
-    items.sort(key=lambda item: item.path.stem not in SLOWEST_MODULES)
 
 
 @pytest.hookimpl(wrapper=True)
